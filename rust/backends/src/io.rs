@@ -1,0 +1,219 @@
+//! One I/O request and the syscalls that run it.
+
+use std::os::fd::RawFd;
+
+/// What a request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    /// `pread` into the buffer.
+    Read,
+    /// `pwrite` from the buffer.
+    Write,
+    /// `fsync`.
+    Fsync,
+    /// `fdatasync`.
+    Fdsync,
+}
+
+/// A request as plain data: the buffer is only an address and a length owned elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub struct IoRequest {
+    /// What to do.
+    pub kind: IoKind,
+    /// The file descriptor.
+    pub fd: RawFd,
+    /// File offset for reads and writes.
+    pub offset: i64,
+    /// Start of the buffer (unused for syncs).
+    pub buf: *mut u8,
+    /// Length of the buffer in bytes.
+    pub len: usize,
+}
+
+// SAFETY: an `IoRequest` is an address and a length; it is only dereferenced by `perform`
+// and `read_nowait`, whose callers promise (their `# Safety` sections) that the buffer
+// stays valid and unshared until the request completes, on whichever thread runs it.
+unsafe impl Send for IoRequest {}
+
+/// The most a single read or write syscall moves on Linux (`MAX_RW_COUNT`, 4 KiB pages).
+/// A transfer of exactly this size with more requested is continued, not reported short.
+const MAX_RW_COUNT: usize = 0x7fff_f000;
+
+fn errno() -> i64 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO) as i64
+}
+
+impl IoRequest {
+    /// Runs the request with blocking syscalls. Returns the bytes transferred (0 for syncs)
+    /// or a negated errno. A short transfer is returned as it is (no retry), except that a
+    /// transfer capped by the kernel's per-call limit continues.
+    ///
+    /// # Safety
+    /// `buf` must be valid for `len` bytes (writable for reads) until this returns, and no
+    /// one else may access it meanwhile.
+    pub unsafe fn perform(&self) -> i64 {
+        match self.kind {
+            // SAFETY: fsync/fdatasync take no pointers.
+            IoKind::Fsync => Self::status(unsafe { libc::fsync(self.fd) }),
+            // SAFETY: as above.
+            IoKind::Fdsync => Self::status(unsafe { libc::fdatasync(self.fd) }),
+            IoKind::Read | IoKind::Write => {
+                let mut done = 0usize;
+                loop {
+                    let rest = self.len - done;
+                    // SAFETY: `buf + done .. buf + len` lies inside the buffer the caller
+                    // vouched for; `done <= len` holds by the loop condition.
+                    let ret = unsafe {
+                        let at = self.buf.add(done);
+                        let offset = self.offset.saturating_add(done as i64);
+                        if self.kind == IoKind::Read {
+                            libc::pread(self.fd, at.cast(), rest, offset)
+                        } else {
+                            libc::pwrite(self.fd, at.cast(), rest, offset)
+                        }
+                    };
+                    if ret < 0 {
+                        return if done > 0 { done as i64 } else { -errno() };
+                    }
+                    done += ret as usize;
+                    if ret as usize != MAX_RW_COUNT || done == self.len {
+                        return done as i64;
+                    }
+                }
+            }
+        }
+    }
+
+    fn status(ret: libc::c_int) -> i64 {
+        if ret < 0 {
+            -errno()
+        } else {
+            0
+        }
+    }
+
+    /// Tries a read without blocking (`preadv2` with `RWF_NOWAIT`): succeeds when the data
+    /// is in the page cache. Returns `None` when the read would block or the file does not
+    /// support non-blocking reads; the buffer may then hold partial data and the request
+    /// must be run again from the start. `Some(res)` is final, as from [`Self::perform`].
+    ///
+    /// # Safety
+    /// As for [`Self::perform`]; the request must be a read.
+    pub unsafe fn read_nowait(&self) -> Option<i64> {
+        debug_assert_eq!(self.kind, IoKind::Read);
+        let mut done = 0usize;
+        loop {
+            let iov = libc::iovec {
+                // SAFETY: `done <= len`, so the address stays inside the caller's buffer.
+                iov_base: unsafe { self.buf.add(done) }.cast(),
+                iov_len: self.len - done,
+            };
+            // SAFETY: one iovec describing the caller's writable buffer, valid for the call.
+            let ret = unsafe {
+                libc::preadv2(
+                    self.fd,
+                    &iov,
+                    1,
+                    self.offset.saturating_add(done as i64),
+                    libc::RWF_NOWAIT,
+                )
+            };
+            if ret < 0 {
+                return match errno() as i32 {
+                    // Would block, or no NOWAIT support here (EINVAL also covers a kernel
+                    // without the flag): let a worker run it and report the real result.
+                    libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL => None,
+                    e if done == 0 => Some(-(e as i64)),
+                    _ => None,
+                };
+            }
+            done += ret as usize;
+            // Zero bytes means end of file; a full buffer means done. A short read in
+            // between may only mean part of the range is cached: ask again for the rest.
+            if ret == 0 || done == self.len {
+                return Some(done as i64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    fn temp_file(data: &[u8]) -> std::fs::File {
+        let path = std::env::temp_dir().join(format!(
+            "caio-io-test-{}-{}",
+            std::process::id(),
+            data.len()
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.write_all(data).unwrap();
+        f
+    }
+
+    fn read_req(fd: RawFd, buf: &mut [u8], offset: i64) -> IoRequest {
+        IoRequest {
+            kind: IoKind::Read,
+            fd,
+            offset,
+            buf: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+
+    #[test]
+    fn a_read_at_eof_is_short_and_a_bad_fd_is_a_negated_errno() {
+        let f = temp_file(b"hello");
+        let mut buf = [0u8; 16];
+        // SAFETY: `buf` outlives the call and is not shared.
+        let res = unsafe { read_req(f.as_raw_fd(), &mut buf, 0).perform() };
+        assert_eq!(res, 5);
+        assert_eq!(&buf[..5], b"hello");
+        // SAFETY: as above.
+        let res = unsafe { read_req(-1, &mut buf, 0).perform() };
+        assert_eq!(res, -(libc::EBADF as i64));
+    }
+
+    #[test]
+    fn a_cached_read_completes_without_blocking() {
+        let f = temp_file(&[7u8; 8192]);
+        let mut buf = [0u8; 4096];
+        // SAFETY: `buf` outlives the call and is not shared.
+        let res = unsafe { read_req(f.as_raw_fd(), &mut buf, 4096).read_nowait() };
+        assert_eq!(res, Some(4096));
+        assert!(buf.iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn write_then_sync() {
+        let f = temp_file(b"");
+        let mut data = *b"abc";
+        let req = IoRequest {
+            kind: IoKind::Write,
+            fd: f.as_raw_fd(),
+            offset: 10,
+            buf: data.as_mut_ptr(),
+            len: 3,
+        };
+        // SAFETY: `data` outlives the call.
+        assert_eq!(unsafe { req.perform() }, 3);
+        for kind in [IoKind::Fsync, IoKind::Fdsync] {
+            let sync = IoRequest { kind, ..req };
+            // SAFETY: syncs touch no buffer.
+            assert_eq!(unsafe { sync.perform() }, 0);
+        }
+        assert_eq!(f.metadata().unwrap().len(), 13);
+    }
+}

@@ -1,0 +1,20 @@
+//! Kernel-facing backends of caio. They move bytes between files and buffers that someone
+//! else owns, seen here only as `(ptr, len)`; nothing in this crate knows about Python.
+//!
+//! - [`io`]: one request ([`IoRequest`]) and the blocking and non-blocking syscalls that run it.
+//! - [`eventfd`]: the wake-up counter an event loop watches.
+//! - [`thread_pool`]: worker threads that run requests and hand back [`Completion`]s.
+//! - [`event_queue`]: completions parked for a consumer thread, announced on an eventfd.
+//!
+//! [`Completion`]: caio_core::Completion
+#![warn(missing_docs)]
+
+pub mod event_queue;
+pub mod eventfd;
+pub mod io;
+pub mod thread_pool;
+
+pub use event_queue::EventQueue;
+pub use eventfd::EventFd;
+pub use io::{IoKind, IoRequest};
+pub use thread_pool::{CompletionSink, SubmitError, ThreadPool};

@@ -1,0 +1,36 @@
+//! The CPython C-API surface we use, and owned references on top of it.
+//!
+//! Everything that touches a `PyObject*` goes through this module or the type modules
+//! beside it; the core and the backends never see one.
+
+mod compat;
+mod owned;
+
+pub(crate) use compat::is_finalizing;
+pub(crate) use owned::PyOwned;
+pub(crate) use pyo3_ffi::{
+    freefunc, getter, visitproc, PyArg_ParseTupleAndKeywords, PyBytes_AsString, PyBytes_Check,
+    PyBytes_FromStringAndSize, PyBytes_Size, PyCFunction, PyCFunctionWithKeywords,
+    PyCallable_Check, PyErr_Fetch, PyErr_Occurred, PyErr_SetObject, PyErr_SetString,
+    PyErr_WriteUnraisable, PyEval_RestoreThread, PyEval_SaveThread, PyExc_AttributeError,
+    PyExc_BlockingIOError, PyExc_OverflowError, PyExc_RuntimeError, PyExc_SystemError,
+    PyExc_TypeError, PyExc_ValueError, PyGILState_Ensure, PyGILState_Release, PyGetSetDef,
+    PyLong_FromLongLong, PyLong_FromUnsignedLongLong, PyMemberDef, PyMemoryView_FromObject,
+    PyMethodDef, PyMethodDefPointer, PyModuleDef, PyModuleDef_HEAD_INIT, PyModuleDef_Init,
+    PyModuleDef_Slot, PyModule_AddObjectRef, PyObject, PyObject_CallOneArg, PyObject_ClearWeakRefs,
+    PyObject_GC_UnTrack, PyObject_Repr, PyObject_SetAttrString, PyObject_TypeCheck,
+    PyTuple_GetItem, PyTuple_Size, PyTypeObject, PyType_FromSpec, PyType_GenericAlloc,
+    PyType_GetSlot, PyType_Slot, PyType_Spec, PyUnicode_AsUTF8AndSize, PyUnicode_FromStringAndSize,
+    Py_DecRef, Py_False, Py_IncRef, Py_None, Py_READONLY, Py_TPFLAGS_DEFAULT,
+    Py_TPFLAGS_DISALLOW_INSTANTIATION, Py_TPFLAGS_HAVE_GC, Py_T_PYSSIZET, Py_True, Py_mod_exec,
+    Py_ssize_t, Py_tp_clear, Py_tp_dealloc, Py_tp_doc, Py_tp_free, Py_tp_getset, Py_tp_members,
+    Py_tp_methods, Py_tp_new, Py_tp_repr, Py_tp_traverse, METH_CLASS, METH_KEYWORDS, METH_NOARGS,
+    METH_O, METH_VARARGS,
+};
+
+#[cfg(Py_3_13)]
+pub(crate) use pyo3_ffi::{Py_MOD_GIL_USED, Py_mod_gil};
+#[cfg(Py_3_12)]
+pub(crate) use pyo3_ffi::{
+    Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED, Py_mod_multiple_interpreters,
+};

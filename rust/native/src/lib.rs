@@ -1,0 +1,89 @@
+//! `caio._native`: the CPython bridge over caio's Rust backends, on the raw C-API.
+//!
+//! Layout: [`ffi`] (the C-API surface and owned references), [`error`] (the one place
+//! exceptions are raised), [`types`] (heap-type construction), [`operation`] (the
+//! Operation object every backend shares), and one module per backend's Context.
+
+mod args;
+mod error;
+mod ffi;
+mod gil;
+mod operation;
+mod thread_aio;
+mod types;
+
+use std::os::raw::c_int;
+use std::ptr;
+
+use crate::ffi::PyObject;
+
+unsafe extern "C" fn module_exec(module: *mut PyObject) -> c_int {
+    error::entry(|| thread_aio::add_types(module).map(|()| 0))
+}
+
+/// The module definition and its slots, handed to the interpreter once.
+struct ModuleDef(std::cell::UnsafeCell<ffi::PyModuleDef>);
+
+// SAFETY: the definition is only touched by `PyInit__native`, which the interpreter calls
+// with the GIL held, and by the interpreter itself.
+unsafe impl Sync for ModuleDef {}
+
+static mut SLOTS: [ffi::PyModuleDef_Slot; 4] = [
+    ffi::PyModuleDef_Slot {
+        slot: ffi::Py_mod_exec,
+        value: module_exec as *mut _,
+    },
+    // One interpreter only: the types live in process-wide statics.
+    #[cfg(Py_3_12)]
+    ffi::PyModuleDef_Slot {
+        slot: ffi::Py_mod_multiple_interpreters,
+        value: ffi::Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED,
+    },
+    #[cfg(not(Py_3_12))]
+    ffi::PyModuleDef_Slot {
+        slot: 0,
+        value: ptr::null_mut(),
+    },
+    // The bridge relies on the GIL to serialise access to Operation fields.
+    #[cfg(Py_3_13)]
+    ffi::PyModuleDef_Slot {
+        slot: ffi::Py_mod_gil,
+        value: ffi::Py_MOD_GIL_USED,
+    },
+    #[cfg(not(Py_3_13))]
+    ffi::PyModuleDef_Slot {
+        slot: 0,
+        value: ptr::null_mut(),
+    },
+    ffi::PyModuleDef_Slot {
+        slot: 0,
+        value: ptr::null_mut(),
+    },
+];
+
+static MODULE: ModuleDef = ModuleDef(std::cell::UnsafeCell::new(ffi::PyModuleDef {
+    m_base: ffi::PyModuleDef_HEAD_INIT,
+    m_name: c"caio._native".as_ptr(),
+    m_doc: c"Native backends of caio (Rust).".as_ptr(),
+    m_size: 0,
+    m_methods: ptr::null_mut(),
+    m_slots: ptr::null_mut(),
+    m_traverse: None,
+    m_clear: None,
+    m_free: None,
+}));
+
+/// Module entry point (multi-phase initialisation).
+///
+/// # Safety
+/// Called by the interpreter, once per import, with the GIL held.
+#[no_mangle]
+pub unsafe extern "C" fn PyInit__native() -> *mut PyObject {
+    // SAFETY: see `ModuleDef`; the slots array is only written here, before the
+    // interpreter reads the definition.
+    unsafe {
+        let def = MODULE.0.get();
+        (*def).m_slots = ptr::addr_of_mut!(SLOTS).cast();
+        ffi::PyModuleDef_Init(def)
+    }
+}

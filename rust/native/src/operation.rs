@@ -1,0 +1,725 @@
+//! The Operation object: one read, write, fsync or fdsync, with the buffer it owns.
+//!
+//! Life: built by a classmethod (`read`, `write`, ...), claimed once by a Context's
+//! `submit`, completed by [`deliver`] on whichever thread the backend reports on.
+//! While in flight the kernel or a worker writes into `buffer`, so nothing hands that
+//! object to Python until the op is done: `get_value()`/`payload` raise meanwhile.
+
+use std::ffi::CStr;
+use std::os::raw::{c_int, c_void};
+use std::ptr::{self, NonNull};
+
+use caio_backends::{IoKind, IoRequest};
+use caio_core::{OpState, Phase};
+
+use crate::args::parse_args;
+use crate::error::{entry, repr_of, str_object, write_unraisable, Error, Result};
+use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
+
+/// The instance layout shared by every backend's Operation type.
+#[repr(C)]
+pub(crate) struct OperationObject {
+    ob_base: PyObject,
+    weakreflist: *mut PyObject,
+    pub(crate) state: OpState,
+    pub(crate) kind: IoKind,
+    pub(crate) fd: u32,
+    pub(crate) offset: i64,
+    /// Requested size; for a completed read, the bytes actually read.
+    pub(crate) nbytes: usize,
+    /// The syscall's return value: bytes transferred, 0, or -1 on failure.
+    pub(crate) result: i64,
+    /// errno of a failed op, else 0.
+    pub(crate) error: i32,
+    /// Reads: the `bytes` object the data lands in. Writes: the caller's payload.
+    buffer: *mut PyObject,
+    callback: *mut PyObject,
+    /// The Context this op is in flight on (a strong reference), else NULL.
+    pub(crate) context: *mut PyObject,
+}
+
+/// Reads no larger than this may run inline on the caller's thread when cached.
+pub(crate) const INLINE_READ_MAX: usize = 64 * 1024;
+
+/// A borrowed pointer to an Operation of one of our types.
+#[derive(Clone, Copy)]
+pub(crate) struct OpPtr(NonNull<OperationObject>);
+
+impl OpPtr {
+    /// # Safety
+    /// `obj` is a live instance of an Operation type built by [`create_type`].
+    pub(crate) unsafe fn new(obj: *mut PyObject) -> Self {
+        // SAFETY: non-NULL by the caller's contract (a live object).
+        Self(unsafe { NonNull::new_unchecked(obj.cast()) })
+    }
+
+    fn raw(self) -> *mut OperationObject {
+        self.0.as_ptr()
+    }
+
+    pub(crate) fn phase(self) -> Phase {
+        // SAFETY: live object (constructor contract); `state` is an atomic.
+        unsafe { (*self.raw()).state.phase() }
+    }
+
+    pub(crate) fn state(&self) -> &OpState {
+        // SAFETY: live object for as long as this borrow of `self`; atomics are shareable.
+        unsafe { &(*self.raw()).state }
+    }
+
+    pub(crate) fn kind(self) -> IoKind {
+        // SAFETY: live object; plain field read under the GIL.
+        unsafe { (*self.raw()).kind }
+    }
+
+    /// The request a backend runs for this op. Its buffer pointer stays valid while the op
+    /// is alive and holds `buffer` (which it does until it is done).
+    pub(crate) fn request(self) -> IoRequest {
+        // SAFETY: live object; GIL held by every caller; `buffer` is a bytes object or NULL.
+        unsafe {
+            let op = self.raw();
+            let (buf, len) = if (*op).buffer.is_null() {
+                (ptr::null_mut(), 0)
+            } else {
+                let b = (*op).buffer;
+                (
+                    ffi::PyBytes_AsString(b).cast::<u8>(),
+                    ffi::PyBytes_Size(b) as usize,
+                )
+            };
+            IoRequest {
+                kind: (*op).kind,
+                fd: (*op).fd as i32,
+                offset: (*op).offset,
+                buf,
+                len,
+            }
+        }
+    }
+
+    /// Sets (or clears, with NULL) the Context this op is in flight on.
+    pub(crate) fn set_context(self, ctx: *mut PyObject) {
+        // SAFETY: live object, GIL held; the old reference is released after the new one
+        // is taken, so setting the same object twice is fine.
+        unsafe {
+            let op = self.raw();
+            if !ctx.is_null() {
+                ffi::Py_IncRef(ctx);
+            }
+            let old = std::mem::replace(&mut (*op).context, ctx);
+            if !old.is_null() {
+                ffi::Py_DecRef(old);
+            }
+        }
+    }
+}
+
+/// Applies a completion to a claimed op and runs its callback, in caio's order: result
+/// fields, drop the context, publish `done`, callback (exceptions go to
+/// `sys.unraisablehook`), then release the reference the engine held (`op`).
+///
+/// `res` is bytes transferred or a negated errno. The GIL must be held.
+pub(crate) fn deliver(op: PyOwned, res: i64) {
+    // SAFETY: `op` is a strong reference to one of our Operation objects, claimed (so in
+    // flight) and no longer touched by any backend; GIL held (caller's contract).
+    unsafe {
+        let ptr = OpPtr::new(op.as_ptr());
+        let raw = ptr.raw();
+        finish_fields(raw, res);
+        ptr.set_context(ptr::null_mut());
+        (*raw).state.finish();
+        run_callback(raw, res);
+    }
+    drop(op);
+}
+
+/// Records `res` in the op's fields (not yet published).
+///
+/// # Safety
+/// `raw` is a live, claimed op no backend touches any more; GIL held.
+unsafe fn finish_fields(raw: *mut OperationObject, res: i64) {
+    // SAFETY: see the function's contract.
+    unsafe {
+        if res >= 0 {
+            (*raw).result = res;
+            (*raw).error = 0;
+        } else {
+            (*raw).result = -1;
+            (*raw).error = (-res) as i32;
+        }
+        match (*raw).kind {
+            IoKind::Read => {
+                let len = ffi::PyBytes_Size((*raw).buffer) as usize;
+                let got = (res.max(0) as usize).min(len);
+                // The buffer was never initialised beyond what the kernel wrote: zero the
+                // rest so Python can only ever see defined bytes.
+                if got < len {
+                    let base = ffi::PyBytes_AsString((*raw).buffer).cast::<u8>();
+                    ptr::write_bytes(base.add(got), 0, len - got);
+                }
+                if res >= 0 {
+                    (*raw).nbytes = got;
+                }
+            }
+            IoKind::Write => {
+                // caio drops the payload once a write completes (`payload` reads None).
+                let payload = std::mem::replace(&mut (*raw).buffer, ptr::null_mut());
+                drop(PyOwned::from_new(payload));
+            }
+            IoKind::Fsync | IoKind::Fdsync => {}
+        }
+    }
+}
+
+/// # Safety
+/// `raw` is a live op, done; GIL held.
+unsafe fn run_callback(raw: *mut OperationObject, res: i64) {
+    // SAFETY: see the function's contract. The callback is taken as a new reference first
+    // so a callback replacing itself (`set_callback`) cannot free it mid-call.
+    unsafe {
+        let Some(cb) = NonNull::new((*raw).callback).map(|p| PyOwned::from_borrowed(p)) else {
+            return;
+        };
+        let arg = if res >= 0 { res } else { -1 };
+        let Some(value) = PyOwned::from_new(ffi::PyLong_FromLongLong(arg)) else {
+            write_unraisable(cb.as_ptr());
+            return;
+        };
+        match PyOwned::from_new(ffi::PyObject_CallOneArg(cb.as_ptr(), value.as_ptr())) {
+            Some(ret) => drop(ret),
+            None => write_unraisable(cb.as_ptr()),
+        }
+    }
+}
+
+/// Completes an op that ran inline (never dispatched): claims it, applies `res`, runs the
+/// callback. Returns `false` if someone claimed it first.
+pub(crate) fn complete_inline(op: OpPtr, res: i64) -> bool {
+    if !op.state().try_claim() {
+        return false;
+    }
+    // SAFETY: we hold the claim, nothing else touches the op; GIL held by the caller.
+    unsafe {
+        finish_fields(op.raw(), res);
+        op.state().finish();
+        run_callback(op.raw(), res);
+    }
+    true
+}
+
+// ---- construction ---------------------------------------------------------------------
+
+/// Allocates an instance of `cls` (one of our Operation types) with the given fields.
+/// Takes over `buffer` (a new reference or NULL).
+fn new_op(
+    cls: *mut PyTypeObject,
+    kind: IoKind,
+    fd: u32,
+    offset: i64,
+    nbytes: usize,
+    buffer: Option<PyOwned>,
+) -> Result<*mut PyObject> {
+    // SAFETY: `cls` is our heap type (the classmethods receive it from the interpreter);
+    // GenericAlloc zero-fills and GC-tracks; every field is then written before use.
+    unsafe {
+        let obj = ffi::PyType_GenericAlloc(cls, 0);
+        if obj.is_null() {
+            return Err(Error::AlreadySet);
+        }
+        let op = obj.cast::<OperationObject>();
+        ptr::addr_of_mut!((*op).state).write(OpState::new());
+        ptr::addr_of_mut!((*op).kind).write(kind);
+        (*op).fd = fd;
+        (*op).offset = offset;
+        (*op).nbytes = nbytes;
+        (*op).buffer = buffer.map_or(ptr::null_mut(), PyOwned::into_ptr);
+        Ok(obj)
+    }
+}
+
+unsafe extern "C" fn op_read(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        let (mut nbytes, mut fd, mut offset, mut priority): (u64, u32, i64, u16) = (0, 0, 0, 0);
+        parse_args!(
+            args,
+            kwargs,
+            c"KI|LH:read",
+            [c"nbytes", c"fd", c"offset", c"priority"],
+            &mut nbytes,
+            &mut fd,
+            &mut offset,
+            &mut priority
+        )?;
+        if nbytes > isize::MAX as u64 {
+            return Err(Error::Overflow(format!(
+                "nbytes does not fit in Py_ssize_t (got {nbytes}; negative sizes wrap)"
+            )));
+        }
+        // Uninitialised on purpose: the backend fills it and `finish_fields` zeroes the
+        // rest; Python never sees it before that. Allocation failure raises MemoryError.
+        // SAFETY: NULL data with a checked non-negative size; GIL held.
+        let buffer = unsafe {
+            PyOwned::from_new(ffi::PyBytes_FromStringAndSize(
+                ptr::null(),
+                nbytes as ffi::Py_ssize_t,
+            ))
+        }
+        .ok_or(Error::AlreadySet)?;
+        new_op(
+            cls.cast(),
+            IoKind::Read,
+            fd,
+            offset,
+            nbytes as usize,
+            Some(buffer),
+        )
+    })
+}
+
+unsafe extern "C" fn op_write(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        let mut payload: *mut PyObject = ptr::null_mut();
+        let (mut fd, mut offset, mut priority): (u32, i64, u16) = (0, 0, 0);
+        parse_args!(
+            args,
+            kwargs,
+            c"OI|LH:write",
+            [c"payload_bytes", c"fd", c"offset", c"priority"],
+            &mut payload,
+            &mut fd,
+            &mut offset,
+            &mut priority
+        )?;
+        // SAFETY: `payload` is a borrowed, live argument; GIL held.
+        if unsafe { ffi::PyBytes_Check(payload) } == 0 {
+            return Err(Error::Value(format!(
+                "payload_bytes argument must be bytes, not {}",
+                type_name(payload)
+            )));
+        }
+        // SAFETY: live argument, so non-NULL; GIL held.
+        let payload = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(payload)) };
+        // SAFETY: `payload` is a bytes object.
+        let len = unsafe { ffi::PyBytes_Size(payload.as_ptr()) } as usize;
+        new_op(cls.cast(), IoKind::Write, fd, offset, len, Some(payload))
+    })
+}
+
+fn sync_op(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+    kind: IoKind,
+) -> Result<*mut PyObject> {
+    let (mut fd, mut priority): (u32, u16) = (0, 0);
+    let fmt: &CStr = if kind == IoKind::Fsync {
+        c"I|H:fsync"
+    } else {
+        c"I|H:fdsync"
+    };
+    parse_args!(
+        args,
+        kwargs,
+        fmt,
+        [c"fd", c"priority"],
+        &mut fd,
+        &mut priority
+    )?;
+    new_op(cls.cast(), kind, fd, 0, 0, None)
+}
+
+unsafe extern "C" fn op_fsync(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| sync_op(cls, args, kwargs, IoKind::Fsync))
+}
+
+unsafe extern "C" fn op_fdsync(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| sync_op(cls, args, kwargs, IoKind::Fdsync))
+}
+
+fn type_name(obj: *mut PyObject) -> String {
+    // SAFETY: live object; `ob_type` is always set; GIL held.
+    let ty = unsafe { (*obj).ob_type };
+    repr_of(ty.cast())
+}
+
+// ---- methods and properties -------------------------------------------------------------
+
+fn none() -> *mut PyObject {
+    // SAFETY: Py_None is immortal-or-static; we hand out a new reference.
+    unsafe {
+        let none = ffi::Py_None();
+        ffi::Py_IncRef(none);
+        none
+    }
+}
+
+fn int(value: i64) -> Result<*mut PyObject> {
+    // SAFETY: plain constructor; GIL held.
+    let obj = unsafe { ffi::PyLong_FromLongLong(value) };
+    if obj.is_null() {
+        Err(Error::AlreadySet)
+    } else {
+        Ok(obj)
+    }
+}
+
+fn uint(value: u64) -> Result<*mut PyObject> {
+    // SAFETY: plain constructor; GIL held.
+    let obj = unsafe { ffi::PyLong_FromUnsignedLongLong(value) };
+    if obj.is_null() {
+        Err(Error::AlreadySet)
+    } else {
+        Ok(obj)
+    }
+}
+
+fn zeroed_bytes(len: usize) -> Result<*mut PyObject> {
+    // SAFETY: NULL data, then the fresh buffer is zeroed before anyone sees it.
+    unsafe {
+        let obj = ffi::PyBytes_FromStringAndSize(ptr::null(), len as ffi::Py_ssize_t);
+        if obj.is_null() {
+            return Err(Error::AlreadySet);
+        }
+        ptr::write_bytes(ffi::PyBytes_AsString(obj), 0, len);
+        Ok(obj)
+    }
+}
+
+fn ensure_not_in_flight(op: OpPtr, what: &str) -> Result<()> {
+    if op.phase() == Phase::InFlight {
+        Err(Error::Runtime(format!(
+            "{what} is not available while the operation is in flight"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+unsafe extern "C" fn op_get_value(slf: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is an instance of our type (method of it).
+        let op = unsafe { OpPtr::new(slf) };
+        ensure_not_in_flight(op, "get_value()")?;
+        let raw = op.raw();
+        // SAFETY: the op is not in flight, so no backend touches it; GIL held.
+        unsafe {
+            let done = op.phase() == Phase::Done;
+            if done && (*raw).error != 0 {
+                return Err(Error::Errno((*raw).error));
+            }
+            match (*raw).kind {
+                IoKind::Read if !done => zeroed_bytes((*raw).nbytes),
+                IoKind::Read => {
+                    let buf = (*raw).buffer;
+                    let got = (*raw).result as usize;
+                    if got == ffi::PyBytes_Size(buf) as usize {
+                        ffi::Py_IncRef(buf);
+                        Ok(buf)
+                    } else {
+                        let obj = ffi::PyBytes_FromStringAndSize(
+                            ffi::PyBytes_AsString(buf),
+                            got as ffi::Py_ssize_t,
+                        );
+                        if obj.is_null() {
+                            Err(Error::AlreadySet)
+                        } else {
+                            Ok(obj)
+                        }
+                    }
+                }
+                IoKind::Write => int((*raw).result),
+                IoKind::Fsync | IoKind::Fdsync => Ok(none()),
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn op_set_callback(
+    slf: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        let mut callback: *mut PyObject = ptr::null_mut();
+        parse_args!(
+            args,
+            kwargs,
+            c"O:set_callback",
+            [c"callback"],
+            &mut callback
+        )?;
+        // SAFETY: live argument; GIL held.
+        if unsafe { ffi::PyCallable_Check(callback) } == 0 {
+            return Err(Error::Value(format!(
+                "object {} is not callable",
+                repr_of(callback)
+            )));
+        }
+        // SAFETY: `slf` is our instance; the new reference is taken before the old one is
+        // released (whose finaliser may run arbitrary code).
+        unsafe {
+            let raw = OpPtr::new(slf).raw();
+            ffi::Py_IncRef(callback);
+            let old = std::mem::replace(&mut (*raw).callback, callback);
+            drop(PyOwned::from_new(old));
+            let t = ffi::Py_True();
+            ffi::Py_IncRef(t);
+            Ok(t)
+        }
+    })
+}
+
+unsafe extern "C" fn get_fileno(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| uint(unsafe { (*OpPtr::new(slf).raw()).fd } as u64))
+}
+
+unsafe extern "C" fn get_offset(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| uint(unsafe { (*OpPtr::new(slf).raw()).offset } as u64))
+}
+
+unsafe extern "C" fn get_nbytes(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| uint(unsafe { (*OpPtr::new(slf).raw()).nbytes } as u64))
+}
+
+unsafe extern "C" fn get_result(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance; result is written before `done` is published.
+    entry(|| int(unsafe { (*OpPtr::new(slf).raw()).result }))
+}
+
+unsafe extern "C" fn get_error(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| int(unsafe { (*OpPtr::new(slf).raw()).error } as i64))
+}
+
+unsafe extern "C" fn get_payload(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let op = unsafe { OpPtr::new(slf) };
+        ensure_not_in_flight(op, "payload")?;
+        // SAFETY: not in flight, so no backend touches the buffer; GIL held.
+        unsafe {
+            let raw = op.raw();
+            match (*raw).kind {
+                IoKind::Read => {
+                    let view_of = if op.phase() == Phase::Done {
+                        let b = (*raw).buffer;
+                        ffi::Py_IncRef(b);
+                        PyOwned::from_new(b)
+                    } else {
+                        // Never run: the buffer is still uninitialised, show zeros.
+                        PyOwned::from_new(zeroed_bytes((*raw).nbytes)?)
+                    }
+                    .ok_or(Error::AlreadySet)?;
+                    // The view holds a reference to the bytes: it stays valid after the
+                    // op is gone (unlike caio's C views).
+                    let view = ffi::PyMemoryView_FromObject(view_of.as_ptr());
+                    if view.is_null() {
+                        Err(Error::AlreadySet)
+                    } else {
+                        Ok(view)
+                    }
+                }
+                IoKind::Write if !(*raw).buffer.is_null() => {
+                    ffi::Py_IncRef((*raw).buffer);
+                    Ok((*raw).buffer)
+                }
+                _ => Ok(none()),
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn op_repr(slf: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance; plain field reads under the GIL.
+        let text = unsafe {
+            let op = OpPtr::new(slf);
+            let raw = op.raw();
+            let mode = match (*raw).kind {
+                IoKind::Read => "read",
+                IoKind::Write => "write",
+                IoKind::Fsync => "fsync",
+                IoKind::Fdsync => "fdsync",
+            };
+            let state = match op.phase() {
+                Phase::New => "new",
+                Phase::InFlight => "in flight",
+                Phase::Done => "done",
+            };
+            format!(
+                "<{} at {:p}: mode=\"{mode}\", fd={}, offset={}, nbytes={}, result={}, state={state}>",
+                type_name(slf).trim_start_matches("<class '").trim_end_matches("'>"),
+                slf,
+                (*raw).fd,
+                (*raw).offset,
+                (*raw).nbytes,
+                (*raw).result,
+            )
+        };
+        str_object(&text).map(PyOwned::into_ptr)
+    })
+}
+
+// ---- GC and teardown ---------------------------------------------------------------------
+
+unsafe extern "C" fn op_traverse(
+    slf: *mut PyObject,
+    visit: ffi::visitproc,
+    arg: *mut c_void,
+) -> c_int {
+    // SAFETY: `slf` is our instance; visiting our own strong references. The engine's
+    // reference to an in-flight op is deliberately invisible here, so the GC can never
+    // collect an op whose buffer the kernel may still write.
+    unsafe {
+        let raw = OpPtr::new(slf).raw();
+        for field in [(*raw).callback, (*raw).buffer, (*raw).context] {
+            if !field.is_null() {
+                let r = visit(field, arg);
+                if r != 0 {
+                    return r;
+                }
+            }
+        }
+        // Heap types must visit their type.
+        visit((*slf).ob_type.cast(), arg)
+    }
+}
+
+unsafe extern "C" fn op_clear(slf: *mut PyObject) -> c_int {
+    // SAFETY: `slf` is our instance; GIL held. Only the callback can form a cycle; an op in
+    // flight is never garbage (the engine holds it), so its buffer is left alone.
+    unsafe {
+        let raw = OpPtr::new(slf).raw();
+        let cb = std::mem::replace(&mut (*raw).callback, ptr::null_mut());
+        drop(PyOwned::from_new(cb));
+    }
+    0
+}
+
+unsafe extern "C" fn op_dealloc(slf: *mut PyObject) {
+    // SAFETY: called once by the interpreter when the refcount hits zero. An in-flight op
+    // cannot get here (the engine owns a reference), so its buffer is free to go.
+    unsafe {
+        let ty = (*slf).ob_type;
+        ffi::PyObject_GC_UnTrack(slf.cast());
+        let raw = OpPtr::new(slf).raw();
+        if !(*raw).weakreflist.is_null() {
+            ffi::PyObject_ClearWeakRefs(slf);
+        }
+        for field in [
+            ptr::addr_of_mut!((*raw).callback),
+            ptr::addr_of_mut!((*raw).buffer),
+            ptr::addr_of_mut!((*raw).context),
+        ] {
+            drop(PyOwned::from_new(std::mem::replace(
+                &mut *field,
+                ptr::null_mut(),
+            )));
+        }
+        let free: ffi::freefunc = std::mem::transmute(ffi::PyType_GetSlot(ty, ffi::Py_tp_free));
+        free(slf.cast());
+        ffi::Py_DecRef(ty.cast());
+    }
+}
+
+// ---- the type ---------------------------------------------------------------------------
+
+/// Builds an Operation heap type named `name` (e.g. `c"caio.thread_aio.Operation"`).
+pub(crate) fn create_type(name: &'static CStr, doc: &'static CStr) -> Result<*mut PyTypeObject> {
+    use crate::types::{getset, leak, method, method_kw, TypeBuilder};
+    let methods = leak(vec![
+        method_kw(
+            c"read",
+            op_read,
+            ffi::METH_CLASS,
+            c"read(nbytes, fd, offset=0, priority=0) -> Operation",
+        ),
+        method_kw(
+            c"write",
+            op_write,
+            ffi::METH_CLASS,
+            c"write(payload_bytes, fd, offset=0, priority=0) -> Operation",
+        ),
+        method_kw(
+            c"fsync",
+            op_fsync,
+            ffi::METH_CLASS,
+            c"fsync(fd, priority=0) -> Operation",
+        ),
+        method_kw(
+            c"fdsync",
+            op_fdsync,
+            ffi::METH_CLASS,
+            c"fdsync(fd, priority=0) -> Operation",
+        ),
+        method(
+            c"get_value",
+            op_get_value,
+            ffi::METH_NOARGS,
+            c"The result: bytes read, bytes written, or None.",
+        ),
+        method_kw(
+            c"set_callback",
+            op_set_callback,
+            0,
+            c"set_callback(callback) -> True: called once with the result when the op completes.",
+        ),
+        ffi::PyMethodDef::zeroed(),
+    ]);
+    let getsets = leak(vec![
+        getset(c"fileno", get_fileno, c"The file descriptor."),
+        getset(c"offset", get_offset, c"The file offset."),
+        getset(
+            c"nbytes",
+            get_nbytes,
+            c"Requested size; for a completed read, bytes read.",
+        ),
+        getset(
+            c"result",
+            get_result,
+            c"The syscall's return value (-1 on failure).",
+        ),
+        getset(c"error", get_error, c"errno of a failed operation, else 0."),
+        getset(
+            c"payload",
+            get_payload,
+            c"The read buffer (memoryview) or the write payload.",
+        ),
+        crate::types::getset_end(),
+    ]);
+    TypeBuilder::new(
+        name,
+        std::mem::size_of::<OperationObject>(),
+        std::mem::offset_of!(OperationObject, weakreflist),
+    )
+    .flags(
+        ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_HAVE_GC | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    )
+    .slot(ffi::Py_tp_doc, doc.as_ptr() as _)
+    .slot(ffi::Py_tp_dealloc, op_dealloc as *mut c_void)
+    .slot(ffi::Py_tp_traverse, op_traverse as *mut c_void)
+    .slot(ffi::Py_tp_clear, op_clear as *mut c_void)
+    .slot(ffi::Py_tp_repr, op_repr as *mut c_void)
+    .slot(ffi::Py_tp_methods, methods.cast())
+    .slot(ffi::Py_tp_getset, getsets.cast())
+    .build()
+}

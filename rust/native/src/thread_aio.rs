@@ -1,0 +1,543 @@
+//! `caio.thread_aio`: the Context type over the worker-thread backend.
+//!
+//! Two ways to deliver completions:
+//! - default (caio's behaviour): a worker takes the GIL and runs the op's callback itself;
+//! - `eventfd=True`: workers only queue completions and signal an eventfd; the thread that
+//!   calls `process_events()` (an event loop) runs the callbacks, many per wake-up.
+
+use std::os::fd::AsRawFd;
+use std::os::raw::{c_int, c_void};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use caio_backends::{CompletionSink, EventQueue, IoKind, SubmitError, ThreadPool};
+use caio_core::{Completion, Phase, Registry};
+
+use crate::args::parse_args;
+use crate::error::{entry, str_object, Error, Result};
+use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
+use crate::gil::without_gil;
+use crate::operation::{self, complete_inline, deliver, OpPtr, INLINE_READ_MAX};
+
+static OPERATION_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+static CONTEXT_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+
+const DEFAULT_MAX_REQUESTS: u16 = 512;
+const DEFAULT_POOL_SIZE: u16 = 8;
+const MAX_POOL_SIZE: u16 = 128;
+const DEFAULT_DRAIN: u32 = 512;
+
+/// Ops in flight, each with the strong reference the engine holds on the kernel's behalf.
+struct InFlight(Mutex<Registry<PyOwned>>);
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, Registry<PyOwned>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Entries left here can never complete (the interpreter is going away, or their
+        // worker died). Their buffers may still be in use, and we may not hold the GIL:
+        // leak them rather than free or DECREF anything.
+        for op in self.lock().drain() {
+            std::mem::forget(op);
+        }
+    }
+}
+
+/// Delivers on the worker thread, with the GIL (caio's C behaviour).
+struct GilSink {
+    inflight: Arc<InFlight>,
+}
+
+impl CompletionSink for GilSink {
+    fn complete(&self, completion: Completion) {
+        if ffi::is_finalizing() {
+            // Taking the GIL now would kill or hang this thread; the op leaks instead.
+            return;
+        }
+        // SAFETY: PyGILState_Ensure/Release pair on this thread; the interpreter is alive
+        // (checked just above).
+        unsafe {
+            let gil = ffi::PyGILState_Ensure();
+            let op = self.inflight.lock().remove(completion.id);
+            if let Some(op) = op {
+                deliver(op, completion.res);
+            }
+            ffi::PyGILState_Release(gil);
+        }
+    }
+}
+
+struct Engine {
+    max_requests: u16,
+    pool_size: u16,
+    pool: Mutex<Option<ThreadPool>>,
+    inflight: Arc<InFlight>,
+    events: Option<Arc<EventQueue>>,
+}
+
+impl Engine {
+    fn lock_pool(&self) -> MutexGuard<'_, Option<ThreadPool>> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the pool (queued work still runs) with the GIL released, then, in eventfd
+    /// mode, delivers what the workers left in the queue on this thread.
+    fn close(&self) {
+        let pool = self.lock_pool().take();
+        if let Some(pool) = pool {
+            without_gil(move || drop(pool));
+        }
+        if self.events.is_some() {
+            self.drain(usize::MAX);
+        }
+    }
+
+    /// Delivers up to `max` queued completions on this thread. GIL held.
+    fn drain(&self, max: usize) -> usize {
+        let Some(events) = &self.events else {
+            return 0;
+        };
+        let batch = events.take(max);
+        let count = batch.len();
+        for completion in batch {
+            let op = self.inflight.lock().remove(completion.id);
+            if let Some(op) = op {
+                deliver(op, completion.res);
+            }
+        }
+        count
+    }
+}
+
+#[repr(C)]
+struct ContextObject {
+    ob_base: PyObject,
+    weakreflist: *mut PyObject,
+    engine: *mut Engine,
+}
+
+/// # Safety
+/// `slf` is a live instance of the Context type; the engine lives as long as it does.
+unsafe fn engine<'a>(slf: *mut PyObject) -> Result<&'a Engine> {
+    // SAFETY: see the function's contract; NULL only if construction failed half-way.
+    unsafe { (*slf.cast::<ContextObject>()).engine.as_ref() }
+        .ok_or_else(|| Error::Runtime("Context is not initialized".into()))
+}
+
+fn closed() -> Error {
+    Error::Runtime("Context is closed".into())
+}
+
+fn operation_type() -> *mut PyTypeObject {
+    OPERATION_TYPE.load(Ordering::Acquire)
+}
+
+fn is_operation(obj: *mut PyObject) -> bool {
+    // SAFETY: `obj` is a live argument and the type was created in module exec.
+    unsafe { ffi::PyObject_TypeCheck(obj, operation_type()) != 0 }
+}
+
+unsafe extern "C" fn ctx_new(
+    cls: *mut PyTypeObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        let (mut max_requests, mut pool_size, mut eventfd): (u16, u16, c_int) = (0, 0, 0);
+        parse_args!(
+            args,
+            kwargs,
+            c"|HH$p:Context",
+            [c"max_requests", c"pool_size", c"eventfd"],
+            &mut max_requests,
+            &mut pool_size,
+            &mut eventfd
+        )?;
+        let max_requests = if max_requests == 0 {
+            DEFAULT_MAX_REQUESTS
+        } else {
+            max_requests
+        };
+        let pool_size = if pool_size == 0 {
+            DEFAULT_POOL_SIZE
+        } else {
+            pool_size
+        };
+        if pool_size > MAX_POOL_SIZE {
+            return Err(Error::Value(format!(
+                "pool_size too large. Allowed lower then {MAX_POOL_SIZE} (got {pool_size})"
+            )));
+        }
+        if max_requests == u16::MAX {
+            return Err(Error::Value(
+                "max_requests too large. Allowed lower then 65535".into(),
+            ));
+        }
+        let inflight = Arc::new(InFlight(Mutex::new(Registry::new())));
+        let (events, sink): (Option<Arc<EventQueue>>, Arc<dyn CompletionSink>) = if eventfd != 0 {
+            let events = Arc::new(
+                EventQueue::new().map_err(|e| Error::Errno(e.raw_os_error().unwrap_or(0)))?,
+            );
+            (Some(events.clone()), events)
+        } else {
+            let sink = GilSink {
+                inflight: inflight.clone(),
+            };
+            (None, Arc::new(sink))
+        };
+        let pool =
+            ThreadPool::new(pool_size as usize, max_requests as usize, sink).map_err(|e| {
+                Error::Runtime(format!(
+                    "Pool initialization failed size={pool_size} max_requests={max_requests}: {e}"
+                ))
+            })?;
+        let engine = Box::new(Engine {
+            max_requests,
+            pool_size,
+            pool: Mutex::new(Some(pool)),
+            inflight,
+            events,
+        });
+        // SAFETY: `cls` is our Context type; GenericAlloc zero-fills the instance.
+        unsafe {
+            let obj = ffi::PyType_GenericAlloc(cls, 0);
+            if obj.is_null() {
+                // Dropping the engine joins the idle workers; release the GIL for that.
+                without_gil(move || drop(engine));
+                return Err(Error::AlreadySet);
+            }
+            (*obj.cast::<ContextObject>()).engine = Box::into_raw(engine);
+            Ok(obj)
+        }
+    })
+}
+
+unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance (a method of the type).
+        let engine = unsafe { engine(slf)? };
+        // SAFETY: METH_VARARGS hands us a tuple.
+        let n = unsafe { ffi::PyTuple_Size(args) };
+        let ops: Vec<*mut PyObject> = (0..n)
+            // SAFETY: index in range of the tuple; borrowed references live for the call.
+            .map(|i| unsafe { ffi::PyTuple_GetItem(args, i) })
+            .collect();
+        if let Some(i) = ops.iter().position(|&o| !is_operation(o)) {
+            return Err(Error::Type(format!("Wrong type for argument {i}")));
+        }
+        let pool_guard = engine.lock_pool();
+        let pool = pool_guard.as_ref().ok_or_else(closed)?;
+        let mut accepted: i64 = 0;
+        for &obj in &ops {
+            // SAFETY: type-checked above.
+            let op = unsafe { OpPtr::new(obj) };
+            if !op.state().try_claim() {
+                continue;
+            }
+            // SAFETY: `obj` is live (borrowed from the args tuple).
+            let held = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(obj)) };
+            op.set_context(slf);
+            let id = engine.inflight.lock().insert(held);
+            // SAFETY: the op's buffer stays valid until its completion is delivered: the
+            // registry holds a strong reference to the op, the op holds the buffer, and
+            // nothing releases either before `deliver` (a dropped or collected op is
+            // still referenced by the registry, which the GC cannot see).
+            if let Err(err) = unsafe { pool.submit(id, op.request()) } {
+                let held = engine.inflight.lock().remove(id);
+                op.set_context(ptr::null_mut());
+                op.state().rollback();
+                drop(held);
+                return Err(Error::Runtime(
+                    match err {
+                        SubmitError::QueueFull => "Thread pool queue full",
+                        SubmitError::Shutdown => "Thread pool is shutdown",
+                    }
+                    .into(),
+                ));
+            }
+            accepted += 1;
+        }
+        drop(pool_guard);
+        int_result(accepted)
+    })
+}
+
+fn int_result(value: i64) -> Result<*mut PyObject> {
+    // SAFETY: plain constructor; GIL held.
+    let obj = unsafe { ffi::PyLong_FromLongLong(value) };
+    if obj.is_null() {
+        Err(Error::AlreadySet)
+    } else {
+        Ok(obj)
+    }
+}
+
+unsafe extern "C" fn ctx_cancel(
+    _slf: *mut PyObject,
+    _args: *mut PyObject,
+    _kwargs: *mut PyObject,
+) -> *mut PyObject {
+    // Worker-thread syscalls cannot be interrupted; like caio, cancel is a no-op.
+    entry(|| int_result(0))
+}
+
+unsafe extern "C" fn ctx_close(slf: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        unsafe { engine(slf)? }.close();
+        // SAFETY: new reference to None.
+        unsafe {
+            let none = ffi::Py_None();
+            ffi::Py_IncRef(none);
+            Ok(none)
+        }
+    })
+}
+
+fn events_of(engine: &Engine) -> Result<&Arc<EventQueue>> {
+    engine.events.as_ref().ok_or_else(|| {
+        Error::Runtime(
+            "this Context runs callbacks on its worker threads; create it with eventfd=True \
+             to drain completions with poll()/process_events()"
+                .into(),
+        )
+    })
+}
+
+unsafe extern "C" fn ctx_process_events(
+    slf: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        let (mut max, mut min, mut timeout): (u32, u32, c_int) = (DEFAULT_DRAIN, 0, 0);
+        parse_args!(
+            args,
+            kwargs,
+            c"|IIi:process_events",
+            [c"max_requests", c"min_requests", c"timeout"],
+            &mut max,
+            &mut min,
+            &mut timeout
+        )?;
+        let max = if max == 0 { DEFAULT_DRAIN } else { max };
+        if min > max {
+            return Err(Error::Value(format!(
+                "min_requests ({min}) must be <= max_requests ({max})"
+            )));
+        }
+        let events = events_of(engine)?;
+        if min > 0 && timeout != 0 && events.len() < min as usize {
+            let wait = (timeout > 0).then(|| Duration::from_secs(timeout as u64));
+            let events = events.clone();
+            without_gil(move || events.wait(min as usize, wait));
+        }
+        int_result(engine.drain(max as usize) as i64)
+    })
+}
+
+unsafe extern "C" fn ctx_poll(slf: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        match events_of(engine)?.eventfd().read() {
+            Ok(count) => int_result(count as i64),
+            Err(_) => Err(Error::WouldBlock),
+        }
+    })
+}
+
+unsafe extern "C" fn ctx_run_inline(slf: *mut PyObject, arg: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        if !is_operation(arg) {
+            return Err(Error::Type(
+                "run_inline() argument must be an Operation".into(),
+            ));
+        }
+        if engine.lock_pool().is_none() {
+            return Err(closed());
+        }
+        // SAFETY: type-checked above.
+        let op = unsafe { OpPtr::new(arg) };
+        let request = op.request();
+        let eligible =
+            op.kind() == IoKind::Read && op.phase() == Phase::New && request.len <= INLINE_READ_MAX;
+        // SAFETY: an unclaimed op's buffer is ours alone (no backend has it and Python
+        // cannot see it before the op is done); the GIL keeps others from claiming it
+        // while the read runs.
+        let done = eligible
+            && match unsafe { request.read_nowait() } {
+                Some(res) => complete_inline(op, res),
+                None => false,
+            };
+        // SAFETY: Py_True/Py_False are static; a new reference is returned.
+        unsafe {
+            let b = if done {
+                ffi::Py_True()
+            } else {
+                ffi::Py_False()
+            };
+            ffi::Py_IncRef(b);
+            Ok(b)
+        }
+    })
+}
+
+unsafe extern "C" fn get_max_requests(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| int_result(unsafe { engine(slf)? }.max_requests as i64))
+}
+
+unsafe extern "C" fn get_pool_size(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| int_result(unsafe { engine(slf)? }.pool_size as i64))
+}
+
+unsafe extern "C" fn get_fileno(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        match &engine.events {
+            Some(events) => int_result(events.eventfd().as_raw_fd() as i64),
+            None => Err(Error::Attribute(
+                "this Context runs callbacks on its worker threads and has no eventfd; \
+                 create it with eventfd=True"
+                    .into(),
+            )),
+        }
+    })
+}
+
+unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let text = match unsafe { engine(slf) } {
+            Ok(e) => format!(
+                "<caio.thread_aio.Context at {slf:p}: max_requests={}, pool_size={}, \
+                 delivery={}, in_flight={}, {}>",
+                e.max_requests,
+                e.pool_size,
+                if e.events.is_some() {
+                    "eventfd"
+                } else {
+                    "worker"
+                },
+                e.inflight.lock().len(),
+                if e.lock_pool().is_some() {
+                    "open"
+                } else {
+                    "closed"
+                },
+            ),
+            Err(_) => format!("<caio.thread_aio.Context at {slf:p}: uninitialized>"),
+        };
+        str_object(&text).map(PyOwned::into_ptr)
+    })
+}
+
+unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
+    // SAFETY: called once when the refcount reaches zero, with the GIL held (possibly on a
+    // worker thread that just delivered the last op). No op is in flight: each one holds a
+    // reference to this Context.
+    unsafe {
+        let ty = (*slf).ob_type;
+        let obj = slf.cast::<ContextObject>();
+        if !(*obj).weakreflist.is_null() {
+            ffi::PyObject_ClearWeakRefs(slf);
+        }
+        let engine = std::mem::replace(&mut (*obj).engine, ptr::null_mut());
+        if !engine.is_null() {
+            let engine = Box::from_raw(engine);
+            engine.close();
+            drop(engine);
+        }
+        let free: ffi::freefunc = std::mem::transmute(ffi::PyType_GetSlot(ty, ffi::Py_tp_free));
+        free(slf.cast());
+        ffi::Py_DecRef(ty.cast());
+    }
+}
+
+/// Creates the two types (once per process) and adds them to `module`.
+pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
+    use crate::types::{getset, getset_end, leak, method, method_kw, TypeBuilder};
+    if OPERATION_TYPE.load(Ordering::Acquire).is_null() {
+        let op_type = operation::create_type(
+            c"caio.thread_aio.Operation",
+            c"A file operation for caio.thread_aio.Context (read, write, fsync, fdsync).",
+        )?;
+        OPERATION_TYPE.store(op_type, Ordering::Release);
+    }
+    if CONTEXT_TYPE.load(Ordering::Acquire).is_null() {
+        let methods = leak(vec![
+            method(c"submit", ctx_submit, ffi::METH_VARARGS, c"submit(*operations) -> int: number of operations accepted."),
+            method_kw(c"cancel", ctx_cancel, 0, c"cancel(*args) -> 0: worker syscalls cannot be cancelled."),
+            method(c"close", ctx_close, ffi::METH_NOARGS, c"close(): stop accepting work; queued work still runs, workers are joined."),
+            method_kw(
+                c"process_events",
+                ctx_process_events,
+                0,
+                c"process_events(max_requests=512, min_requests=0, timeout=0) -> int (eventfd mode): deliver queued completions here.",
+            ),
+            method(c"poll", ctx_poll, ffi::METH_NOARGS, c"poll() -> int (eventfd mode): read and reset the eventfd counter."),
+            method(
+                c"run_inline",
+                ctx_run_inline,
+                ffi::METH_O,
+                c"run_inline(op) -> bool: complete a small cached read now, without a worker.",
+            ),
+            ffi::PyMethodDef::zeroed(),
+        ]);
+        let getsets = leak(vec![
+            getset(
+                c"max_requests",
+                get_max_requests,
+                c"How many requests may wait for a worker.",
+            ),
+            getset(c"pool_size", get_pool_size, c"Number of worker threads."),
+            getset(
+                c"fileno",
+                get_fileno,
+                c"The eventfd signalled when completions are queued (eventfd mode).",
+            ),
+            getset_end(),
+        ]);
+        let ty = TypeBuilder::new(
+            c"caio.thread_aio.Context",
+            std::mem::size_of::<ContextObject>(),
+            std::mem::offset_of!(ContextObject, weakreflist),
+        )
+        .slot(
+            ffi::Py_tp_doc,
+            c"Context(max_requests=512, pool_size=8, *, eventfd=False)\n\nthread aio context: file I/O on a pool of native worker threads."
+                .as_ptr() as *mut c_void,
+        )
+        .slot(ffi::Py_tp_new, ctx_new as *mut c_void)
+        .slot(ffi::Py_tp_dealloc, ctx_dealloc as *mut c_void)
+        .slot(ffi::Py_tp_repr, ctx_repr as *mut c_void)
+        .slot(ffi::Py_tp_methods, methods.cast())
+        .slot(ffi::Py_tp_getset, getsets.cast())
+        .build()?;
+        CONTEXT_TYPE.store(ty, Ordering::Release);
+    }
+    for (name, ty) in [
+        (c"ThreadOperation", OPERATION_TYPE.load(Ordering::Acquire)),
+        (c"ThreadContext", CONTEXT_TYPE.load(Ordering::Acquire)),
+    ] {
+        // SAFETY: `module` is the module being executed; AddObjectRef takes its own
+        // reference to the type, which we keep forever in the static.
+        if unsafe { ffi::PyModule_AddObjectRef(module, name.as_ptr(), ty.cast()) } < 0 {
+            return Err(Error::AlreadySet);
+        }
+    }
+    Ok(())
+}
