@@ -1,0 +1,140 @@
+"""Common machinery of the asyncio adapters (``caio.*_asyncio.AsyncioContext``).
+
+An adapter wraps one backend Context. Each awaited operation gets a future that the
+operation's completion callback resolves; the awaiting coroutine then returns
+``op.get_value()``, so errors always surface from ``get_value()`` and never from the
+callback argument. A bounded semaphore limits how many operations one adapter keeps
+in flight.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable
+from functools import partial
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+from .abstract import AbstractContext, AbstractOperation
+
+ContextType = TypeVar("ContextType", bound=AbstractContext)
+OperationType = TypeVar("OperationType", bound=AbstractOperation)
+
+
+class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
+    MAX_REQUESTS_DEFAULT = 512
+
+    # Set by every concrete adapter.
+    CONTEXT_CLASS: Callable[..., ContextType]
+    OPERATION_CLASS: type[OperationType]
+
+    context: ContextType
+
+    def __init__(
+        self,
+        max_requests: int | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        deferred: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        max_requests = max_requests or self.MAX_REQUESTS_DEFAULT
+        self.loop = loop or asyncio.get_event_loop()
+        self.deferred = deferred
+        self._closed = False
+        # Created before the backend context, so a failing context constructor
+        # leaves nothing half-registered behind.
+        self.semaphore = asyncio.BoundedSemaphore(max_requests)
+        self.context = self._create_context(max_requests, **kwargs)
+
+    # --- hooks for the concrete adapters -------------------------------------
+
+    def _create_context(self, max_requests: int, **kwargs: Any) -> ContextType:
+        return self.CONTEXT_CLASS(max_requests=max_requests, **kwargs)
+
+    def _destroy_context(self) -> None:
+        return None
+
+    def _submit_op(self, op: OperationType, future: asyncio.Future[Any]) -> None:
+        if self.context.submit(op) != 1:
+            raise OSError("Operation was not submitted")
+
+    def _on_submitted(self) -> None:
+        return None
+
+    def _on_done(self, future: asyncio.Future[Any], result: Any) -> None:
+        """Completion callback; may run on any thread.
+
+        The future is checked twice: here (cheap early exit) and again on the loop
+        thread, because a completion can race the cancellation of its awaiter.
+        """
+        if future.done():
+            return
+        self.loop.call_soon_threadsafe(_resolve, future)
+
+    # --- public API ----------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncioContextBase[ContextType, OperationType]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._destroy_context()
+
+    async def submit(self, op: OperationType) -> Any:
+        if not isinstance(op, self.OPERATION_CLASS):
+            # ValueError, not TypeError: the exception type is part of the contract.
+            raise ValueError("Operation object expected")  # noqa: TRY004
+
+        future = self.loop.create_future()
+        op.set_callback(partial(self._on_done, future))
+
+        async with self.semaphore:
+            self._submit_op(op, future)
+            self._on_submitted()
+            try:
+                await future
+            except asyncio.CancelledError:
+                try:
+                    self.context.cancel(op)
+                except ValueError:
+                    pass
+                raise
+            return op.get_value()
+
+    def read(
+        self, nbytes: int, fd: int, offset: int, priority: int = 0,
+    ) -> Awaitable[bytes]:
+        op = self.OPERATION_CLASS.read(nbytes, fd, offset, priority)
+        return self.submit(cast(OperationType, op))
+
+    def write(
+        self, payload: bytes, fd: int, offset: int, priority: int = 0,
+    ) -> Awaitable[int]:
+        op = self.OPERATION_CLASS.write(payload, fd, offset, priority)
+        return self.submit(cast(OperationType, op))
+
+    def fsync(self, fd: int) -> Awaitable[None]:
+        return self.submit(cast(OperationType, self.OPERATION_CLASS.fsync(fd)))
+
+    def fdsync(self, fd: int) -> Awaitable[None]:
+        return self.submit(cast(OperationType, self.OPERATION_CLASS.fdsync(fd)))
+
+
+def _resolve(future: asyncio.Future[Any]) -> None:
+    # Runs on the loop thread; the future may have been cancelled meanwhile.
+    if not future.done():
+        future.set_result(True)
+
+
+__all__ = ("AsyncioContextBase", "ContextType", "OperationType")

@@ -1,0 +1,351 @@
+"""Pure-Python backend: file operations run on a ``multiprocessing.pool.ThreadPool``.
+
+Works wherever Python runs. Completion callbacks are invoked on the pool's
+result-handler thread with the syscall result (bytes read or written, ``None`` for
+fsync/fdsync) or ``None`` on failure; the failure itself is re-raised by
+``Operation.get_value()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import os
+import threading
+import traceback
+from collections.abc import Callable
+from enum import IntEnum, unique
+from functools import partial
+from multiprocessing.pool import ThreadPool
+from types import MappingProxyType
+from typing import Any, SupportsIndex
+
+from .abstract import AbstractContext, AbstractOperation
+
+fdsync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+NATIVE_PREAD_PWRITE: bool = hasattr(os, "pread") and hasattr(os, "pwrite")
+
+
+@unique
+class OpCode(IntEnum):
+    READ = 0
+    WRITE = 1
+    FSYNC = 2
+    FDSYNC = 3
+    NOOP = -1
+
+
+@unique
+class ContextState(IntEnum):
+    OPEN = 0
+    CLOSING = 1
+    CLOSED = 2
+
+
+def _describe(obj: object) -> str:
+    """repr() for error messages, without building huge strings for big buffers."""
+    if isinstance(obj, (bytes, bytearray, memoryview, str)) and len(obj) > 64:
+        return f"<{type(obj).__name__} of length {len(obj)}>"
+    return repr(obj)
+
+
+def _report_callback_error(exc: BaseException) -> None:
+    args = threading.ExceptHookArgs(
+        (type(exc), exc, exc.__traceback__, threading.current_thread()),
+    )
+    try:
+        threading.excepthook(args)
+    except BaseException:  # noqa: BLE001 - a failing hook must not stop delivery either
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+
+
+class Context(AbstractContext):
+    """python aio context implementation.
+
+    Runs every operation on a thread pool of ``pool_size`` threads and accepts at
+    most ``max_requests`` operations in flight at once.
+    """
+
+    MAX_POOL_SIZE = 128
+
+    def __init__(self, max_requests: int = 32, pool_size: int = 8) -> None:
+        # First of all, so that __del__/close() on a half-built object is a no-op.
+        self._state = ContextState.CLOSED
+
+        if not 0 < pool_size < self.MAX_POOL_SIZE:
+            raise ValueError(
+                f"pool_size must be between 1 and {self.MAX_POOL_SIZE - 1}, "
+                f"got {pool_size!r}",
+            )
+        if max_requests <= 0:
+            raise ValueError(
+                f"max_requests must be a positive integer, got {max_requests!r}",
+            )
+
+        self.__max_requests = max_requests
+        self._in_progress = 0
+        self._lock = threading.Lock()
+
+        if not NATIVE_PREAD_PWRITE:
+            # Without positional I/O a read/write is seek + read/write, which must
+            # not interleave with another operation on the same descriptor.
+            self._fd_locks: dict[int, threading.RLock] = {}
+            self._fd_locks_guard = threading.Lock()
+
+        self.pool = ThreadPool(pool_size)
+        self._state = ContextState.OPEN
+
+    @property
+    def max_requests(self) -> int:
+        return self.__max_requests
+
+    # --- submission ------------------------------------------------------------
+
+    def submit(self, *aio_operations: Any) -> int:
+        for operation in aio_operations:
+            if not isinstance(operation, Operation):
+                # ValueError (the C backends raise TypeError): part of the contract.
+                raise ValueError(f"Invalid Operation {_describe(operation)}")  # noqa: TRY004
+
+        accepted = 0
+        for operation in aio_operations:
+            if self._execute(operation):
+                accepted += 1
+        return accepted
+
+    def _execute(self, operation: Operation) -> bool:
+        """Claim ``operation`` and hand it to the pool.
+
+        Returns False when the operation was claimed before (it is then left alone).
+        """
+        handler = self._OP_MAP[operation.opcode]
+
+        with operation._lock, self._lock:
+            if operation.in_progress:
+                return False
+            if self._state != ContextState.OPEN:
+                raise RuntimeError("Context is closed")
+            if self._in_progress >= self.__max_requests:
+                raise RuntimeError("Maximum simultaneous requests have been reached")
+            operation.in_progress = True
+            self._in_progress += 1
+
+        try:
+            self.pool.apply_async(
+                handler,
+                (self, operation),
+                callback=partial(self._on_success, operation),
+                error_callback=partial(self._on_error, operation),
+            )
+        except BaseException:
+            self._rollback_claim(operation)
+            raise
+        return True
+
+    def _rollback_claim(self, operation: Operation) -> None:
+        """Undo a claim for an operation that never reached the pool."""
+        with operation._lock, self._lock:
+            operation.in_progress = False
+            self._in_progress -= 1
+
+    # --- completion (ThreadPool result-handler thread) ---------------------------
+
+    def _on_success(self, operation: Operation, result: Any) -> None:
+        with self._lock:
+            self._in_progress -= 1
+        operation.written = result
+        self._invoke_callback(operation, result)
+
+    def _on_error(self, operation: Operation, exc: BaseException) -> None:
+        with self._lock:
+            self._in_progress -= 1
+        operation.exception = exc
+        operation.written = 0
+        self._invoke_callback(operation, None)
+
+    def _invoke_callback(self, operation: Operation, result: Any) -> None:
+        with operation._lock:
+            callback = operation.callback
+        if callback is None:
+            return
+        try:
+            callback(result)
+        except BaseException as exc:  # noqa: BLE001
+            # An exception escaping here would kill the pool's result-handler thread
+            # and with it every later completion: report it like an uncaught
+            # exception in a thread instead.
+            _report_callback_error(exc)
+
+    # --- handlers (pool worker threads) -------------------------------------------
+
+    def _fd_lock(self, fd: int) -> threading.RLock:
+        with self._fd_locks_guard:
+            lock = self._fd_locks.get(fd)
+            if lock is None:
+                lock = self._fd_locks[fd] = threading.RLock()
+            return lock
+
+    def _pread(self, fd: int, size: int, offset: int) -> bytes:
+        if NATIVE_PREAD_PWRITE:
+            return os.pread(fd, size, offset)
+        with self._fd_lock(fd):
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.read(fd, size)
+
+    def _pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        if NATIVE_PREAD_PWRITE:
+            return os.pwrite(fd, data, offset)
+        with self._fd_lock(fd):
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.write(fd, data)
+
+    def _handle_read(self, operation: Operation) -> int:
+        data = self._pread(operation.fileno, operation.nbytes, operation.offset)
+        operation.buffer = data
+        return len(data)
+
+    def _handle_write(self, operation: Operation) -> int:
+        return self._pwrite(operation.fileno, operation.buffer, operation.offset)
+
+    def _handle_fsync(self, operation: Operation) -> None:
+        os.fsync(operation.fileno)
+
+    def _handle_fdsync(self, operation: Operation) -> None:
+        fdsync(operation.fileno)
+
+    def _handle_noop(self, operation: Operation) -> None:
+        return None
+
+    _OP_MAP: MappingProxyType[OpCode, Callable[[Context, Operation], Any]] = MappingProxyType({
+        OpCode.READ: _handle_read,
+        OpCode.WRITE: _handle_write,
+        OpCode.FSYNC: _handle_fsync,
+        OpCode.FDSYNC: _handle_fdsync,
+        OpCode.NOOP: _handle_noop,
+    })
+
+    # --- the rest of the Context API ----------------------------------------------
+
+    def cancel(self, *aio_operations: Any) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Stop accepting operations. Already queued ones still run (no join)."""
+        if self._state != ContextState.OPEN:
+            return
+        with self._lock:
+            if self._state != ContextState.OPEN:
+                return
+            self._state = ContextState.CLOSING
+            self.pool.close()
+            self._state = ContextState.CLOSED
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class Operation(AbstractOperation):
+    """One request for the python_aio backend.
+
+    Can also be constructed directly:
+    ``Operation(fd, nbytes, offset, opcode, payload=None, priority=None)``.
+    """
+
+    def __init__(
+        self,
+        fd: SupportsIndex,
+        nbytes: SupportsIndex | None,
+        offset: SupportsIndex | None,
+        opcode: int,
+        payload: bytes | None = None,
+        priority: SupportsIndex | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self.callback: Callable[[Any], Any] | None = None
+        self.in_progress = False
+        self.exception: BaseException | None = None
+        self.written: Any = 0
+
+        self.opcode = OpCode(opcode)
+        self.__fileno = operator.index(fd)
+        self.__nbytes = 0 if nbytes is None else operator.index(nbytes)
+        self.__offset = 0 if offset is None else operator.index(offset)
+        self.__priority = 0 if priority is None else operator.index(priority)
+
+        self.buffer: bytes = b""
+        if self.opcode == OpCode.WRITE:
+            if not isinstance(payload, bytes):
+                raise ValueError(f"payload_bytes must be bytes, got {_describe(payload)}")
+            self.buffer = payload
+
+    @classmethod
+    def read(cls, nbytes: int, fd: int, offset: int, priority: int = 0) -> Operation:
+        """Create an operation reading ``nbytes`` from ``fd`` at ``offset``."""
+        return cls(fd, nbytes, offset, OpCode.READ, priority=priority)
+
+    @classmethod
+    def write(
+        cls, payload_bytes: bytes, fd: int, offset: int, priority: int = 0,
+    ) -> Operation:
+        """Create an operation writing ``payload_bytes`` to ``fd`` at ``offset``."""
+        return cls(
+            fd, len(payload_bytes), offset, OpCode.WRITE,
+            payload=payload_bytes, priority=priority,
+        )
+
+    @classmethod
+    def fsync(cls, fd: int, priority: int = 0) -> Operation:
+        """Create an fsync operation."""
+        return cls(fd, None, None, OpCode.FSYNC, priority=priority)
+
+    @classmethod
+    def fdsync(cls, fd: int, priority: int = 0) -> Operation:
+        """Create an fdatasync operation (fsync where fdatasync does not exist)."""
+        return cls(fd, None, None, OpCode.FDSYNC, priority=priority)
+
+    def get_value(self) -> bytes | int | None:
+        """bytes for a read, bytes written for a write, None for the rest.
+
+        Re-raises the ``OSError`` of a failed operation. Not gated while in flight.
+        """
+        if self.exception is not None:
+            raise self.exception
+        if self.opcode == OpCode.WRITE:
+            return self.written
+        if self.opcode == OpCode.READ:
+            return self.buffer
+        return None
+
+    @property
+    def fileno(self) -> int:
+        return self.__fileno
+
+    @property
+    def offset(self) -> int:
+        return self.__offset
+
+    @property
+    def payload(self) -> memoryview:
+        return memoryview(self.buffer)
+
+    @property
+    def nbytes(self) -> int:
+        return self.__nbytes
+
+    def set_callback(self, callback: Callable[[Any], Any]) -> bool:
+        if not callable(callback):
+            raise ValueError(f"callback must be callable, got {callback!r}")  # noqa: TRY004
+        with self._lock:
+            self.callback = callback
+        return True
+
+
+__all__ = (
+    "NATIVE_PREAD_PWRITE",
+    "Context",
+    "ContextState",
+    "OpCode",
+    "Operation",
+    "fdsync",
+)

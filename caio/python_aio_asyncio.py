@@ -1,0 +1,25 @@
+"""asyncio adapter for the pure-Python backend (``caio.python_aio``)."""
+
+from __future__ import annotations
+
+from .asyncio_base import AsyncioContextBase
+from .python_aio import Context, Operation
+
+
+class AsyncioContext(AsyncioContextBase[Context, Operation]):
+    """asyncio front end of ``caio.python_aio.Context``.
+
+    Callbacks arrive on the thread pool's result-handler thread, so the inherited
+    ``_on_done`` hands results to the loop with ``call_soon_threadsafe``.
+    ``deferred`` is accepted and ignored; extra keyword arguments (``pool_size``)
+    go to the Context.
+    """
+
+    OPERATION_CLASS = Operation
+    CONTEXT_CLASS = Context
+
+    def _destroy_context(self) -> None:
+        self.context.close()
+
+
+__all__ = ("AsyncioContext", "Context", "Operation")

@@ -1,0 +1,69 @@
+from collections.abc import Callable
+from typing import Any, final
+
+from .abstract import AbstractContext, AbstractOperation
+
+@final
+class Context(AbstractContext):
+    """thread aio context: a fixed pool of native worker threads.
+
+    With ``eventfd=False`` (default) callbacks run on a worker thread holding the GIL.
+    With ``eventfd=True`` workers never take the GIL; completions are queued, announced
+    on ``fileno`` and delivered by ``process_events()`` on the calling thread.
+    """
+
+    def __new__(
+        cls, max_requests: int = 512, pool_size: int = 8, *, eventfd: bool = False,
+    ) -> Context: ...
+    @property
+    def max_requests(self) -> int: ...
+    @property
+    def pool_size(self) -> int: ...
+    @property
+    def fileno(self) -> int:
+        """The eventfd (``eventfd=True`` only; AttributeError otherwise)."""
+    def submit(self, *aio_operations: Operation) -> int: ...
+    def cancel(self, *aio_operations: Any) -> int:
+        """Always 0: queued work cannot be cancelled."""
+    def close(self) -> None: ...
+    def poll(self) -> int:
+        """Read and reset the eventfd counter; BlockingIOError when it is 0."""
+    def process_events(
+        self, max_requests: int = 512, min_requests: int = 0, timeout: int = 0,
+    ) -> int:
+        """Deliver up to ``max_requests`` queued completions on this thread.
+
+        Waits first until ``min_requests`` are queued or ``timeout`` seconds pass
+        (negative: forever). Returns how many were delivered.
+        """
+    def run_inline(self, operation: Operation, /) -> bool:
+        """Complete a small page-cache read right now; False leaves ``operation`` untouched."""
+
+@final
+class Operation(AbstractOperation):
+    @classmethod
+    def read(cls, nbytes: int, fd: int, offset: int = 0, priority: int = 0) -> Operation: ...
+    @classmethod
+    def write(
+        cls, payload_bytes: bytes, fd: int, offset: int = 0, priority: int = 0,
+    ) -> Operation: ...
+    @classmethod
+    def fsync(cls, fd: int, priority: int = 0) -> Operation: ...
+    @classmethod
+    def fdsync(cls, fd: int, priority: int = 0) -> Operation: ...
+    def get_value(self) -> bytes | int | None: ...
+    @property
+    def fileno(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def payload(self) -> bytes | memoryview | None: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def result(self) -> int: ...
+    @property
+    def error(self) -> int: ...
+    def set_callback(self, callback: Callable[[int], Any]) -> bool: ...
+
+__all__ = ("Context", "Operation")

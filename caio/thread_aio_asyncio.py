@@ -1,0 +1,81 @@
+"""asyncio adapter for the thread-pool backend (``caio.thread_aio``).
+
+The Context runs in eventfd mode: worker threads never take the GIL, they queue
+completions and signal an eventfd that the event loop watches. Completions are then
+delivered in batches by ``process_events()`` on the loop thread, so callbacks resolve
+their futures directly instead of going through ``call_soon_threadsafe``.
+
+Small reads whose data is already in the page cache are completed inside ``submit``
+by ``Context.run_inline()`` and return without a future or a loop round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .asyncio_base import AsyncioContextBase, _resolve
+from .thread_aio import Context, Operation
+
+
+class AsyncioContext(AsyncioContextBase[Context, Operation]):
+    """asyncio front end of ``caio.thread_aio.Context``.
+
+    ``deferred`` is accepted and ignored; extra keyword arguments (``pool_size``)
+    go to the Context.
+    """
+
+    OPERATION_CLASS = Operation
+    CONTEXT_CLASS = Context
+
+    def _create_context(self, max_requests: int, **kwargs: Any) -> Context:
+        context = self.CONTEXT_CLASS(max_requests=max_requests, eventfd=True, **kwargs)
+        try:
+            self.loop.add_reader(context.fileno, self._on_read_event)
+        except BaseException:
+            context.close()
+            raise
+        return context
+
+    def _destroy_context(self) -> None:
+        try:
+            self.loop.remove_reader(self.context.fileno)
+        finally:
+            # Runs every queued operation and delivers the remaining completions
+            # (their callbacks) on this thread.
+            self.context.close()
+
+    def _on_read_event(self) -> None:
+        try:
+            self.context.poll()
+        except BlockingIOError:
+            pass
+        # Drain until empty: the eventfd counter is a wake-up, not a count.
+        while self.context.process_events():
+            pass
+
+    def _on_done(self, future: asyncio.Future[Any], result: Any) -> None:
+        if future.done():
+            return
+        # Callbacks normally run on the loop thread (inside process_events or
+        # run_inline). close() from another thread delivers leftovers there too,
+        # so only touch the future directly when we are on the loop.
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            future.set_result(True)
+        else:
+            self.loop.call_soon_threadsafe(_resolve, future)
+
+    async def submit(self, op: Operation) -> Any:
+        if not isinstance(op, self.OPERATION_CLASS):
+            raise ValueError("Operation object expected")  # noqa: TRY004 (contract)
+        # Fast path: a small page-cache read completes right here, synchronously.
+        if self.context.run_inline(op):
+            return op.get_value()
+        return await super().submit(op)
+
+
+__all__ = ("AsyncioContext", "Context", "Operation")
