@@ -9,6 +9,7 @@ setup(
             binding=Binding.NoBinding,
             py_limited_api=False,
             features=["pyo3-ffi/extension-module"],
+            debug=False,
         )
     ],
 )

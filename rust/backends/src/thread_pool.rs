@@ -208,8 +208,8 @@ mod tests {
         // One running (held in the sink) plus two queued, once the worker has dequeued;
         // at least the queue limit either way.
         assert!(accepted >= 2);
-        // SAFETY: as above.
         assert_eq!(
+            // SAFETY: as above.
             unsafe { pool.submit(RequestId(99), SYNC) },
             Err(SubmitError::QueueFull)
         );
@@ -217,8 +217,8 @@ mod tests {
         pool.shutdown();
         let ids: Vec<u64> = done.try_iter().map(|c| c.id.0).collect();
         assert_eq!(ids, (1..=accepted).collect::<Vec<_>>(), "FIFO, all run");
-        // SAFETY: as above.
         assert_eq!(
+            // SAFETY: as above.
             unsafe { pool.submit(RequestId(100), SYNC) },
             Err(SubmitError::Shutdown)
         );
