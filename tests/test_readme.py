@@ -1,0 +1,32 @@
+"""The README's examples must run as written."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def test_asyncio_example_runs_as_written(workdir: Path) -> None:
+    code = python_blocks()[0]
+    assert "AsyncioContext" in code
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (workdir / "test.file").read_bytes() == b"Hello world"
+
+
+def test_raw_example_runs_as_written(workdir: Path) -> None:
+    code = next(b for b in python_blocks() if "caio.thread_aio import Context" in b)
+    (workdir / "test.file").write_bytes(b"x" * 5000)
+    code += "\nassert data == b'x' * 4096, len(data)\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
