@@ -5,6 +5,7 @@
 //! - [`eventfd`]: the wake-up counter an event loop watches.
 //! - [`thread_pool`]: worker threads that run requests and hand back [`Completion`]s.
 //! - [`event_queue`]: completions parked for a consumer thread, announced on an eventfd.
+//! - [`uring`]: an io_uring instance: setup, staging, submission, reaping.
 //!
 //! [`Completion`]: caio_core::Completion
 #![warn(missing_docs)]
@@ -13,8 +14,10 @@ pub mod event_queue;
 pub mod eventfd;
 pub mod io;
 pub mod thread_pool;
+pub mod uring;
 
 pub use event_queue::EventQueue;
 pub use eventfd::EventFd;
 pub use io::{IoKind, IoRequest};
 pub use thread_pool::{CompletionSink, SubmitError, ThreadPool};
+pub use uring::{Ring, RingFull, Stager};

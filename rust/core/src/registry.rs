@@ -1,15 +1,28 @@
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Identifies one in-flight request. Ids are never reused within a [`Registry`], so a stale
-/// or duplicated completion finds nothing instead of someone else's request.
+/// Identifies one in-flight request. Ids come from one process-wide counter and are never
+/// reused, so a stale, duplicated or foreign id (say, a cancel aimed at another context's
+/// request) finds nothing instead of someone else's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RequestId(pub u64);
 
 /// In-flight requests, each holding a `T` (the bridge keeps its strong reference there).
 #[derive(Debug)]
 pub struct Registry<T> {
-    next: u64,
     entries: HashMap<u64, T>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl RequestId {
+    /// An id no request will ever have (cancel sentinels and "no such request").
+    pub const NONE: RequestId = RequestId(u64::MAX);
+
+    /// A fresh id, unique in this process.
+    pub fn fresh() -> Self {
+        RequestId(NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 impl<T> Default for Registry<T> {
@@ -22,17 +35,15 @@ impl<T> Registry<T> {
     /// An empty registry.
     pub fn new() -> Self {
         Self {
-            next: 1,
             entries: HashMap::new(),
         }
     }
 
     /// Stores `value` under a fresh id.
     pub fn insert(&mut self, value: T) -> RequestId {
-        let id = self.next;
-        self.next += 1;
-        self.entries.insert(id, value);
-        RequestId(id)
+        let id = RequestId::fresh();
+        self.entries.insert(id.0, value);
+        id
     }
 
     /// Takes the request out; `None` for an unknown or already completed id.
@@ -69,6 +80,21 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(r.remove(a), None, "a stale id must find nothing");
         assert_eq!(r.remove(b), Some("b"));
+    }
+
+    #[test]
+    fn ids_are_unique_across_registries() {
+        let mut a = Registry::new();
+        let mut b = Registry::new();
+        let ia = a.insert(1);
+        let ib = b.insert(2);
+        assert_ne!(ia, ib);
+        assert_eq!(
+            a.remove(ib),
+            None,
+            "another registry's id must find nothing"
+        );
+        assert_ne!(ia, RequestId::NONE);
     }
 
     #[test]

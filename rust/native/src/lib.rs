@@ -8,6 +8,8 @@ mod args;
 mod error;
 mod ffi;
 mod gil;
+mod inflight;
+mod linux_uring;
 mod operation;
 mod thread_aio;
 mod types;
@@ -18,7 +20,43 @@ use std::ptr;
 use crate::ffi::PyObject;
 
 unsafe extern "C" fn module_exec(module: *mut PyObject) -> c_int {
-    error::entry(|| thread_aio::add_types(module).map(|()| 0))
+    error::entry(|| {
+        thread_aio::add_types(module)?;
+        linux_uring::add_types(module)?;
+        Ok(0)
+    })
+}
+
+unsafe extern "C" fn uring_probe(_module: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
+    error::entry(|| match linux_uring::probe() {
+        None => {
+            // SAFETY: new reference to None.
+            unsafe {
+                let none = ffi::Py_None();
+                ffi::Py_IncRef(none);
+                Ok(none)
+            }
+        }
+        Some(reason) => error::str_object(&reason).map(ffi::PyOwned::into_ptr),
+    })
+}
+
+unsafe extern "C" fn uring_sqpoll_allowed(
+    _module: *mut PyObject,
+    _: *mut PyObject,
+) -> *mut PyObject {
+    error::entry(|| {
+        // SAFETY: static singletons; a new reference is returned.
+        unsafe {
+            let b = if linux_uring::sqpoll_allowed() {
+                ffi::Py_True()
+            } else {
+                ffi::Py_False()
+            };
+            ffi::Py_IncRef(b);
+            Ok(b)
+        }
+    })
 }
 
 /// The module definition and its slots, handed to the interpreter once.
@@ -84,6 +122,21 @@ pub unsafe extern "C" fn PyInit__native() -> *mut PyObject {
     unsafe {
         let def = MODULE.0.get();
         (*def).m_slots = ptr::addr_of_mut!(SLOTS).cast();
+        (*def).m_methods = types::leak(vec![
+            types::method(
+                c"uring_probe",
+                uring_probe,
+                ffi::METH_NOARGS,
+                c"uring_probe() -> None, or why io_uring cannot be used here.",
+            ),
+            types::method(
+                c"uring_sqpoll_allowed",
+                uring_sqpoll_allowed,
+                ffi::METH_NOARGS,
+                c"uring_sqpoll_allowed() -> bool: whether a SQPOLL ring can be created.",
+            ),
+            ffi::PyMethodDef::zeroed(),
+        ]);
         ffi::PyModuleDef_Init(def)
     }
 }

@@ -22,6 +22,7 @@ pub(crate) struct OperationObject {
     ob_base: PyObject,
     weakreflist: *mut PyObject,
     pub(crate) state: OpState,
+    flavor: Flavor,
     pub(crate) kind: IoKind,
     pub(crate) fd: u32,
     pub(crate) offset: i64,
@@ -36,6 +37,31 @@ pub(crate) struct OperationObject {
     callback: *mut PyObject,
     /// The Context this op is in flight on (a strong reference), else NULL.
     pub(crate) context: *mut PyObject,
+    /// The request id while in flight (what a cancel targets), else `RequestId::NONE`.
+    pub(crate) request_id: u64,
+}
+
+/// Which backend's conventions an Operation follows (caio's backends differ in details
+/// that users can observe, and we keep each as it was).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Flavor {
+    /// thread_aio: signed offsets; `result` and the callback get -1 on failure; a write's
+    /// payload is dropped on completion; a read's `payload` is a memoryview.
+    Thread = 0,
+    /// linux_uring: offsets are masked u64 (-1 = current position); `result` and the
+    /// callback get the negated errno; reads up to 4 GiB - 1; a read's `payload` is the
+    /// bytes object itself.
+    Uring = 1,
+}
+
+impl Flavor {
+    const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Flavor::Uring,
+            _ => Flavor::Thread,
+        }
+    }
 }
 
 /// Reads no larger than this may run inline on the caller's thread when cached.
@@ -65,6 +91,21 @@ impl OpPtr {
     pub(crate) fn state(&self) -> &OpState {
         // SAFETY: live object for as long as this borrow of `self`; atomics are shareable.
         unsafe { &(*self.raw()).state }
+    }
+
+    pub(crate) fn set_request_id(self, id: u64) {
+        // SAFETY: live object; plain field write under the GIL.
+        unsafe { (*self.raw()).request_id = id }
+    }
+
+    pub(crate) fn request_id(self) -> u64 {
+        // SAFETY: live object; plain field read under the GIL.
+        unsafe { (*self.raw()).request_id }
+    }
+
+    pub(crate) fn context(self) -> *mut PyObject {
+        // SAFETY: live object; plain field read under the GIL.
+        unsafe { (*self.raw()).context }
     }
 
     pub(crate) fn kind(self) -> IoKind {
@@ -140,11 +181,13 @@ pub(crate) fn deliver(op: PyOwned, res: i64) {
 unsafe fn finish_fields(raw: *mut OperationObject, res: i64) {
     // SAFETY: see the function's contract.
     unsafe {
+        let flavor = (*raw).flavor;
+        (*raw).request_id = caio_core::RequestId::NONE.0;
         if res >= 0 {
             (*raw).result = res;
             (*raw).error = 0;
         } else {
-            (*raw).result = -1;
+            (*raw).result = if flavor == Flavor::Thread { -1 } else { res };
             (*raw).error = (-res) as i32;
         }
         match (*raw).kind {
@@ -161,12 +204,12 @@ unsafe fn finish_fields(raw: *mut OperationObject, res: i64) {
                     (*raw).nbytes = got;
                 }
             }
-            IoKind::Write => {
-                // caio drops the payload once a write completes (`payload` reads None).
+            IoKind::Write if flavor == Flavor::Thread => {
+                // caio's thread backend drops the payload once a write completes.
                 let payload = std::mem::replace(&mut (*raw).buffer, ptr::null_mut());
                 drop(PyOwned::from_new(payload));
             }
-            IoKind::Fsync | IoKind::Fdsync => {}
+            IoKind::Write | IoKind::Fsync | IoKind::Fdsync => {}
         }
     }
 }
@@ -180,7 +223,11 @@ unsafe fn run_callback(raw: *mut OperationObject, res: i64) {
         let Some(cb) = NonNull::new((*raw).callback).map(|p| PyOwned::from_borrowed(p)) else {
             return;
         };
-        let arg = if res >= 0 { res } else { -1 };
+        let arg = if res >= 0 || (*raw).flavor == Flavor::Uring {
+            res
+        } else {
+            -1
+        };
         let Some(value) = PyOwned::from_new(ffi::PyLong_FromLongLong(arg)) else {
             write_unraisable(cb.as_ptr());
             return;
@@ -192,9 +239,28 @@ unsafe fn run_callback(raw: *mut OperationObject, res: i64) {
     }
 }
 
+/// Runs `op` on the calling thread if it is an unclaimed small read whose data is in the
+/// page cache (`preadv2(RWF_NOWAIT)`), completing it (callback included). Returns whether
+/// it completed; `false` leaves the op untouched for a normal submit. GIL held.
+pub(crate) fn run_inline(op: OpPtr) -> bool {
+    if op.kind() != IoKind::Read || op.phase() != Phase::New {
+        return false;
+    }
+    let request = op.request();
+    if request.len > INLINE_READ_MAX {
+        return false;
+    }
+    // SAFETY: an unclaimed op's buffer is ours alone: no backend has it and Python cannot
+    // see it before the op is done; the GIL keeps anyone from claiming it meanwhile.
+    match unsafe { request.read_nowait() } {
+        Some(res) => complete_inline(op, res),
+        None => false,
+    }
+}
+
 /// Completes an op that ran inline (never dispatched): claims it, applies `res`, runs the
 /// callback. Returns `false` if someone claimed it first.
-pub(crate) fn complete_inline(op: OpPtr, res: i64) -> bool {
+fn complete_inline(op: OpPtr, res: i64) -> bool {
     if !op.state().try_claim() {
         return false;
     }
@@ -213,6 +279,7 @@ pub(crate) fn complete_inline(op: OpPtr, res: i64) -> bool {
 /// Takes over `buffer` (a new reference or NULL).
 fn new_op(
     cls: *mut PyTypeObject,
+    flavor: Flavor,
     kind: IoKind,
     fd: u32,
     offset: i64,
@@ -229,6 +296,8 @@ fn new_op(
         let op = obj.cast::<OperationObject>();
         ptr::addr_of_mut!((*op).state).write(OpState::new());
         ptr::addr_of_mut!((*op).kind).write(kind);
+        ptr::addr_of_mut!((*op).flavor).write(flavor);
+        (*op).request_id = caio_core::RequestId::NONE.0;
         (*op).fd = fd;
         (*op).offset = offset;
         (*op).nbytes = nbytes;
@@ -237,23 +306,38 @@ fn new_op(
     }
 }
 
-unsafe extern "C" fn op_read(
+/// Parses `offset` as caio's backend did: range-checked i64 (thread) or masked u64 (uring).
+fn offset_format(flavor: Flavor, thread: &'static CStr, uring: &'static CStr) -> &'static CStr {
+    if flavor == Flavor::Thread {
+        thread
+    } else {
+        uring
+    }
+}
+
+unsafe extern "C" fn op_read<const FLAVOR: u8>(
     cls: *mut PyObject,
     args: *mut PyObject,
     kwargs: *mut PyObject,
 ) -> *mut PyObject {
     entry(|| {
+        let flavor = Flavor::from_u8(FLAVOR);
         let (mut nbytes, mut fd, mut offset, mut priority): (u64, u32, i64, u16) = (0, 0, 0, 0);
         parse_args!(
             args,
             kwargs,
-            c"KI|LH:read",
+            offset_format(flavor, c"KI|LH:read", c"KI|KH:read"),
             [c"nbytes", c"fd", c"offset", c"priority"],
             &mut nbytes,
             &mut fd,
             &mut offset,
             &mut priority
         )?;
+        if flavor == Flavor::Uring && nbytes > u32::MAX as u64 {
+            return Err(Error::Overflow(format!(
+                "nbytes exceeds the io_uring read limit of 4294967295 (got {nbytes}; negative sizes wrap)"
+            )));
+        }
         if nbytes > isize::MAX as u64 {
             return Err(Error::Overflow(format!(
                 "nbytes does not fit in Py_ssize_t (got {nbytes}; negative sizes wrap)"
@@ -271,6 +355,7 @@ unsafe extern "C" fn op_read(
         .ok_or(Error::AlreadySet)?;
         new_op(
             cls.cast(),
+            flavor,
             IoKind::Read,
             fd,
             offset,
@@ -280,18 +365,19 @@ unsafe extern "C" fn op_read(
     })
 }
 
-unsafe extern "C" fn op_write(
+unsafe extern "C" fn op_write<const FLAVOR: u8>(
     cls: *mut PyObject,
     args: *mut PyObject,
     kwargs: *mut PyObject,
 ) -> *mut PyObject {
     entry(|| {
+        let flavor = Flavor::from_u8(FLAVOR);
         let mut payload: *mut PyObject = ptr::null_mut();
         let (mut fd, mut offset, mut priority): (u32, i64, u16) = (0, 0, 0);
         parse_args!(
             args,
             kwargs,
-            c"OI|LH:write",
+            offset_format(flavor, c"OI|LH:write", c"OI|KH:write"),
             [c"payload_bytes", c"fd", c"offset", c"priority"],
             &mut payload,
             &mut fd,
@@ -309,7 +395,15 @@ unsafe extern "C" fn op_write(
         let payload = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(payload)) };
         // SAFETY: `payload` is a bytes object.
         let len = unsafe { ffi::PyBytes_Size(payload.as_ptr()) } as usize;
-        new_op(cls.cast(), IoKind::Write, fd, offset, len, Some(payload))
+        new_op(
+            cls.cast(),
+            flavor,
+            IoKind::Write,
+            fd,
+            offset,
+            len,
+            Some(payload),
+        )
     })
 }
 
@@ -317,6 +411,7 @@ fn sync_op(
     cls: *mut PyObject,
     args: *mut PyObject,
     kwargs: *mut PyObject,
+    flavor: Flavor,
     kind: IoKind,
 ) -> Result<*mut PyObject> {
     let (mut fd, mut priority): (u32, u16) = (0, 0);
@@ -333,23 +428,23 @@ fn sync_op(
         &mut fd,
         &mut priority
     )?;
-    new_op(cls.cast(), kind, fd, 0, 0, None)
+    new_op(cls.cast(), flavor, kind, fd, 0, 0, None)
 }
 
-unsafe extern "C" fn op_fsync(
+unsafe extern "C" fn op_fsync<const FLAVOR: u8>(
     cls: *mut PyObject,
     args: *mut PyObject,
     kwargs: *mut PyObject,
 ) -> *mut PyObject {
-    entry(|| sync_op(cls, args, kwargs, IoKind::Fsync))
+    entry(|| sync_op(cls, args, kwargs, Flavor::from_u8(FLAVOR), IoKind::Fsync))
 }
 
-unsafe extern "C" fn op_fdsync(
+unsafe extern "C" fn op_fdsync<const FLAVOR: u8>(
     cls: *mut PyObject,
     args: *mut PyObject,
     kwargs: *mut PyObject,
 ) -> *mut PyObject {
-    entry(|| sync_op(cls, args, kwargs, IoKind::Fdsync))
+    entry(|| sync_op(cls, args, kwargs, Flavor::from_u8(FLAVOR), IoKind::Fdsync))
 }
 
 fn type_name(obj: *mut PyObject) -> String {
@@ -529,6 +624,10 @@ unsafe extern "C" fn get_payload(slf: *mut PyObject, _: *mut c_void) -> *mut PyO
                         PyOwned::from_new(zeroed_bytes((*raw).nbytes)?)
                     }
                     .ok_or(Error::AlreadySet)?;
+                    if (*raw).flavor == Flavor::Uring {
+                        // io_uring's payload is the bytes object itself, zero tail included.
+                        return Ok(view_of.into_ptr());
+                    }
                     // The view holds a reference to the bytes: it stays valid after the
                     // op is gone (unlike caio's C views).
                     let view = ffi::PyMemoryView_FromObject(view_of.as_ptr());
@@ -544,6 +643,19 @@ unsafe extern "C" fn get_payload(slf: *mut PyObject, _: *mut c_void) -> *mut PyO
                 }
                 _ => Ok(none()),
             }
+        }
+    })
+}
+
+unsafe extern "C" fn get_context(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance; `context` is NULL or a live object we hold.
+    entry(|| unsafe {
+        let ctx = OpPtr::new(slf).context();
+        if ctx.is_null() {
+            Ok(none())
+        } else {
+            ffi::Py_IncRef(ctx);
+            Ok(ctx)
         }
     })
 }
@@ -644,30 +756,44 @@ unsafe extern "C" fn op_dealloc(slf: *mut PyObject) {
 // ---- the type ---------------------------------------------------------------------------
 
 /// Builds an Operation heap type named `name` (e.g. `c"caio.thread_aio.Operation"`).
-pub(crate) fn create_type(name: &'static CStr, doc: &'static CStr) -> Result<*mut PyTypeObject> {
+pub(crate) fn create_type(
+    name: &'static CStr,
+    doc: &'static CStr,
+    flavor: Flavor,
+) -> Result<*mut PyTypeObject> {
+    match flavor {
+        Flavor::Thread => create_type_of::<0>(name, doc),
+        Flavor::Uring => create_type_of::<1>(name, doc),
+    }
+}
+
+fn create_type_of<const FLAVOR: u8>(
+    name: &'static CStr,
+    doc: &'static CStr,
+) -> Result<*mut PyTypeObject> {
     use crate::types::{getset, leak, method, method_kw, TypeBuilder};
     let methods = leak(vec![
         method_kw(
             c"read",
-            op_read,
+            op_read::<FLAVOR>,
             ffi::METH_CLASS,
             c"read(nbytes, fd, offset=0, priority=0) -> Operation",
         ),
         method_kw(
             c"write",
-            op_write,
+            op_write::<FLAVOR>,
             ffi::METH_CLASS,
             c"write(payload_bytes, fd, offset=0, priority=0) -> Operation",
         ),
         method_kw(
             c"fsync",
-            op_fsync,
+            op_fsync::<FLAVOR>,
             ffi::METH_CLASS,
             c"fsync(fd, priority=0) -> Operation",
         ),
         method_kw(
             c"fdsync",
-            op_fdsync,
+            op_fdsync::<FLAVOR>,
             ffi::METH_CLASS,
             c"fdsync(fd, priority=0) -> Operation",
         ),
@@ -699,6 +825,11 @@ pub(crate) fn create_type(name: &'static CStr, doc: &'static CStr) -> Result<*mu
             c"The syscall's return value (-1 on failure).",
         ),
         getset(c"error", get_error, c"errno of a failed operation, else 0."),
+        getset(
+            c"context",
+            get_context,
+            c"The Context this operation is in flight on, else None.",
+        ),
         getset(
             c"payload",
             get_payload,

@@ -12,14 +12,15 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use caio_backends::{CompletionSink, EventQueue, IoKind, SubmitError, ThreadPool};
-use caio_core::{Completion, Phase, Registry};
+use caio_backends::{CompletionSink, EventQueue, SubmitError, ThreadPool};
+use caio_core::Completion;
 
 use crate::args::parse_args;
 use crate::error::{entry, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::without_gil;
-use crate::operation::{self, complete_inline, deliver, OpPtr, INLINE_READ_MAX};
+use crate::inflight::InFlight;
+use crate::operation::{self, deliver, OpPtr};
 
 static OPERATION_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 static CONTEXT_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
@@ -28,26 +29,6 @@ const DEFAULT_MAX_REQUESTS: u16 = 512;
 const DEFAULT_POOL_SIZE: u16 = 8;
 const MAX_POOL_SIZE: u16 = 128;
 const DEFAULT_DRAIN: u32 = 512;
-
-/// Ops in flight, each with the strong reference the engine holds on the kernel's behalf.
-struct InFlight(Mutex<Registry<PyOwned>>);
-
-impl InFlight {
-    fn lock(&self) -> MutexGuard<'_, Registry<PyOwned>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        // Entries left here can never complete (the interpreter is going away, or their
-        // worker died). Their buffers may still be in use, and we may not hold the GIL:
-        // leak them rather than free or DECREF anything.
-        for op in self.lock().drain() {
-            std::mem::forget(op);
-        }
-    }
-}
 
 /// Delivers on the worker thread, with the GIL (caio's C behaviour).
 struct GilSink {
@@ -179,7 +160,7 @@ unsafe extern "C" fn ctx_new(
                 "max_requests too large. Allowed lower then 65535".into(),
             ));
         }
-        let inflight = Arc::new(InFlight(Mutex::new(Registry::new())));
+        let inflight = Arc::new(InFlight::new());
         let (events, sink): (Option<Arc<EventQueue>>, Arc<dyn CompletionSink>) = if eventfd != 0 {
             let events = Arc::new(
                 EventQueue::new().map_err(|e| Error::Errno(e.raw_os_error().unwrap_or(0)))?,
@@ -368,18 +349,7 @@ unsafe extern "C" fn ctx_run_inline(slf: *mut PyObject, arg: *mut PyObject) -> *
             return Err(closed());
         }
         // SAFETY: type-checked above.
-        let op = unsafe { OpPtr::new(arg) };
-        let request = op.request();
-        let eligible =
-            op.kind() == IoKind::Read && op.phase() == Phase::New && request.len <= INLINE_READ_MAX;
-        // SAFETY: an unclaimed op's buffer is ours alone (no backend has it and Python
-        // cannot see it before the op is done); the GIL keeps others from claiming it
-        // while the read runs.
-        let done = eligible
-            && match unsafe { request.read_nowait() } {
-                Some(res) => complete_inline(op, res),
-                None => false,
-            };
+        let done = operation::run_inline(unsafe { OpPtr::new(arg) });
         // SAFETY: Py_True/Py_False are static; a new reference is returned.
         unsafe {
             let b = if done {
@@ -474,6 +444,7 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
         let op_type = operation::create_type(
             c"caio.thread_aio.Operation",
             c"A file operation for caio.thread_aio.Context (read, write, fsync, fdsync).",
+            operation::Flavor::Thread,
         )?;
         OPERATION_TYPE.store(op_type, Ordering::Release);
     }

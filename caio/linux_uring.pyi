@@ -1,0 +1,66 @@
+from collections.abc import Callable
+from typing import Any, final
+
+from .abstract import AbstractContext, AbstractOperation
+
+SQPOLL_ALLOWED: bool
+
+@final
+class Context(AbstractContext):
+    """io_uring AIO context.
+
+    ``submit`` stages operations without a syscall; ``flush`` hands them to the kernel
+    and delivers what completed inside that call; ``process_events`` delivers the rest.
+    Callbacks run on the thread calling ``flush``/``process_events``.
+    """
+
+    def __new__(cls, max_requests: int = 32, sqpoll: bool = False) -> Context: ...
+    @property
+    def fileno(self) -> int:
+        """The eventfd signalled on every completion."""
+    @property
+    def max_requests(self) -> int: ...
+    @property
+    def sqpoll(self) -> int:
+        """1 if SQPOLL was negotiated, else 0."""
+    def submit(self, *aio_operations: Operation) -> int: ...
+    def flush(self) -> int: ...
+    def cancel(self, operation: Operation) -> int: ...
+    def poll(self) -> int:
+        """Read and reset the eventfd counter; BlockingIOError when it is 0."""
+    def process_events(
+        self, max_requests: int = 512, min_requests: int = 0, timeout: int = 0,
+    ) -> int: ...
+    def run_inline(self, operation: Operation, /) -> bool:
+        """Complete a small page-cache read right now; False leaves ``operation`` untouched."""
+
+@final
+class Operation(AbstractOperation):
+    @classmethod
+    def read(
+        cls, nbytes: int, fd: int, offset: int = 0, priority: int = 0,
+    ) -> Operation: ...
+    @classmethod
+    def write(
+        cls, payload_bytes: bytes, fd: int, offset: int = 0, priority: int = 0,
+    ) -> Operation: ...
+    @classmethod
+    def fsync(cls, fd: int, priority: int = 0) -> Operation: ...
+    @classmethod
+    def fdsync(cls, fd: int, priority: int = 0) -> Operation: ...
+    def get_value(self) -> bytes | int | None: ...
+    def set_callback(self, callback: Callable[[int], Any]) -> bool: ...
+    @property
+    def fileno(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def payload(self) -> bytes | None: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def result(self) -> int: ...
+    @property
+    def error(self) -> int: ...
+    @property
+    def context(self) -> Context | None: ...

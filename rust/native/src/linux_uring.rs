@@ -1,0 +1,609 @@
+//! `caio.linux_uring`: the Context type over an io_uring instance.
+//!
+//! `submit` only stages entries; `flush` hands them to the kernel and delivers what already
+//! completed (page-cache reads often finish inside that syscall); `process_events` delivers
+//! the rest, optionally waiting with the GIL released. Callbacks always run on the thread
+//! that calls `flush`/`process_events`, never with a lock held.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::os::raw::{c_int, c_void};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use caio_backends::{uring, EventFd, Ring};
+use caio_core::{Completion, Phase, RequestId};
+
+use crate::args::parse_args;
+use crate::error::{entry, repr_of, str_object, Error, Result};
+use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
+use crate::gil::without_gil;
+use crate::inflight::InFlight;
+use crate::operation::{self, deliver, Flavor, OpPtr};
+
+static OPERATION_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+static CONTEXT_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+
+const DEFAULT_MAX_REQUESTS: u32 = 32;
+const DEFAULT_DRAIN: u32 = 512;
+
+/// The ring and the completions reaped from it but not yet delivered.
+struct RingState {
+    ring: Ring,
+    ready: VecDeque<Completion>,
+}
+
+struct Engine {
+    max_requests: u32,
+    sqpoll: bool,
+    ring_fd: c_int,
+    state: Mutex<RingState>,
+    inflight: InFlight,
+    /// Threads blocked in `process_events(min_requests > 0, timeout != 0)`. While any
+    /// are parked, only they reap the CQ, so `flush()` can never take the completion a
+    /// parked thread was woken for.
+    parked: AtomicUsize,
+    // Declared last: dropped after the ring that signals it.
+    eventfd: EventFd,
+}
+
+fn os_error(e: std::io::Error) -> Error {
+    Error::Errno(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl Engine {
+    fn lock(&self) -> MutexGuard<'_, RingState> {
+        // Nothing panics while holding this lock with the ring half-updated (the queues
+        // publish on drop), so a poisoned lock is still sound to use.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes up to `max` reaped completions (reaping first if `reap`), re-arming the
+    /// eventfd if some stay behind, and turns them into the ops they complete.
+    fn collect(&self, state: &mut RingState, max: usize, reap: bool) -> Vec<(PyOwned, i64)> {
+        if reap {
+            state.ring.reap(&mut state.ready);
+        }
+        let n = state.ready.len().min(max);
+        let batch: Vec<Completion> = state.ready.drain(..n).collect();
+        if !state.ready.is_empty() {
+            self.eventfd.signal();
+        }
+        let mut inflight = self.inflight.lock();
+        batch
+            .into_iter()
+            .filter_map(|c| inflight.remove(c.id).map(|op| (op, c.res)))
+            .collect()
+    }
+
+    /// Blocks (GIL released by the caller) until `min` completions are reaped or the
+    /// deadline passes.
+    fn wait(&self, min: usize, timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        let result = (|| loop {
+            {
+                let mut state = self.lock();
+                if !self.sqpoll && state.ring.pending() > 0 {
+                    state.ring.submit().map_err(os_error)?;
+                }
+                let RingState { ring, ready } = &mut *state;
+                ring.reap(ready);
+                if ready.len() >= min {
+                    return Ok(());
+                }
+            }
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(()),
+                },
+            };
+            uring::wait_readable(self.ring_fd, left).map_err(os_error)?;
+        })();
+        if self.parked.fetch_sub(1, Ordering::SeqCst) > 1 {
+            // Other threads are parked on the ring; what we reaped may include theirs.
+            // A no-op completion makes them look again.
+            let mut state = self.lock();
+            if state.ring.stager().push_wakeup().is_ok() {
+                let _ = state.ring.submit();
+            }
+        }
+        result
+    }
+}
+
+#[repr(C)]
+struct ContextObject {
+    ob_base: PyObject,
+    weakreflist: *mut PyObject,
+    engine: *mut Engine,
+}
+
+/// # Safety
+/// `slf` is a live instance of the Context type.
+unsafe fn engine<'a>(slf: *mut PyObject) -> Result<&'a Engine> {
+    // SAFETY: see the function's contract; the engine lives as long as the object.
+    unsafe { (*slf.cast::<ContextObject>()).engine.as_ref() }
+        .ok_or_else(|| Error::Runtime("context not initialized".into()))
+}
+
+fn operation_type() -> *mut PyTypeObject {
+    OPERATION_TYPE.load(Ordering::Acquire)
+}
+
+fn is_operation(obj: *mut PyObject) -> bool {
+    // SAFETY: `obj` is a live argument; exact type check as caio does.
+    unsafe { (*obj).ob_type == operation_type() }
+}
+
+fn int_result(value: i64) -> Result<*mut PyObject> {
+    // SAFETY: plain constructor; GIL held.
+    let obj = unsafe { ffi::PyLong_FromLongLong(value) };
+    if obj.is_null() {
+        Err(Error::AlreadySet)
+    } else {
+        Ok(obj)
+    }
+}
+
+fn ring_full() -> Error {
+    Error::Overflow("io_uring SQ ring full".into())
+}
+
+fn deliver_all(batch: Vec<(PyOwned, i64)>) -> usize {
+    let n = batch.len();
+    for (op, res) in batch {
+        deliver(op, res);
+    }
+    n
+}
+
+unsafe extern "C" fn ctx_new(
+    cls: *mut PyTypeObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        let (mut max_requests, mut sqpoll): (u32, c_int) = (0, 0);
+        parse_args!(
+            args,
+            kwargs,
+            c"|Ip:Context",
+            [c"max_requests", c"sqpoll"],
+            &mut max_requests,
+            &mut sqpoll
+        )?;
+        let max_requests = if max_requests == 0 {
+            DEFAULT_MAX_REQUESTS
+        } else {
+            max_requests
+        };
+        let eventfd = EventFd::new().map_err(os_error)?;
+        // One slot of headroom, as caio: the kernel rounds up to a power of two anyway.
+        let entries = max_requests
+            .checked_add(1)
+            .ok_or(Error::Errno(libc::EINVAL))?;
+        let ring = Ring::new(entries, sqpoll != 0, eventfd.as_raw_fd()).map_err(os_error)?;
+        let engine = Box::new(Engine {
+            max_requests,
+            sqpoll: ring.sqpoll(),
+            ring_fd: ring.fd(),
+            state: Mutex::new(RingState {
+                ring,
+                ready: VecDeque::new(),
+            }),
+            inflight: InFlight::new(),
+            parked: AtomicUsize::new(0),
+            eventfd,
+        });
+        // SAFETY: `cls` is our Context type; GenericAlloc zero-fills the instance.
+        unsafe {
+            let obj = ffi::PyType_GenericAlloc(cls, 0);
+            if obj.is_null() {
+                return Err(Error::AlreadySet);
+            }
+            (*obj.cast::<ContextObject>()).engine = Box::into_raw(engine);
+            Ok(obj)
+        }
+    })
+}
+
+unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance (a method of the type).
+        let engine = unsafe { engine(slf)? };
+        // SAFETY: METH_VARARGS hands us a tuple.
+        let n = unsafe { ffi::PyTuple_Size(args) };
+        let ops: Vec<*mut PyObject> = (0..n)
+            // SAFETY: index in range; borrowed references live for the call.
+            .map(|i| unsafe { ffi::PyTuple_GetItem(args, i) })
+            .collect();
+        if let Some(i) = ops.iter().position(|&o| !is_operation(o)) {
+            return Err(Error::Type(format!(
+                "argument {} is not an Operation",
+                i + 1
+            )));
+        }
+        let mut state = engine.lock();
+        let mut stager = state.ring.stager();
+        let mut accepted: i64 = 0;
+        for &obj in &ops {
+            // SAFETY: type-checked above.
+            let op = unsafe { OpPtr::new(obj) };
+            if !op.state().try_claim() {
+                continue;
+            }
+            if stager.is_full() {
+                // Ops staged earlier in this call are published (and stay in flight) when
+                // the stager drops.
+                op.state().rollback();
+                return Err(ring_full());
+            }
+            // SAFETY: `obj` is live (borrowed from the args tuple).
+            let held = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(obj)) };
+            op.set_context(slf);
+            let id = engine.inflight.lock().insert(held);
+            op.set_request_id(id.0);
+            // SAFETY: the buffer stays valid until the CQE for `id` is reaped and
+            // delivered: the registry holds the op, the op holds the buffer, the op holds
+            // this Context (and so the ring), and nothing releases them before `deliver`.
+            if unsafe { stager.push_request(id, &op.request()) }.is_err() {
+                // Unreachable after the is_full check; undo everything all the same.
+                let held = engine.inflight.lock().remove(id);
+                op.set_context(ptr::null_mut());
+                op.set_request_id(RequestId::NONE.0);
+                op.state().rollback();
+                drop(held);
+                return Err(ring_full());
+            }
+            accepted += 1;
+        }
+        drop(stager);
+        drop(state);
+        int_result(accepted)
+    })
+}
+
+unsafe extern "C" fn ctx_flush(slf: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        let batch = {
+            let mut state = engine.lock();
+            if !engine.sqpoll && state.ring.pending() == 0 {
+                return int_result(0);
+            }
+            state.ring.submit().map_err(os_error)?;
+            if engine.parked.load(Ordering::SeqCst) > 0 {
+                // A parked thread reaps; taking completions here could starve it.
+                return int_result(0);
+            }
+            engine.collect(&mut state, usize::MAX, true)
+        };
+        int_result(deliver_all(batch) as i64)
+    })
+}
+
+unsafe extern "C" fn ctx_process_events(
+    slf: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        let (mut max, mut min, mut timeout): (u32, u32, c_int) = (DEFAULT_DRAIN, 0, 0);
+        parse_args!(
+            args,
+            kwargs,
+            c"|IIi:process_events",
+            [c"max_requests", c"min_requests", c"timeout"],
+            &mut max,
+            &mut min,
+            &mut timeout
+        )?;
+        let max = if max == 0 { DEFAULT_DRAIN } else { max };
+        if min > max {
+            return Err(Error::Value(format!(
+                "min_requests ({min}) must be <= max_requests ({max})"
+            )));
+        }
+        let mut waited = false;
+        if min > 0 {
+            if timeout == 0 {
+                without_gil(|| engine.lock().ring.get_events()).map_err(os_error)?;
+            } else {
+                let limit = (timeout > 0).then(|| Duration::from_secs(timeout as u64));
+                without_gil(|| engine.wait(min as usize, limit))?;
+                waited = true;
+            }
+        }
+        let batch = {
+            let mut state = engine.lock();
+            let reap = waited || engine.parked.load(Ordering::SeqCst) == 0;
+            engine.collect(&mut state, max as usize, reap)
+        };
+        int_result(deliver_all(batch) as i64)
+    })
+}
+
+unsafe extern "C" fn ctx_cancel(
+    slf: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        let mut obj: *mut PyObject = ptr::null_mut();
+        parse_args!(args, kwargs, c"O:cancel", [c"operation"], &mut obj)?;
+        if !is_operation(obj) {
+            // SAFETY: live argument; its type is always set.
+            let ty = repr_of(unsafe { (*obj).ob_type }.cast());
+            return Err(Error::Type(format!(
+                "argument 1 must be caio.linux_uring.Operation, not {ty}"
+            )));
+        }
+        // SAFETY: type-checked above.
+        let op = unsafe { OpPtr::new(obj) };
+        // Only an op in flight on this ring is targeted; anything else gets an id no
+        // request has, so the kernel answers ENOENT and no other request is touched.
+        let target = if op.phase() == Phase::InFlight && op.context() == slf {
+            RequestId(op.request_id())
+        } else {
+            RequestId::NONE
+        };
+        let mut state = engine.lock();
+        state
+            .ring
+            .stager()
+            .push_cancel(target)
+            .map_err(|_| ring_full())?;
+        // The cancel's own completion is a sentinel: never counted, never a callback.
+        let _ = state.ring.submit();
+        int_result(0)
+    })
+}
+
+unsafe extern "C" fn ctx_poll(slf: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        match engine.eventfd.read() {
+            Ok(count) => int_result(count as i64),
+            Err(_) => Err(Error::WouldBlock),
+        }
+    })
+}
+
+unsafe extern "C" fn ctx_run_inline(slf: *mut PyObject, arg: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        unsafe { engine(slf)? };
+        if !is_operation(arg) {
+            return Err(Error::Type(
+                "run_inline() argument must be a caio.linux_uring.Operation".into(),
+            ));
+        }
+        // SAFETY: type-checked above.
+        let done = operation::run_inline(unsafe { OpPtr::new(arg) });
+        // SAFETY: static singletons; a new reference is returned.
+        unsafe {
+            let b = if done {
+                ffi::Py_True()
+            } else {
+                ffi::Py_False()
+            };
+            ffi::Py_IncRef(b);
+            Ok(b)
+        }
+    })
+}
+
+unsafe extern "C" fn get_fileno(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| int_result(unsafe { engine(slf)? }.eventfd.as_raw_fd() as i64))
+}
+
+unsafe extern "C" fn get_max_requests(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| int_result(unsafe { engine(slf)? }.max_requests as i64))
+}
+
+unsafe extern "C" fn get_sqpoll(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| int_result(unsafe { engine(slf)? }.sqpoll as i64))
+}
+
+unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let text = match unsafe { engine(slf) } {
+            Ok(e) => format!(
+                "<caio.linux_uring.Context at {slf:p}: max_requests={}, uring_fd={}, \
+                 eventfd={}, sqpoll={}, in_flight={}>",
+                e.max_requests,
+                e.ring_fd,
+                e.eventfd.as_raw_fd(),
+                e.sqpoll as u8,
+                e.inflight.lock().len(),
+            ),
+            Err(_) => format!("<caio.linux_uring.Context at {slf:p}: uninitialized>"),
+        };
+        str_object(&text).map(PyOwned::into_ptr)
+    })
+}
+
+unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
+    // SAFETY: called once when the refcount reaches zero. No op is in flight (each one
+    // holds a reference to this Context), so the kernel no longer uses any buffer and the
+    // ring can be unmapped and closed. No callback runs from here.
+    unsafe {
+        let ty = (*slf).ob_type;
+        let obj = slf.cast::<ContextObject>();
+        if !(*obj).weakreflist.is_null() {
+            ffi::PyObject_ClearWeakRefs(slf);
+        }
+        let engine = std::mem::replace(&mut (*obj).engine, ptr::null_mut());
+        if !engine.is_null() {
+            drop(Box::from_raw(engine));
+        }
+        let free: ffi::freefunc = std::mem::transmute(ffi::PyType_GetSlot(ty, ffi::Py_tp_free));
+        free(slf.cast());
+        ffi::Py_DecRef(ty.cast());
+    }
+}
+
+/// `None` if io_uring works here, else the reason (the text `ImportError` carries).
+pub(crate) fn probe() -> Option<String> {
+    let release = kernel_release();
+    let mut parts = release.split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if (major, minor) < (5, 6) {
+        return Some(format!(
+            "linux_uring requires Linux 5.6+ (IORING_OP_READ/WRITE), current kernel is {release}"
+        ));
+    }
+    match Ring::probe() {
+        Ok(()) => None,
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Some(format!(
+            "io_uring_setup failed: syscall not available (ENOSYS). This usually means a \
+             seccomp filter is blocking io_uring.\n\
+             Fixes:\n\
+             - Docker/Podman: run with --security-opt seccomp=unconfined (or a profile that \
+             allows io_uring_setup, io_uring_enter, io_uring_register)\n\
+             - Kubernetes: set securityContext.seccompProfile.type=Unconfined\n\
+             - OrbStack: io_uring is blocked by its default seccomp profile; use a Linux VM\n\
+             - or select another backend: CAIO_IMPL=linux or CAIO_IMPL=thread\n\
+             Kernel: {release}"
+        )),
+        Err(e) => Some(format!(
+            "io_uring_setup probe failed: {} (kernel {release}; check the sysctl \
+             kernel.io_uring_disabled)",
+            e.to_string().split(" (os error").next().unwrap_or_default()
+        )),
+    }
+}
+
+/// Whether this process may run a SQPOLL ring.
+pub(crate) fn sqpoll_allowed() -> bool {
+    Ring::probe_sqpoll()
+}
+
+fn kernel_release() -> String {
+    // SAFETY: `uname` fills a zeroed struct on our stack.
+    unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return String::from("unknown");
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Creates the two types (once per process) and adds them to `module`.
+pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
+    use crate::types::{getset, getset_end, leak, method, method_kw, TypeBuilder};
+    if OPERATION_TYPE.load(Ordering::Acquire).is_null() {
+        let op_type = operation::create_type(
+            c"caio.linux_uring.Operation",
+            c"A file operation for caio.linux_uring.Context (read, write, fsync, fdsync).",
+            Flavor::Uring,
+        )?;
+        OPERATION_TYPE.store(op_type, Ordering::Release);
+    }
+    if CONTEXT_TYPE.load(Ordering::Acquire).is_null() {
+        let methods = leak(vec![
+            method(
+                c"submit",
+                ctx_submit,
+                ffi::METH_VARARGS,
+                c"submit(*operations) -> int: stage operations (no syscall); flush() sends them.",
+            ),
+            method(
+                c"flush",
+                ctx_flush,
+                ffi::METH_NOARGS,
+                c"flush() -> int: hand staged operations to the kernel, deliver what completed.",
+            ),
+            method_kw(
+                c"process_events",
+                ctx_process_events,
+                0,
+                c"process_events(max_requests=512, min_requests=0, timeout=0) -> int: deliver completions, waiting for min_requests (timeout seconds, <0 forever) with the GIL released.",
+            ),
+            method_kw(
+                c"cancel",
+                ctx_cancel,
+                0,
+                c"cancel(operation) -> 0: ask the kernel to cancel an in-flight operation.",
+            ),
+            method(
+                c"poll",
+                ctx_poll,
+                ffi::METH_NOARGS,
+                c"poll() -> int: read and reset the eventfd counter (BlockingIOError if 0).",
+            ),
+            method(
+                c"run_inline",
+                ctx_run_inline,
+                ffi::METH_O,
+                c"run_inline(op) -> bool: complete a small cached read now, without the ring.",
+            ),
+            ffi::PyMethodDef::zeroed(),
+        ]);
+        let getsets = leak(vec![
+            getset(
+                c"fileno",
+                get_fileno,
+                c"The eventfd signalled on every completion.",
+            ),
+            getset(
+                c"max_requests",
+                get_max_requests,
+                c"The requested capacity.",
+            ),
+            getset(
+                c"sqpoll",
+                get_sqpoll,
+                c"1 if SQPOLL was negotiated, else 0.",
+            ),
+            getset_end(),
+        ]);
+        let ty = TypeBuilder::new(
+            c"caio.linux_uring.Context",
+            std::mem::size_of::<ContextObject>(),
+            std::mem::offset_of!(ContextObject, weakreflist),
+        )
+        .slot(
+            ffi::Py_tp_doc,
+            c"Context(max_requests=32, sqpoll=False)\n\nio_uring AIO context.".as_ptr()
+                as *mut c_void,
+        )
+        .slot(ffi::Py_tp_new, ctx_new as *mut c_void)
+        .slot(ffi::Py_tp_dealloc, ctx_dealloc as *mut c_void)
+        .slot(ffi::Py_tp_repr, ctx_repr as *mut c_void)
+        .slot(ffi::Py_tp_methods, methods.cast())
+        .slot(ffi::Py_tp_getset, getsets.cast())
+        .build()?;
+        CONTEXT_TYPE.store(ty, Ordering::Release);
+    }
+    for (name, ty) in [
+        (c"UringOperation", OPERATION_TYPE.load(Ordering::Acquire)),
+        (c"UringContext", CONTEXT_TYPE.load(Ordering::Acquire)),
+    ] {
+        // SAFETY: `module` is the module being executed; AddObjectRef takes its own
+        // reference to the type, which we keep forever in the static.
+        if unsafe { ffi::PyModule_AddObjectRef(module, name.as_ptr(), ty.cast()) } < 0 {
+            return Err(Error::AlreadySet);
+        }
+    }
+    Ok(())
+}
