@@ -6,10 +6,12 @@
 //! - [`thread_pool`]: worker threads that run requests and hand back [`Completion`]s.
 //! - [`event_queue`]: completions parked for a consumer thread, announced on an eventfd.
 //! - [`uring`]: an io_uring instance: setup, staging, submission, reaping.
+//! - [`aio`]: a Linux kernel AIO context through raw syscalls.
 //!
 //! [`Completion`]: caio_core::Completion
 #![warn(missing_docs)]
 
+pub mod aio;
 pub mod event_queue;
 pub mod eventfd;
 pub mod io;
