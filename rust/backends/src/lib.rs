@@ -12,12 +12,14 @@
 #![warn(missing_docs)]
 
 pub mod aio;
+pub mod buffer;
 pub mod event_queue;
 pub mod eventfd;
 pub mod io;
 pub mod thread_pool;
 pub mod uring;
 
+pub use buffer::AlignedBuf;
 pub use event_queue::EventQueue;
 pub use eventfd::EventFd;
 pub use io::{IoKind, IoRequest};

@@ -14,6 +14,8 @@ pub(crate) enum Error {
     Runtime(String),
     Overflow(String),
     Attribute(String),
+    Memory(String),
+    NotImplemented(String),
     /// `BlockingIOError()` with no arguments (as caio's `poll()` raises it).
     WouldBlock,
     /// A failed operation: `SystemError(strerror)` with `errno`/`strerror` attributes.
@@ -45,6 +47,8 @@ impl Error {
                 Error::Runtime(m) => (ffi::PyExc_RuntimeError, m),
                 Error::Overflow(m) => (ffi::PyExc_OverflowError, m),
                 Error::Attribute(m) => (ffi::PyExc_AttributeError, m),
+                Error::Memory(m) => (ffi::PyExc_MemoryError, m),
+                Error::NotImplemented(m) => (ffi::PyExc_NotImplementedError, m),
                 Error::WouldBlock => {
                     ffi::PyErr_SetObject(ffi::PyExc_BlockingIOError, ptr::null_mut());
                     return;

@@ -9,7 +9,7 @@ use std::ffi::CStr;
 use std::os::raw::{c_int, c_void};
 use std::ptr::{self, NonNull};
 
-use caio_backends::{IoKind, IoRequest};
+use caio_backends::{aio::direct_io_alignment, AlignedBuf, IoKind, IoRequest};
 use caio_core::{OpState, Phase};
 
 use crate::args::parse_args;
@@ -39,6 +39,10 @@ pub(crate) struct OperationObject {
     pub(crate) context: *mut PyObject,
     /// The request id while in flight (what a cancel targets), else `RequestId::NONE`.
     pub(crate) request_id: u64,
+    /// For a file opened with `O_DIRECT`: the aligned memory the kernel transfers
+    /// (a write's payload is copied in; a read's data is copied out on completion).
+    direct: Option<Box<AlignedBuf>>,
+    pub(crate) priority: i16,
 }
 
 /// Which backend's conventions an Operation follows (caio's backends differ in details
@@ -53,12 +57,16 @@ pub(crate) enum Flavor {
     /// callback get the negated errno; reads up to 4 GiB - 1; a read's `payload` is the
     /// bytes object itself.
     Uring = 1,
+    /// linux_aio: signed offsets and priority (kept); the negated errno on failure; a
+    /// write's `nbytes` becomes the bytes written; a read's `payload` is a memoryview.
+    Aio = 2,
 }
 
 impl Flavor {
     const fn from_u8(v: u8) -> Self {
         match v {
             1 => Flavor::Uring,
+            2 => Flavor::Aio,
             _ => Flavor::Thread,
         }
     }
@@ -119,7 +127,9 @@ impl OpPtr {
         // SAFETY: live object; GIL held by every caller; `buffer` is a bytes object or NULL.
         unsafe {
             let op = self.raw();
-            let (buf, len) = if (*op).buffer.is_null() {
+            let (buf, len) = if let Some(direct) = &(*op).direct {
+                (direct.as_mut_ptr(), direct.len())
+            } else if (*op).buffer.is_null() {
                 (ptr::null_mut(), 0)
             } else {
                 let b = (*op).buffer;
@@ -194,6 +204,10 @@ unsafe fn finish_fields(raw: *mut OperationObject, res: i64) {
             IoKind::Read => {
                 let len = ffi::PyBytes_Size((*raw).buffer) as usize;
                 let got = (res.max(0) as usize).min(len);
+                if let Some(direct) = (*raw).direct.take() {
+                    let base = ffi::PyBytes_AsString((*raw).buffer).cast::<u8>();
+                    ptr::copy_nonoverlapping(direct.as_mut_ptr(), base, got);
+                }
                 // The buffer was never initialised beyond what the kernel wrote: zero the
                 // rest so Python can only ever see defined bytes.
                 if got < len {
@@ -204,12 +218,17 @@ unsafe fn finish_fields(raw: *mut OperationObject, res: i64) {
                     (*raw).nbytes = got;
                 }
             }
-            IoKind::Write if flavor == Flavor::Thread => {
-                // caio's thread backend drops the payload once a write completes.
-                let payload = std::mem::replace(&mut (*raw).buffer, ptr::null_mut());
-                drop(PyOwned::from_new(payload));
+            IoKind::Write => {
+                drop((*raw).direct.take());
+                if flavor == Flavor::Thread {
+                    // caio's thread backend drops the payload once a write completes.
+                    let payload = std::mem::replace(&mut (*raw).buffer, ptr::null_mut());
+                    drop(PyOwned::from_new(payload));
+                } else if flavor == Flavor::Aio && res >= 0 {
+                    (*raw).nbytes = res as usize;
+                }
             }
-            IoKind::Write | IoKind::Fsync | IoKind::Fdsync => {}
+            IoKind::Fsync | IoKind::Fdsync => {}
         }
     }
 }
@@ -223,7 +242,7 @@ unsafe fn run_callback(raw: *mut OperationObject, res: i64) {
         let Some(cb) = NonNull::new((*raw).callback).map(|p| PyOwned::from_borrowed(p)) else {
             return;
         };
-        let arg = if res >= 0 || (*raw).flavor == Flavor::Uring {
+        let arg = if res >= 0 || (*raw).flavor != Flavor::Thread {
             res
         } else {
             -1
@@ -243,7 +262,9 @@ unsafe fn run_callback(raw: *mut OperationObject, res: i64) {
 /// page cache (`preadv2(RWF_NOWAIT)`), completing it (callback included). Returns whether
 /// it completed; `false` leaves the op untouched for a normal submit. GIL held.
 pub(crate) fn run_inline(op: OpPtr) -> bool {
-    if op.kind() != IoKind::Read || op.phase() != Phase::New {
+    // SAFETY: live op; plain field read under the GIL.
+    let direct = unsafe { (*op.raw()).direct.is_some() };
+    if op.kind() != IoKind::Read || op.phase() != Phase::New || direct {
         return false;
     }
     let request = op.request();
@@ -285,6 +306,8 @@ fn new_op(
     offset: i64,
     nbytes: usize,
     buffer: Option<PyOwned>,
+    direct: Option<Box<AlignedBuf>>,
+    priority: i16,
 ) -> Result<*mut PyObject> {
     // SAFETY: `cls` is our heap type (the classmethods receive it from the interpreter);
     // GenericAlloc zero-fills and GC-tracks; every field is then written before use.
@@ -298,6 +321,8 @@ fn new_op(
         ptr::addr_of_mut!((*op).kind).write(kind);
         ptr::addr_of_mut!((*op).flavor).write(flavor);
         (*op).request_id = caio_core::RequestId::NONE.0;
+        ptr::addr_of_mut!((*op).direct).write(direct);
+        (*op).priority = priority;
         (*op).fd = fd;
         (*op).offset = offset;
         (*op).nbytes = nbytes;
@@ -306,13 +331,39 @@ fn new_op(
     }
 }
 
-/// Parses `offset` as caio's backend did: range-checked i64 (thread) or masked u64 (uring).
-fn offset_format(flavor: Flavor, thread: &'static CStr, uring: &'static CStr) -> &'static CStr {
-    if flavor == Flavor::Thread {
-        thread
-    } else {
-        uring
+/// Argument formats as each caio backend parsed them: `offset` range-checked i64 (`L`) or
+/// masked u64 (`K`, uring: -1 means "current position"); `priority` masked u16 (`H`) or
+/// range-checked i16 (`h`, linux_aio, which keeps it).
+fn format(flavor: Flavor, kind: IoKind) -> &'static CStr {
+    match (flavor, kind) {
+        (Flavor::Thread, IoKind::Read) => c"KI|LH:read",
+        (Flavor::Uring, IoKind::Read) => c"KI|KH:read",
+        (Flavor::Aio, IoKind::Read) => c"KI|Lh:read",
+        (Flavor::Thread, IoKind::Write) => c"OI|LH:write",
+        (Flavor::Uring, IoKind::Write) => c"OI|KH:write",
+        (Flavor::Aio, IoKind::Write) => c"OI|Lh:write",
+        (Flavor::Aio, IoKind::Fsync) => c"I|h:fsync",
+        (Flavor::Aio, IoKind::Fdsync) => c"I|h:fdsync",
+        (_, IoKind::Fsync) => c"I|H:fsync",
+        (_, IoKind::Fdsync) => c"I|H:fdsync",
     }
+}
+
+/// For a descriptor opened with `O_DIRECT`: checks the request's alignment and allocates
+/// the aligned memory the kernel will transfer. `None` for ordinary descriptors.
+fn direct_buffer(fd: u32, offset: i64, len: usize) -> Result<Option<Box<AlignedBuf>>> {
+    let Some((mem_align, block)) = direct_io_alignment(fd as i32) else {
+        return Ok(None);
+    };
+    if offset < 0 || offset as u64 % block as u64 != 0 || len % block != 0 {
+        return Err(Error::Value(format!(
+            "fd {fd} is open with O_DIRECT, which needs offset and size to be multiples of \
+             {block} bytes (got offset={offset}, size={len})"
+        )));
+    }
+    AlignedBuf::new(len, mem_align.max(block))
+        .map(|b| Some(Box::new(b)))
+        .ok_or_else(|| Error::Memory(format!("cannot allocate {len} aligned bytes for O_DIRECT")))
 }
 
 unsafe extern "C" fn op_read<const FLAVOR: u8>(
@@ -322,11 +373,11 @@ unsafe extern "C" fn op_read<const FLAVOR: u8>(
 ) -> *mut PyObject {
     entry(|| {
         let flavor = Flavor::from_u8(FLAVOR);
-        let (mut nbytes, mut fd, mut offset, mut priority): (u64, u32, i64, u16) = (0, 0, 0, 0);
+        let (mut nbytes, mut fd, mut offset, mut priority): (u64, u32, i64, i16) = (0, 0, 0, 0);
         parse_args!(
             args,
             kwargs,
-            offset_format(flavor, c"KI|LH:read", c"KI|KH:read"),
+            format(flavor, IoKind::Read),
             [c"nbytes", c"fd", c"offset", c"priority"],
             &mut nbytes,
             &mut fd,
@@ -353,6 +404,7 @@ unsafe extern "C" fn op_read<const FLAVOR: u8>(
             ))
         }
         .ok_or(Error::AlreadySet)?;
+        let direct = direct_buffer(fd, offset, nbytes as usize)?;
         new_op(
             cls.cast(),
             flavor,
@@ -361,6 +413,8 @@ unsafe extern "C" fn op_read<const FLAVOR: u8>(
             offset,
             nbytes as usize,
             Some(buffer),
+            direct,
+            priority,
         )
     })
 }
@@ -373,11 +427,11 @@ unsafe extern "C" fn op_write<const FLAVOR: u8>(
     entry(|| {
         let flavor = Flavor::from_u8(FLAVOR);
         let mut payload: *mut PyObject = ptr::null_mut();
-        let (mut fd, mut offset, mut priority): (u32, i64, u16) = (0, 0, 0);
+        let (mut fd, mut offset, mut priority): (u32, i64, i16) = (0, 0, 0);
         parse_args!(
             args,
             kwargs,
-            offset_format(flavor, c"OI|LH:write", c"OI|KH:write"),
+            format(flavor, IoKind::Write),
             [c"payload_bytes", c"fd", c"offset", c"priority"],
             &mut payload,
             &mut fd,
@@ -395,6 +449,19 @@ unsafe extern "C" fn op_write<const FLAVOR: u8>(
         let payload = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(payload)) };
         // SAFETY: `payload` is a bytes object.
         let len = unsafe { ffi::PyBytes_Size(payload.as_ptr()) } as usize;
+        // O_DIRECT: `bytes` data is never suitably aligned, so the payload is copied into
+        // aligned memory (a bounce buffer) instead of being refused.
+        let direct = direct_buffer(fd, offset, len)?;
+        if let Some(direct) = &direct {
+            // SAFETY: both regions are `len` bytes long and distinct; GIL held.
+            unsafe {
+                ptr::copy_nonoverlapping(
+                    ffi::PyBytes_AsString(payload.as_ptr()).cast::<u8>(),
+                    direct.as_mut_ptr(),
+                    len,
+                )
+            };
+        }
         new_op(
             cls.cast(),
             flavor,
@@ -403,6 +470,8 @@ unsafe extern "C" fn op_write<const FLAVOR: u8>(
             offset,
             len,
             Some(payload),
+            direct,
+            priority,
         )
     })
 }
@@ -414,21 +483,16 @@ fn sync_op(
     flavor: Flavor,
     kind: IoKind,
 ) -> Result<*mut PyObject> {
-    let (mut fd, mut priority): (u32, u16) = (0, 0);
-    let fmt: &CStr = if kind == IoKind::Fsync {
-        c"I|H:fsync"
-    } else {
-        c"I|H:fdsync"
-    };
+    let (mut fd, mut priority): (u32, i16) = (0, 0);
     parse_args!(
         args,
         kwargs,
-        fmt,
+        format(flavor, kind),
         [c"fd", c"priority"],
         &mut fd,
         &mut priority
     )?;
-    new_op(cls.cast(), flavor, kind, fd, 0, 0, None)
+    new_op(cls.cast(), flavor, kind, fd, 0, 0, None, None, priority)
 }
 
 unsafe extern "C" fn op_fsync<const FLAVOR: u8>(
@@ -647,6 +711,11 @@ unsafe extern "C" fn get_payload(slf: *mut PyObject, _: *mut c_void) -> *mut PyO
     })
 }
 
+unsafe extern "C" fn get_priority(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| int(unsafe { (*OpPtr::new(slf).raw()).priority } as i64))
+}
+
 unsafe extern "C" fn get_context(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
     // SAFETY: `slf` is our instance; `context` is NULL or a live object we hold.
     entry(|| unsafe {
@@ -737,6 +806,8 @@ unsafe extern "C" fn op_dealloc(slf: *mut PyObject) {
         if !(*raw).weakreflist.is_null() {
             ffi::PyObject_ClearWeakRefs(slf);
         }
+        // An op being freed is not in flight, so no kernel transfer uses this memory.
+        drop((*raw).direct.take());
         for field in [
             ptr::addr_of_mut!((*raw).callback),
             ptr::addr_of_mut!((*raw).buffer),
@@ -764,6 +835,7 @@ pub(crate) fn create_type(
     match flavor {
         Flavor::Thread => create_type_of::<0>(name, doc),
         Flavor::Uring => create_type_of::<1>(name, doc),
+        Flavor::Aio => create_type_of::<2>(name, doc),
     }
 }
 
@@ -825,6 +897,11 @@ fn create_type_of<const FLAVOR: u8>(
             c"The syscall's return value (-1 on failure).",
         ),
         getset(c"error", get_error, c"errno of a failed operation, else 0."),
+        getset(
+            c"priority",
+            get_priority,
+            c"The I/O priority given at construction (kept for linux_aio's aio_reqprio).",
+        ),
         getset(
             c"context",
             get_context,
