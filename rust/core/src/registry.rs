@@ -51,6 +51,11 @@ impl<T> Registry<T> {
         self.entries.remove(&id.0)
     }
 
+    /// The request stored under `id`, to update it in place.
+    pub fn get_mut(&mut self, id: RequestId) -> Option<&mut T> {
+        self.entries.get_mut(&id.0)
+    }
+
     /// How many requests are in flight.
     pub fn len(&self) -> usize {
         self.entries.len()

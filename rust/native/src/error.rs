@@ -15,6 +15,7 @@ pub(crate) enum Error {
     Overflow(String),
     Attribute(String),
     Memory(String),
+    System(String),
     NotImplemented(String),
     /// `BlockingIOError()` with no arguments (as caio's `poll()` raises it).
     WouldBlock,
@@ -48,6 +49,7 @@ impl Error {
                 Error::Overflow(m) => (ffi::PyExc_OverflowError, m),
                 Error::Attribute(m) => (ffi::PyExc_AttributeError, m),
                 Error::Memory(m) => (ffi::PyExc_MemoryError, m),
+                Error::System(m) => (ffi::PyExc_SystemError, m),
                 Error::NotImplemented(m) => (ffi::PyExc_NotImplementedError, m),
                 Error::WouldBlock => {
                     ffi::PyErr_SetObject(ffi::PyExc_BlockingIOError, ptr::null_mut());

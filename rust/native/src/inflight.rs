@@ -9,20 +9,20 @@ use crate::ffi::PyOwned;
 /// Ops in flight, each with the strong reference the engine holds on the kernel's behalf.
 /// The GC cannot see these references, so it can never free an op the kernel may still
 /// write into.
-pub(crate) struct InFlight(Mutex<Registry<PyOwned>>);
+pub(crate) struct InFlight<T = PyOwned>(Mutex<Registry<T>>);
 
-impl InFlight {
+impl<T> InFlight<T> {
     pub(crate) fn new() -> Self {
         Self(Mutex::new(Registry::new()))
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Registry<PyOwned>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Registry<T>> {
         // Registry operations cannot panic half-way, so a poisoned lock is still sound.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-impl Drop for InFlight {
+impl<T> Drop for InFlight<T> {
     fn drop(&mut self) {
         // Entries left here can never complete (the interpreter is going away, or their
         // worker died). Their buffers may still be in use, and we may not hold the GIL:

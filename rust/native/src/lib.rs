@@ -9,6 +9,7 @@ mod error;
 mod ffi;
 mod gil;
 mod inflight;
+mod linux_aio;
 mod linux_uring;
 mod operation;
 mod thread_aio;
@@ -23,12 +24,27 @@ unsafe extern "C" fn module_exec(module: *mut PyObject) -> c_int {
     error::entry(|| {
         thread_aio::add_types(module)?;
         linux_uring::add_types(module)?;
+        linux_aio::add_types(module)?;
         Ok(0)
     })
 }
 
 unsafe extern "C" fn uring_probe(_module: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
     error::entry(|| match linux_uring::probe() {
+        None => {
+            // SAFETY: new reference to None.
+            unsafe {
+                let none = ffi::Py_None();
+                ffi::Py_IncRef(none);
+                Ok(none)
+            }
+        }
+        Some(reason) => error::str_object(&reason).map(ffi::PyOwned::into_ptr),
+    })
+}
+
+unsafe extern "C" fn aio_probe(_module: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
+    error::entry(|| match linux_aio::probe() {
         None => {
             // SAFETY: new reference to None.
             unsafe {
@@ -128,6 +144,12 @@ pub unsafe extern "C" fn PyInit__native() -> *mut PyObject {
                 uring_probe,
                 ffi::METH_NOARGS,
                 c"uring_probe() -> None, or why io_uring cannot be used here.",
+            ),
+            types::method(
+                c"aio_probe",
+                aio_probe,
+                ffi::METH_NOARGS,
+                c"aio_probe() -> None, or why kernel AIO cannot be used here.",
             ),
             types::method(
                 c"uring_sqpoll_allowed",

@@ -495,7 +495,7 @@ pub(crate) fn sqpoll_allowed() -> bool {
     Ring::probe_sqpoll()
 }
 
-fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     // SAFETY: `uname` fills a zeroed struct on our stack.
     unsafe {
         let mut u: libc::utsname = std::mem::zeroed();

@@ -111,6 +111,16 @@ impl OpPtr {
         unsafe { (*self.raw()).request_id }
     }
 
+    pub(crate) fn is_direct(self) -> bool {
+        // SAFETY: live object; plain field read under the GIL.
+        unsafe { (*self.raw()).direct.is_some() }
+    }
+
+    pub(crate) fn priority(self) -> i16 {
+        // SAFETY: live object; plain field read under the GIL.
+        unsafe { (*self.raw()).priority }
+    }
+
     pub(crate) fn context(self) -> *mut PyObject {
         // SAFETY: live object; plain field read under the GIL.
         unsafe { (*self.raw()).context }
@@ -296,19 +306,31 @@ fn complete_inline(op: OpPtr, res: i64) -> bool {
 
 // ---- construction ---------------------------------------------------------------------
 
-/// Allocates an instance of `cls` (one of our Operation types) with the given fields.
-/// Takes over `buffer` (a new reference or NULL).
-fn new_op(
-    cls: *mut PyTypeObject,
+/// What a new Operation is made of.
+struct NewOp {
     flavor: Flavor,
     kind: IoKind,
     fd: u32,
     offset: i64,
     nbytes: usize,
+    /// A read's destination or a write's payload (a new reference), None for syncs.
     buffer: Option<PyOwned>,
     direct: Option<Box<AlignedBuf>>,
     priority: i16,
-) -> Result<*mut PyObject> {
+}
+
+/// Allocates an instance of `cls` (one of our Operation types) with the given fields.
+fn new_op(cls: *mut PyTypeObject, new: NewOp) -> Result<*mut PyObject> {
+    let NewOp {
+        flavor,
+        kind,
+        fd,
+        offset,
+        nbytes,
+        buffer,
+        direct,
+        priority,
+    } = new;
     // SAFETY: `cls` is our heap type (the classmethods receive it from the interpreter);
     // GenericAlloc zero-fills and GC-tracks; every field is then written before use.
     unsafe {
@@ -405,17 +427,18 @@ unsafe extern "C" fn op_read<const FLAVOR: u8>(
         }
         .ok_or(Error::AlreadySet)?;
         let direct = direct_buffer(fd, offset, nbytes as usize)?;
-        new_op(
-            cls.cast(),
+        let nbytes = nbytes as usize;
+        let new = NewOp {
             flavor,
-            IoKind::Read,
+            kind: IoKind::Read,
             fd,
             offset,
-            nbytes as usize,
-            Some(buffer),
+            nbytes,
+            buffer: Some(buffer),
             direct,
             priority,
-        )
+        };
+        new_op(cls.cast(), new)
     })
 }
 
@@ -462,17 +485,17 @@ unsafe extern "C" fn op_write<const FLAVOR: u8>(
                 )
             };
         }
-        new_op(
-            cls.cast(),
+        let new = NewOp {
             flavor,
-            IoKind::Write,
+            kind: IoKind::Write,
             fd,
             offset,
-            len,
-            Some(payload),
+            nbytes: len,
+            buffer: Some(payload),
             direct,
             priority,
-        )
+        };
+        new_op(cls.cast(), new)
     })
 }
 
@@ -492,7 +515,17 @@ fn sync_op(
         &mut fd,
         &mut priority
     )?;
-    new_op(cls.cast(), flavor, kind, fd, 0, 0, None, None, priority)
+    let new = NewOp {
+        flavor,
+        kind,
+        fd,
+        offset: 0,
+        nbytes: 0,
+        buffer: None,
+        direct: None,
+        priority,
+    };
+    new_op(cls.cast(), new)
 }
 
 unsafe extern "C" fn op_fsync<const FLAVOR: u8>(

@@ -1,0 +1,631 @@
+//! `caio.linux_aio`: the Context type over a Linux kernel AIO context.
+//!
+//! `submit` calls `io_submit`, which for ordinary (buffered) files does the whole transfer
+//! right there on the calling thread. So that one large buffered request cannot freeze an
+//! event loop, requests over 64 KiB on descriptors without `O_DIRECT` go to two helper
+//! threads instead; their completions are announced on the same eventfd and delivered by
+//! the same `process_events`.
+
+use std::os::fd::AsRawFd;
+use std::os::raw::{c_int, c_void};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use caio_backends::aio::{AioContext, Iocb};
+use caio_backends::{EventQueue, SubmitError, ThreadPool};
+use caio_core::{Completion, Phase, RequestId};
+
+use crate::args::parse_args;
+use crate::error::{entry, repr_of, str_object, Error, Result};
+use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
+use crate::gil::without_gil;
+use crate::inflight::InFlight;
+use crate::operation::{self, deliver, Flavor, OpPtr};
+
+static OPERATION_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+static CONTEXT_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+
+const DEFAULT_MAX_REQUESTS: u32 = 32;
+const DEFAULT_DRAIN: u32 = 512;
+const MAX_DRAIN: u32 = 1 << 20;
+/// Buffered requests above this size run on helper threads (see the module docs).
+const OFFLOAD_ABOVE: usize = 64 * 1024;
+const OFFLOAD_THREADS: usize = 2;
+
+/// One in-flight request: the engine's reference to the op, and the control block the
+/// kernel may look up again (`io_cancel` matches it by address, so it is boxed).
+struct Entry {
+    op: PyOwned,
+    iocb: Box<Iocb>,
+    offloaded: bool,
+}
+
+struct Engine {
+    max_requests: u32,
+    inflight: InFlight<Entry>,
+    /// Completions from the helper threads; its eventfd is also the kernel's RESFD.
+    events: Arc<EventQueue>,
+    offload: Mutex<Option<ThreadPool>>,
+    offloaded: AtomicUsize,
+    // Declared last: destroying the context waits for the kernel's outstanding requests.
+    aio: AioContext,
+}
+
+fn os_error(e: std::io::Error) -> Error {
+    Error::Errno(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// `io_submit` errors as caio raised them.
+fn submit_error(errno: i32) -> Error {
+    match errno {
+        libc::EAGAIN => Error::Overflow(
+            "Insufficient resources are available to queue any iocbs [EAGAIN]".into(),
+        ),
+        libc::EBADF => Error::Value(
+            "The file descriptor specified in the first iocb is invalid [EBADF]".into(),
+        ),
+        libc::EFAULT => {
+            Error::Value("One of the data structures points to invalid data [EFAULT]".into())
+        }
+        libc::EINVAL => Error::Value(
+            "The AIO context specified by ctx_id is invalid. nr is less than 0. The iocb at \
+             *iocbpp[0] is not properly initialized, the operation specified is invalid for \
+             the file descriptor in the iocb, or the value in the aio_reqprio field is \
+             invalid. [EINVAL]"
+                .into(),
+        ),
+        other => Error::Errno(other),
+    }
+}
+
+/// `io_cancel` errors as caio raised them.
+fn cancel_error(errno: i32) -> Error {
+    match errno {
+        libc::EAGAIN => Error::System("Specified operation was not canceled [EAGAIN]".into()),
+        libc::EFAULT => {
+            Error::Runtime("One of the data structures points to invalid data [EFAULT]".into())
+        }
+        libc::EINVAL => {
+            Error::Value("The AIO context specified by ctx_id is invalid [EINVAL]".into())
+        }
+        libc::ENOSYS => Error::NotImplemented(
+            "io_cancel() is not implemented on this architecture [ENOSYS]".into(),
+        ),
+        other => Error::Errno(other),
+    }
+}
+
+impl Engine {
+    fn lock_offload(&self) -> MutexGuard<'_, Option<ThreadPool>> {
+        self.offload.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes a dispatched-then-refused request again and makes its op submittable.
+    fn roll_back(&self, id: RequestId) {
+        if let Some(entry) = self.inflight.lock().remove(id) {
+            // SAFETY: the registry only holds our Operation objects.
+            let op = unsafe { OpPtr::new(entry.op.as_ptr()) };
+            op.set_context(ptr::null_mut());
+            op.set_request_id(RequestId::NONE.0);
+            op.state().rollback();
+        }
+    }
+
+    /// Collects up to `max` completions, waiting (GIL released by the caller) until
+    /// `min` are there or `timeout` passes (`None`: forever).
+    fn collect(
+        &self,
+        min: usize,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Completion>> {
+        let mut out = self.events.take(max);
+        if self.offloaded.load(Ordering::SeqCst) == 0 || out.len() >= min {
+            // Only kernel requests to wait for: io_getevents does it all.
+            let need = min.saturating_sub(out.len());
+            let room = max - out.len();
+            if room > 0 {
+                let wait = if need == 0 {
+                    Some(Duration::ZERO)
+                } else {
+                    timeout
+                };
+                self.aio
+                    .get_events(need, room, wait, &mut out)
+                    .map_err(os_error)?;
+            }
+            return Ok(out);
+        }
+        // Both kinds may be outstanding: both signal the eventfd, so sleep on it.
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let room = max - out.len();
+            self.aio
+                .get_events(0, room, Some(Duration::ZERO), &mut out)
+                .map_err(os_error)?;
+            out.extend(self.events.take(max - out.len()));
+            if out.len() >= min || out.len() >= max {
+                break;
+            }
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => break,
+                },
+            };
+            wait_readable(self.events.eventfd().as_raw_fd(), left);
+            let _ = self.events.eventfd().read();
+        }
+        // We may have eaten a wake-up meant for an event loop watching the eventfd.
+        self.events.eventfd().signal();
+        Ok(out)
+    }
+}
+
+fn wait_readable(fd: c_int, timeout: Option<Duration>) {
+    let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as c_int);
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on our stack; EINTR and errors just end this wait (the
+    // caller re-checks and loops).
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
+#[repr(C)]
+struct ContextObject {
+    ob_base: PyObject,
+    weakreflist: *mut PyObject,
+    engine: *mut Engine,
+}
+
+/// # Safety
+/// `slf` is a live instance of the Context type.
+unsafe fn engine<'a>(slf: *mut PyObject) -> Result<&'a Engine> {
+    // SAFETY: see the function's contract; the engine lives as long as the object.
+    unsafe { (*slf.cast::<ContextObject>()).engine.as_ref() }
+        .ok_or_else(|| Error::Runtime("self->ctx is NULL".into()))
+}
+
+fn is_operation(obj: *mut PyObject) -> bool {
+    // SAFETY: `obj` is a live argument; the type was created in module exec.
+    unsafe { ffi::PyObject_TypeCheck(obj, OPERATION_TYPE.load(Ordering::Acquire)) != 0 }
+}
+
+fn int_result(value: i64) -> Result<*mut PyObject> {
+    // SAFETY: plain constructor; GIL held.
+    let obj = unsafe { ffi::PyLong_FromLongLong(value) };
+    if obj.is_null() {
+        Err(Error::AlreadySet)
+    } else {
+        Ok(obj)
+    }
+}
+
+unsafe extern "C" fn ctx_new(
+    cls: *mut PyTypeObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        let events = Arc::new(EventQueue::new().map_err(os_error)?);
+        let mut max_requests: u32 = 0;
+        parse_args!(
+            args,
+            kwargs,
+            c"|I:Context",
+            [c"max_requests"],
+            &mut max_requests
+        )?;
+        let max_requests = if max_requests == 0 {
+            DEFAULT_MAX_REQUESTS
+        } else {
+            max_requests
+        };
+        let aio = AioContext::new(max_requests).map_err(os_error)?;
+        let engine = Box::new(Engine {
+            max_requests,
+            inflight: InFlight::new(),
+            events,
+            offload: Mutex::new(None),
+            offloaded: AtomicUsize::new(0),
+            aio,
+        });
+        // SAFETY: `cls` is our Context type; GenericAlloc zero-fills the instance.
+        unsafe {
+            let obj = ffi::PyType_GenericAlloc(cls, 0);
+            if obj.is_null() {
+                return Err(Error::AlreadySet);
+            }
+            (*obj.cast::<ContextObject>()).engine = Box::into_raw(engine);
+            Ok(obj)
+        }
+    })
+}
+
+unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance (a method of the type).
+        let engine = unsafe { engine(slf)? };
+        // SAFETY: METH_VARARGS hands us a tuple.
+        let n = unsafe { ffi::PyTuple_Size(args) };
+        let objs: Vec<*mut PyObject> = (0..n)
+            // SAFETY: index in range; borrowed references live for the call.
+            .map(|i| unsafe { ffi::PyTuple_GetItem(args, i) })
+            .collect();
+        if let Some(i) = objs.iter().position(|&o| !is_operation(o)) {
+            return Err(Error::Type(format!(
+                "Wrong type for argument {i} -> {}",
+                repr_of(objs[i])
+            )));
+        }
+        let resfd = engine.events.eventfd().as_raw_fd();
+        let mut kernel: Vec<(RequestId, *mut Iocb)> = Vec::new();
+        let mut offloaded: i64 = 0;
+        for &obj in &objs {
+            // SAFETY: type-checked above.
+            let op = unsafe { OpPtr::new(obj) };
+            if !op.state().try_claim() {
+                continue;
+            }
+            let request = op.request();
+            // SAFETY: `obj` is live (borrowed from the args tuple).
+            let held = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(obj)) };
+            op.set_context(slf);
+            let offload = request.len > OFFLOAD_ABOVE && !op.is_direct();
+            let mut registry = engine.inflight.lock();
+            let id = registry.insert(Entry {
+                op: held,
+                iocb: Box::new(Iocb::default()),
+                offloaded: offload,
+            });
+            op.set_request_id(id.0);
+            if offload {
+                drop(registry);
+                let mut pool = engine.lock_offload();
+                if pool.is_none() {
+                    let sink = engine.events.clone();
+                    let started = ThreadPool::new(OFFLOAD_THREADS, usize::MAX, sink);
+                    *pool = Some(started.map_err(|e| {
+                        engine.roll_back(id);
+                        Error::Runtime(format!("cannot start helper threads: {e}"))
+                    })?);
+                }
+                engine.offloaded.fetch_add(1, Ordering::SeqCst);
+                // SAFETY: the buffer stays valid until the completion for `id` is
+                // delivered: the registry holds the op, the op holds the buffer.
+                if let Err(err) = unsafe { pool.as_ref().map(|p| p.submit(id, request)) }
+                    .unwrap_or(Err(SubmitError::Shutdown))
+                {
+                    engine.offloaded.fetch_sub(1, Ordering::SeqCst);
+                    engine.roll_back(id);
+                    return Err(Error::Runtime(format!("helper threads refused: {err:?}")));
+                }
+                offloaded += 1;
+            } else {
+                let entry = registry.get_mut(id).expect("just inserted");
+                *entry.iocb = Iocb::new(id, &request, op.priority(), resfd);
+                kernel.push((id, &mut *entry.iocb as *mut Iocb));
+            }
+        }
+        if kernel.is_empty() {
+            return int_result(offloaded);
+        }
+        let mut iocbs: Vec<*mut Iocb> = kernel.iter().map(|&(_, p)| p).collect();
+        // SAFETY: each iocb is boxed in the registry entry of its op, which stays until the
+        // completion is delivered (or the rollback below); each op holds its buffer and
+        // this Context (so the AIO context outlives the request).
+        match unsafe { engine.aio.submit(&mut iocbs) } {
+            Ok(accepted) => {
+                // io_submit stops at the first iocb it cannot queue: the rest never
+                // reached the kernel and become submittable again.
+                for &(id, _) in &kernel[accepted..] {
+                    engine.roll_back(id);
+                }
+                int_result(accepted as i64 + offloaded)
+            }
+            Err(e) => {
+                for &(id, _) in &kernel {
+                    engine.roll_back(id);
+                }
+                Err(submit_error(e.raw_os_error().unwrap_or(libc::EIO)))
+            }
+        }
+    })
+}
+
+fn deliver_batch(engine: &Engine, batch: Vec<Completion>) -> usize {
+    let mut count = 0;
+    for completion in batch {
+        let entry = engine.inflight.lock().remove(completion.id);
+        if let Some(entry) = entry {
+            if entry.offloaded {
+                engine.offloaded.fetch_sub(1, Ordering::SeqCst);
+            }
+            drop(entry.iocb);
+            deliver(entry.op, completion.res);
+            count += 1;
+        }
+    }
+    count
+}
+
+unsafe extern "C" fn ctx_process_events(
+    slf: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        let (mut max, mut min, mut timeout): (u32, u32, c_int) = (DEFAULT_DRAIN, 0, 0);
+        parse_args!(
+            args,
+            kwargs,
+            c"|IIi:process_events",
+            [c"max_requests", c"min_requests", c"timeout"],
+            &mut max,
+            &mut min,
+            &mut timeout
+        )?;
+        let max = if max == 0 { DEFAULT_DRAIN } else { max };
+        if max > MAX_DRAIN {
+            return Err(Error::Overflow(format!(
+                "max_requests ({max}) exceeds the maximum allowed ({MAX_DRAIN})"
+            )));
+        }
+        if min > max {
+            return Err(Error::Value(format!(
+                "min_requests \"{min}\" must be lower then max_requests \"{max}\""
+            )));
+        }
+        let timeout = (timeout >= 0).then(|| Duration::from_secs(timeout as u64));
+        let batch = if min == 0 {
+            engine.collect(0, max as usize, timeout)?
+        } else {
+            without_gil(|| engine.collect(min as usize, max as usize, timeout))?
+        };
+        int_result(deliver_batch(engine, batch) as i64)
+    })
+}
+
+unsafe extern "C" fn ctx_cancel(
+    slf: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        let mut obj: *mut PyObject = ptr::null_mut();
+        parse_args!(args, kwargs, c"O:cancel", [c"operation"], &mut obj)?;
+        if !is_operation(obj) {
+            return Err(Error::Type(format!(
+                "Operation required not {}",
+                repr_of(obj)
+            )));
+        }
+        // SAFETY: type-checked above.
+        let op = unsafe { OpPtr::new(obj) };
+        let id = RequestId(op.request_id());
+        let iocb = if op.phase() == Phase::InFlight && op.context() == slf {
+            engine
+                .inflight
+                .lock()
+                .get_mut(id)
+                .filter(|e| !e.offloaded)
+                .map(|e| &mut *e.iocb as *mut Iocb)
+        } else {
+            None
+        };
+        // Only a kernel request of this context can be cancelled; for anything else
+        // the kernel would answer EINVAL, and so do we (without asking it).
+        let Some(iocb) = iocb else {
+            return Err(cancel_error(libc::EINVAL));
+        };
+        // SAFETY: the iocb is boxed in the op's registry entry, alive while in flight.
+        let completion = unsafe { engine.aio.cancel(iocb) }
+            .map_err(|e| cancel_error(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let res = completion.res;
+        deliver_batch(engine, vec![Completion { id, res }]);
+        int_result(res)
+    })
+}
+
+unsafe extern "C" fn ctx_poll(slf: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        match engine.events.eventfd().read() {
+            Ok(count) => int_result(count as i64),
+            Err(_) => Err(Error::WouldBlock),
+        }
+    })
+}
+
+unsafe extern "C" fn ctx_run_inline(slf: *mut PyObject, arg: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        unsafe { engine(slf)? };
+        if !is_operation(arg) {
+            return Err(Error::Type(
+                "run_inline() argument must be a caio.linux_aio.Operation".into(),
+            ));
+        }
+        // SAFETY: type-checked above.
+        let done = operation::run_inline(unsafe { OpPtr::new(arg) });
+        // SAFETY: static singletons; a new reference is returned.
+        unsafe {
+            let b = if done {
+                ffi::Py_True()
+            } else {
+                ffi::Py_False()
+            };
+            ffi::Py_IncRef(b);
+            Ok(b)
+        }
+    })
+}
+
+unsafe extern "C" fn get_fileno(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| int_result(unsafe { engine(slf)? }.events.eventfd().as_raw_fd() as i64))
+}
+
+unsafe extern "C" fn get_max_requests(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
+    // SAFETY: `slf` is our instance.
+    entry(|| int_result(unsafe { engine(slf)? }.max_requests as i64))
+}
+
+unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let text = match unsafe { engine(slf) } {
+            Ok(e) => format!(
+                "<caio.linux_aio.Context at {slf:p}: max_requests={}, eventfd={}, in_flight={}>",
+                e.max_requests,
+                e.events.eventfd().as_raw_fd(),
+                e.inflight.lock().len(),
+            ),
+            Err(_) => format!("<caio.linux_aio.Context at {slf:p}: uninitialized>"),
+        };
+        str_object(&text).map(PyOwned::into_ptr)
+    })
+}
+
+unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
+    // SAFETY: called once when the refcount reaches zero. No op is in flight (each one
+    // holds a reference to this Context). Idle helper threads are joined with the GIL
+    // released; io_destroy then finds nothing outstanding.
+    unsafe {
+        let ty = (*slf).ob_type;
+        let obj = slf.cast::<ContextObject>();
+        if !(*obj).weakreflist.is_null() {
+            ffi::PyObject_ClearWeakRefs(slf);
+        }
+        let engine = std::mem::replace(&mut (*obj).engine, ptr::null_mut());
+        if !engine.is_null() {
+            let engine = Box::from_raw(engine);
+            let pool = engine.lock_offload().take();
+            if let Some(pool) = pool {
+                without_gil(move || drop(pool));
+            }
+            drop(engine);
+        }
+        let free: ffi::freefunc = std::mem::transmute(ffi::PyType_GetSlot(ty, ffi::Py_tp_free));
+        free(slf.cast());
+        ffi::Py_DecRef(ty.cast());
+    }
+}
+
+/// `None` if kernel AIO works here, else the reason (the text `ImportError` carries).
+pub(crate) fn probe() -> Option<String> {
+    let release = crate::linux_uring::kernel_release();
+    let mut parts = release.split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if (major, minor) < (4, 18) {
+        return Some(format!(
+            "Linux kernel supported since 4.18 but current kernel is {release}."
+        ));
+    }
+    match caio_backends::aio::probe() {
+        Ok(()) => None,
+        Err(e) => Some(format!(
+            "Error on io_setup with code {} ({}; kernel {release}; a seccomp filter or an \
+             exhausted fs.aio-max-nr can cause this)",
+            e.raw_os_error().unwrap_or(0),
+            e.to_string().split(" (os error").next().unwrap_or_default()
+        )),
+    }
+}
+
+/// Creates the two types (once per process) and adds them to `module`.
+pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
+    use crate::types::{getset, getset_end, leak, method, method_kw, TypeBuilder};
+    if OPERATION_TYPE.load(Ordering::Acquire).is_null() {
+        let op_type = operation::create_type(
+            c"caio.linux_aio.Operation",
+            c"A file operation for caio.linux_aio.Context (read, write, fsync, fdsync).",
+            Flavor::Aio,
+        )?;
+        OPERATION_TYPE.store(op_type, Ordering::Release);
+    }
+    if CONTEXT_TYPE.load(Ordering::Acquire).is_null() {
+        let methods = leak(vec![
+            method(
+                c"submit",
+                ctx_submit,
+                ffi::METH_VARARGS,
+                c"submit(*operations) -> int: io_submit them (buffered files: the transfer happens here, except large requests, which go to helper threads).",
+            ),
+            method_kw(
+                c"process_events",
+                ctx_process_events,
+                0,
+                c"process_events(max_requests=512, min_requests=0, timeout=0) -> int: deliver completions, waiting for min_requests (timeout seconds, <0 forever) with the GIL released.",
+            ),
+            method_kw(
+                c"cancel",
+                ctx_cancel,
+                0,
+                c"cancel(operation) -> int: io_cancel (regular files: always ValueError on current kernels).",
+            ),
+            method(
+                c"poll",
+                ctx_poll,
+                ffi::METH_NOARGS,
+                c"poll() -> int: read and reset the eventfd counter (BlockingIOError if 0).",
+            ),
+            method(
+                c"run_inline",
+                ctx_run_inline,
+                ffi::METH_O,
+                c"run_inline(op) -> bool: complete a small cached read now, without io_submit.",
+            ),
+            ffi::PyMethodDef::zeroed(),
+        ]);
+        let getsets = leak(vec![
+            getset(
+                c"fileno",
+                get_fileno,
+                c"The eventfd signalled on every completion.",
+            ),
+            getset(c"max_requests", get_max_requests, c"The io_setup capacity."),
+            getset_end(),
+        ]);
+        let ty = TypeBuilder::new(
+            c"caio.linux_aio.Context",
+            std::mem::size_of::<ContextObject>(),
+            std::mem::offset_of!(ContextObject, weakreflist),
+        )
+        .slot(
+            ffi::Py_tp_doc,
+            c"Context(max_requests=32)\n\nlinux aio context representation.".as_ptr()
+                as *mut c_void,
+        )
+        .slot(ffi::Py_tp_new, ctx_new as *mut c_void)
+        .slot(ffi::Py_tp_dealloc, ctx_dealloc as *mut c_void)
+        .slot(ffi::Py_tp_repr, ctx_repr as *mut c_void)
+        .slot(ffi::Py_tp_methods, methods.cast())
+        .slot(ffi::Py_tp_getset, getsets.cast())
+        .build()?;
+        CONTEXT_TYPE.store(ty, Ordering::Release);
+    }
+    for (name, ty) in [
+        (c"AioOperation", OPERATION_TYPE.load(Ordering::Acquire)),
+        (c"AioContext", CONTEXT_TYPE.load(Ordering::Acquire)),
+    ] {
+        // SAFETY: `module` is the module being executed; AddObjectRef takes its own
+        // reference to the type, which we keep forever in the static.
+        if unsafe { ffi::PyModule_AddObjectRef(module, name.as_ptr(), ty.cast()) } < 0 {
+            return Err(Error::AlreadySet);
+        }
+    }
+    Ok(())
+}
