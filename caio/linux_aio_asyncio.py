@@ -1,9 +1,9 @@
 """asyncio adapter for the kernel AIO backend (``caio.linux_aio``).
 
-The Context's eventfd is watched with ``loop.add_reader``; completions are delivered on
-the loop thread by ``process_events()``. Small page-cache reads complete inside
-``submit`` through ``Context.run_inline()``. With ``deferred=True`` the operations
-submitted during one loop iteration go to the kernel in a single ``io_submit``.
+Completions are delivered on the loop thread by ``process_events()`` (see
+``EventfdAsyncioContextBase``); small page-cache reads complete inside ``submit``. With
+``deferred=True`` the operations submitted during one loop iteration go to the kernel
+in a single ``io_submit``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .asyncio_base import AsyncioContextBase
+from .asyncio_base import EventfdAsyncioContextBase
 from .linux_aio import Context, Operation
 
 
-class AsyncioContext(AsyncioContextBase[Context, Operation]):
+class AsyncioContext(EventfdAsyncioContextBase[Context, Operation]):
     """asyncio front end of ``caio.linux_aio.Context``."""
 
     OPERATION_CLASS = Operation
@@ -27,21 +27,10 @@ class AsyncioContext(AsyncioContextBase[Context, Operation]):
                 f"linux_aio AsyncioContext takes no extra arguments, got {sorted(kwargs)}",
             )
         context = self.CONTEXT_CLASS(max_requests=max_requests)
-        self.loop.add_reader(context.fileno, self._on_read_event)
         self._pending: list[tuple[Operation, asyncio.Future[Any]]] = []
         self._submit_scheduled = False
+        self._watch(context)
         return context
-
-    def _destroy_context(self) -> None:
-        self.loop.remove_reader(self.context.fileno)
-        # Deliver what has already completed; later operations raise (see submit).
-        while self.context.process_events():
-            pass
-
-    def _on_done(self, future: asyncio.Future[Any], result: Any) -> None:
-        # Callbacks run on the loop thread, inside process_events().
-        if not future.done():
-            future.set_result(True)
 
     def _submit_op(self, op: Operation, future: asyncio.Future[Any]) -> None:
         if not self.deferred:
@@ -69,25 +58,6 @@ class AsyncioContext(AsyncioContextBase[Context, Operation]):
         for _, future in batch[accepted:]:
             if not future.done():
                 future.set_exception(OSError("Operation was not submitted"))
-
-    def _on_read_event(self) -> None:
-        try:
-            self.context.poll()
-        except BlockingIOError:
-            pass
-        # Drain until empty: the eventfd counter is a wake-up, not a count.
-        while self.context.process_events():
-            pass
-
-    async def submit(self, op: Operation) -> Any:
-        if not isinstance(op, self.OPERATION_CLASS):
-            raise ValueError("Operation object expected")  # noqa: TRY004 (contract)
-        if self._closed:
-            raise RuntimeError("AsyncioContext is closed")
-        # Fast path: a small page-cache read completes right here, synchronously.
-        if self.context.run_inline(op):
-            return op.get_value()
-        return await super().submit(op)
 
 
 __all__ = ("AsyncioContext", "Context", "Operation")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .asyncio_base import AsyncioContextBase, _resolve
+from .asyncio_base import EventfdAsyncioContextBase, _resolve
 from .thread_aio import Context, Operation
 
 
-class AsyncioContext(AsyncioContextBase[Context, Operation]):
+class AsyncioContext(EventfdAsyncioContextBase[Context, Operation]):
     """asyncio front end of ``caio.thread_aio.Context``.
 
     ``deferred`` is accepted and ignored; extra keyword arguments (``pool_size``)
@@ -31,7 +31,7 @@ class AsyncioContext(AsyncioContextBase[Context, Operation]):
     def _create_context(self, max_requests: int, **kwargs: Any) -> Context:
         context = self.CONTEXT_CLASS(max_requests=max_requests, eventfd=True, **kwargs)
         try:
-            self.loop.add_reader(context.fileno, self._on_read_event)
+            self._watch(context)
         except BaseException:
             context.close()
             raise
@@ -44,15 +44,6 @@ class AsyncioContext(AsyncioContextBase[Context, Operation]):
             # Runs every queued operation and delivers the remaining completions
             # (their callbacks) on this thread.
             self.context.close()
-
-    def _on_read_event(self) -> None:
-        try:
-            self.context.poll()
-        except BlockingIOError:
-            pass
-        # Drain until empty: the eventfd counter is a wake-up, not a count.
-        while self.context.process_events():
-            pass
 
     def _on_done(self, future: asyncio.Future[Any], result: Any) -> None:
         if future.done():
@@ -68,14 +59,6 @@ class AsyncioContext(AsyncioContextBase[Context, Operation]):
             future.set_result(True)
         else:
             self.loop.call_soon_threadsafe(_resolve, future)
-
-    async def submit(self, op: Operation) -> Any:
-        if not isinstance(op, self.OPERATION_CLASS):
-            raise ValueError("Operation object expected")  # noqa: TRY004 (contract)
-        # Fast path: a small page-cache read completes right here, synchronously.
-        if self.context.run_inline(op):
-            return op.get_value()
-        return await super().submit(op)
 
 
 __all__ = ("AsyncioContext", "Context", "Operation")

@@ -93,19 +93,15 @@ def base_test_dir() -> Path:
 
 @pytest.fixture
 def workdir():
+    # The base folder stays (it is git-ignored): removing it when empty raced with a
+    # second test run creating its own folder in it.
     base = base_test_dir()
-    created_base = not base.exists()
     base.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="caio-", dir=str(base)))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-        if created_base or base == DEFAULT_TEST_BASE:
-            try:
-                base.rmdir()  # only when empty (another xdist worker may still use it)
-            except OSError:
-                pass
 
 
 class FileFactory:

@@ -1,6 +1,7 @@
 //! One I/O request and the syscalls that run it.
 
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 /// What a request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,11 +133,40 @@ impl IoRequest {
             done += ret as usize;
             // Zero bytes means end of file; a full buffer means done. A short read in
             // between may only mean part of the range is cached: ask again for the rest.
-            if ret == 0 || done == self.len {
+            // At the current position (offset -1: pipes, sockets) the data is consumed by
+            // reading it, so the first answer is final.
+            if ret == 0 || done == self.len || self.offset < 0 {
                 return Some(done as i64);
             }
         }
     }
+}
+
+/// Blocks until `fd` is readable or `timeout` passes (`None`: forever); `false` on
+/// timeout. `poll` consumes nothing (a readable eventfd stays readable). EINTR returns
+/// `true` early: callers re-check whatever they wait for and loop.
+pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> std::io::Result<bool> {
+    let ms = match timeout {
+        None => -1,
+        // Round up so a sub-millisecond remainder sleeps instead of spinning.
+        Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EINTR) {
+            Ok(true)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n > 0)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use caio_core::{Completion, RequestId};
 use io_uring::{opcode, squeue, types, IoUring};
@@ -170,39 +170,11 @@ impl Ring {
 }
 
 /// Blocks until the CQ of the ring `ring_fd` is non-empty or `timeout` passes (`None`:
-/// forever). Returns `false` on timeout. Uses `poll` on the ring's fd, which consumes
-/// nothing, so other waiters and the eventfd are unaffected, and needs no access to the
-/// ring's queues (callers may wait without holding the ring's lock). EINTR returns early;
-/// callers re-check the queue either way.
+/// forever); `false` on timeout. Polling the ring's fd consumes nothing, so other waiters
+/// and the eventfd are unaffected, and it needs no access to the ring's queues (callers
+/// may wait without holding the ring's lock). EINTR returns early; re-check and loop.
 pub fn wait_readable(ring_fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
-    {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up so a short remainder still sleeps instead of spinning.
-                left.as_millis().min(i32::MAX as u128) as i32
-                    + i32::from(left.subsec_nanos() % 1_000_000 != 0)
-            }
-        };
-        let mut pfd = libc::pollfd {
-            fd: ring_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd on the stack for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.raw_os_error() == Some(libc::EINTR) {
-                Ok(true)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(n > 0)
-    }
+    crate::io::wait_readable(ring_fd, timeout)
 }
 
 /// A batch of submissions against one snapshot of the submission queue.

@@ -5,6 +5,7 @@
 //! Operation object every backend shares), and one module per backend's Context.
 
 mod args;
+mod context;
 mod error;
 mod ffi;
 mod gil;
@@ -14,6 +15,7 @@ mod linux_uring;
 mod operation;
 mod thread_aio;
 mod types;
+mod values;
 
 use std::os::raw::c_int;
 use std::ptr;
@@ -31,28 +33,14 @@ unsafe extern "C" fn module_exec(module: *mut PyObject) -> c_int {
 
 unsafe extern "C" fn uring_probe(_module: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
     error::entry(|| match linux_uring::probe() {
-        None => {
-            // SAFETY: new reference to None.
-            unsafe {
-                let none = ffi::Py_None();
-                ffi::Py_IncRef(none);
-                Ok(none)
-            }
-        }
+        None => Ok(values::none()),
         Some(reason) => error::str_object(&reason).map(ffi::PyOwned::into_ptr),
     })
 }
 
 unsafe extern "C" fn aio_probe(_module: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
     error::entry(|| match linux_aio::probe() {
-        None => {
-            // SAFETY: new reference to None.
-            unsafe {
-                let none = ffi::Py_None();
-                ffi::Py_IncRef(none);
-                Ok(none)
-            }
-        }
+        None => Ok(values::none()),
         Some(reason) => error::str_object(&reason).map(ffi::PyOwned::into_ptr),
     })
 }
@@ -61,18 +49,7 @@ unsafe extern "C" fn uring_sqpoll_allowed(
     _module: *mut PyObject,
     _: *mut PyObject,
 ) -> *mut PyObject {
-    error::entry(|| {
-        // SAFETY: static singletons; a new reference is returned.
-        unsafe {
-            let b = if linux_uring::sqpoll_allowed() {
-                ffi::Py_True()
-            } else {
-                ffi::Py_False()
-            };
-            ffi::Py_IncRef(b);
-            Ok(b)
-        }
-    })
+    error::entry(|| Ok(values::boolean(linux_uring::sqpoll_allowed())))
 }
 
 /// The module definition and its slots, handed to the interpreter once.

@@ -7,7 +7,7 @@
 //! the same `process_events`.
 
 use std::os::fd::AsRawFd;
-use std::os::raw::{c_int, c_void};
+use std::os::raw::c_void;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,17 +18,18 @@ use caio_backends::{EventQueue, SubmitError, ThreadPool};
 use caio_core::{Completion, Phase, RequestId};
 
 use crate::args::parse_args;
+use crate::context::{self, ContextSlots, DrainArgs};
 use crate::error::{entry, repr_of, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::without_gil;
 use crate::inflight::InFlight;
 use crate::operation::{self, deliver, Flavor, OpPtr};
+use crate::values;
 
 static OPERATION_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 static CONTEXT_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 
 const DEFAULT_MAX_REQUESTS: u32 = 32;
-const DEFAULT_DRAIN: u32 = 512;
 const MAX_DRAIN: u32 = 1 << 20;
 /// Buffered requests above this size run on helper threads (see the module docs).
 const OFFLOAD_ABOVE: usize = 64 * 1024;
@@ -156,7 +157,8 @@ impl Engine {
                     _ => break,
                 },
             };
-            wait_readable(self.events.eventfd().as_raw_fd(), left);
+            // An error (EINTR, say) just ends this wait; the loop re-checks.
+            let _ = caio_backends::io::wait_readable(self.events.eventfd().as_raw_fd(), left);
             let _ = self.events.eventfd().read();
         }
         // We may have eaten a wake-up meant for an event loop watching the eventfd.
@@ -165,46 +167,16 @@ impl Engine {
     }
 }
 
-fn wait_readable(fd: c_int, timeout: Option<Duration>) {
-    let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as c_int);
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd on our stack; EINTR and errors just end this wait (the
-    // caller re-checks and loops).
-    unsafe { libc::poll(&mut pfd, 1, ms) };
-}
-
-#[repr(C)]
-struct ContextObject {
-    ob_base: PyObject,
-    weakreflist: *mut PyObject,
-    engine: *mut Engine,
-}
-
 /// # Safety
-/// `slf` is a live instance of the Context type.
+/// `slf` is a live instance of this module's Context type.
 unsafe fn engine<'a>(slf: *mut PyObject) -> Result<&'a Engine> {
-    // SAFETY: see the function's contract; the engine lives as long as the object.
-    unsafe { (*slf.cast::<ContextObject>()).engine.as_ref() }
-        .ok_or_else(|| Error::Runtime("self->ctx is NULL".into()))
+    // SAFETY: see the function's contract (its layout is `ContextObject<Engine>`).
+    unsafe { context::engine(slf, "self->ctx is NULL") }
 }
 
 fn is_operation(obj: *mut PyObject) -> bool {
     // SAFETY: `obj` is a live argument; the type was created in module exec.
     unsafe { ffi::PyObject_TypeCheck(obj, OPERATION_TYPE.load(Ordering::Acquire)) != 0 }
-}
-
-fn int_result(value: i64) -> Result<*mut PyObject> {
-    // SAFETY: plain constructor; GIL held.
-    let obj = unsafe { ffi::PyLong_FromLongLong(value) };
-    if obj.is_null() {
-        Err(Error::AlreadySet)
-    } else {
-        Ok(obj)
-    }
 }
 
 unsafe extern "C" fn ctx_new(
@@ -236,15 +208,7 @@ unsafe extern "C" fn ctx_new(
             offloaded: AtomicUsize::new(0),
             aio,
         });
-        // SAFETY: `cls` is our Context type; GenericAlloc zero-fills the instance.
-        unsafe {
-            let obj = ffi::PyType_GenericAlloc(cls, 0);
-            if obj.is_null() {
-                return Err(Error::AlreadySet);
-            }
-            (*obj.cast::<ContextObject>()).engine = Box::into_raw(engine);
-            Ok(obj)
-        }
+        context::alloc(cls, engine)
     })
 }
 
@@ -252,12 +216,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
     entry(|| {
         // SAFETY: `slf` is our instance (a method of the type).
         let engine = unsafe { engine(slf)? };
-        // SAFETY: METH_VARARGS hands us a tuple.
-        let n = unsafe { ffi::PyTuple_Size(args) };
-        let objs: Vec<*mut PyObject> = (0..n)
-            // SAFETY: index in range; borrowed references live for the call.
-            .map(|i| unsafe { ffi::PyTuple_GetItem(args, i) })
-            .collect();
+        let objs = context::arguments(args);
         if let Some(i) = objs.iter().position(|&o| !is_operation(o)) {
             return Err(Error::Type(format!(
                 "Wrong type for argument {i} -> {}",
@@ -314,7 +273,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             }
         }
         if kernel.is_empty() {
-            return int_result(offloaded);
+            return values::int(offloaded);
         }
         let mut iocbs: Vec<*mut Iocb> = kernel.iter().map(|&(_, p)| p).collect();
         // SAFETY: each iocb is boxed in the registry entry of its op, which stays until the
@@ -327,7 +286,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
                 for &(id, _) in &kernel[accepted..] {
                     engine.roll_back(id);
                 }
-                int_result(accepted as i64 + offloaded)
+                values::int(accepted as i64 + offloaded)
             }
             Err(e) => {
                 for &(id, _) in &kernel {
@@ -363,17 +322,8 @@ unsafe extern "C" fn ctx_process_events(
     entry(|| {
         // SAFETY: `slf` is our instance.
         let engine = unsafe { engine(slf)? };
-        let (mut max, mut min, mut timeout): (u32, u32, c_int) = (DEFAULT_DRAIN, 0, 0);
-        parse_args!(
-            args,
-            kwargs,
-            c"|IIi:process_events",
-            [c"max_requests", c"min_requests", c"timeout"],
-            &mut max,
-            &mut min,
-            &mut timeout
-        )?;
-        let max = if max == 0 { DEFAULT_DRAIN } else { max };
+        let drain = DrainArgs::parse(args, kwargs)?;
+        let (max, min) = (drain.max, drain.min);
         if max > MAX_DRAIN {
             return Err(Error::Overflow(format!(
                 "max_requests ({max}) exceeds the maximum allowed ({MAX_DRAIN})"
@@ -384,13 +334,13 @@ unsafe extern "C" fn ctx_process_events(
                 "min_requests \"{min}\" must be lower then max_requests \"{max}\""
             )));
         }
-        let timeout = (timeout >= 0).then(|| Duration::from_secs(timeout as u64));
+        let timeout = drain.timeout();
         let batch = if min == 0 {
             engine.collect(0, max as usize, timeout)?
         } else {
             without_gil(|| engine.collect(min as usize, max as usize, timeout))?
         };
-        int_result(deliver_batch(engine, batch) as i64)
+        values::int(deliver_batch(engine, batch) as i64)
     })
 }
 
@@ -433,7 +383,7 @@ unsafe extern "C" fn ctx_cancel(
             .map_err(|e| cancel_error(e.raw_os_error().unwrap_or(libc::EIO)))?;
         let res = completion.res;
         deliver_batch(engine, vec![Completion { id, res }]);
-        int_result(res)
+        values::int(res)
     })
 }
 
@@ -441,10 +391,7 @@ unsafe extern "C" fn ctx_poll(slf: *mut PyObject, _: *mut PyObject) -> *mut PyOb
     entry(|| {
         // SAFETY: `slf` is our instance.
         let engine = unsafe { engine(slf)? };
-        match engine.events.eventfd().read() {
-            Ok(count) => int_result(count as i64),
-            Err(_) => Err(Error::WouldBlock),
-        }
+        context::poll(engine.events.eventfd())
     })
 }
 
@@ -452,34 +399,18 @@ unsafe extern "C" fn ctx_run_inline(slf: *mut PyObject, arg: *mut PyObject) -> *
     entry(|| {
         // SAFETY: `slf` is our instance.
         unsafe { engine(slf)? };
-        if !is_operation(arg) {
-            return Err(Error::Type(
-                "run_inline() argument must be a caio.linux_aio.Operation".into(),
-            ));
-        }
-        // SAFETY: type-checked above.
-        let done = operation::run_inline(unsafe { OpPtr::new(arg) });
-        // SAFETY: static singletons; a new reference is returned.
-        unsafe {
-            let b = if done {
-                ffi::Py_True()
-            } else {
-                ffi::Py_False()
-            };
-            ffi::Py_IncRef(b);
-            Ok(b)
-        }
+        context::run_inline(arg, is_operation, "caio.linux_aio.Operation")
     })
 }
 
 unsafe extern "C" fn get_fileno(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
     // SAFETY: `slf` is our instance.
-    entry(|| int_result(unsafe { engine(slf)? }.events.eventfd().as_raw_fd() as i64))
+    entry(|| values::int(unsafe { engine(slf)? }.events.eventfd().as_raw_fd() as i64))
 }
 
 unsafe extern "C" fn get_max_requests(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
     // SAFETY: `slf` is our instance.
-    entry(|| int_result(unsafe { engine(slf)? }.max_requests as i64))
+    entry(|| values::int(unsafe { engine(slf)? }.max_requests as i64))
 }
 
 unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
@@ -503,23 +434,12 @@ unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
     // holds a reference to this Context). Idle helper threads are joined with the GIL
     // released; io_destroy then finds nothing outstanding.
     unsafe {
-        let ty = (*slf).ob_type;
-        let obj = slf.cast::<ContextObject>();
-        if !(*obj).weakreflist.is_null() {
-            ffi::PyObject_ClearWeakRefs(slf);
-        }
-        let engine = std::mem::replace(&mut (*obj).engine, ptr::null_mut());
-        if !engine.is_null() {
-            let engine = Box::from_raw(engine);
+        context::dealloc::<Engine>(slf, |engine| {
             let pool = engine.lock_offload().take();
             if let Some(pool) = pool {
                 without_gil(move || drop(pool));
             }
-            drop(engine);
-        }
-        let free: ffi::freefunc = std::mem::transmute(ffi::PyType_GetSlot(ty, ffi::Py_tp_free));
-        free(slf.cast());
-        ffi::Py_DecRef(ty.cast());
+        })
     }
 }
 
@@ -547,7 +467,7 @@ pub(crate) fn probe() -> Option<String> {
 
 /// Creates the two types (once per process) and adds them to `module`.
 pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
-    use crate::types::{getset, getset_end, leak, method, method_kw, TypeBuilder};
+    use crate::types::{getset, getset_end, leak, method, method_kw};
     if OPERATION_TYPE.load(Ordering::Acquire).is_null() {
         let op_type = operation::create_type(
             c"caio.linux_aio.Operation",
@@ -599,33 +519,22 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
             getset(c"max_requests", get_max_requests, c"The io_setup capacity."),
             getset_end(),
         ]);
-        let ty = TypeBuilder::new(
-            c"caio.linux_aio.Context",
-            std::mem::size_of::<ContextObject>(),
-            std::mem::offset_of!(ContextObject, weakreflist),
-        )
-        .slot(
-            ffi::Py_tp_doc,
-            c"Context(max_requests=32)\n\nlinux aio context representation.".as_ptr()
-                as *mut c_void,
-        )
-        .slot(ffi::Py_tp_new, ctx_new as *mut c_void)
-        .slot(ffi::Py_tp_dealloc, ctx_dealloc as *mut c_void)
-        .slot(ffi::Py_tp_repr, ctx_repr as *mut c_void)
-        .slot(ffi::Py_tp_methods, methods.cast())
-        .slot(ffi::Py_tp_getset, getsets.cast())
-        .build()?;
+        let slots = ContextSlots {
+            doc: c"Context(max_requests=32)\n\nlinux aio context representation.",
+            new: ctx_new,
+            dealloc: ctx_dealloc,
+            repr: ctx_repr,
+            methods,
+            getsets,
+        };
+        let ty = context::create_type::<Engine>(c"caio.linux_aio.Context", slots)?;
         CONTEXT_TYPE.store(ty, Ordering::Release);
     }
-    for (name, ty) in [
-        (c"AioOperation", OPERATION_TYPE.load(Ordering::Acquire)),
-        (c"AioContext", CONTEXT_TYPE.load(Ordering::Acquire)),
-    ] {
-        // SAFETY: `module` is the module being executed; AddObjectRef takes its own
-        // reference to the type, which we keep forever in the static.
-        if unsafe { ffi::PyModule_AddObjectRef(module, name.as_ptr(), ty.cast()) } < 0 {
-            return Err(Error::AlreadySet);
-        }
-    }
-    Ok(())
+    context::add_to_module(
+        module,
+        &[
+            (c"AioOperation", OPERATION_TYPE.load(Ordering::Acquire)),
+            (c"AioContext", CONTEXT_TYPE.load(Ordering::Acquire)),
+        ],
+    )
 }

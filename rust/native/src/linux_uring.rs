@@ -17,17 +17,18 @@ use caio_backends::{uring, EventFd, Ring};
 use caio_core::{Completion, Phase, RequestId};
 
 use crate::args::parse_args;
+use crate::context::{self, ContextSlots, DrainArgs};
 use crate::error::{entry, repr_of, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::without_gil;
 use crate::inflight::InFlight;
 use crate::operation::{self, deliver, Flavor, OpPtr};
+use crate::values;
 
 static OPERATION_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 static CONTEXT_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 
 const DEFAULT_MAX_REQUESTS: u32 = 32;
-const DEFAULT_DRAIN: u32 = 512;
 
 /// The ring and the completions reaped from it but not yet delivered.
 struct RingState {
@@ -116,19 +117,11 @@ impl Engine {
     }
 }
 
-#[repr(C)]
-struct ContextObject {
-    ob_base: PyObject,
-    weakreflist: *mut PyObject,
-    engine: *mut Engine,
-}
-
 /// # Safety
-/// `slf` is a live instance of the Context type.
+/// `slf` is a live instance of this module's Context type.
 unsafe fn engine<'a>(slf: *mut PyObject) -> Result<&'a Engine> {
-    // SAFETY: see the function's contract; the engine lives as long as the object.
-    unsafe { (*slf.cast::<ContextObject>()).engine.as_ref() }
-        .ok_or_else(|| Error::Runtime("context not initialized".into()))
+    // SAFETY: see the function's contract (its layout is `ContextObject<Engine>`).
+    unsafe { context::engine(slf, "context not initialized") }
 }
 
 fn operation_type() -> *mut PyTypeObject {
@@ -138,16 +131,6 @@ fn operation_type() -> *mut PyTypeObject {
 fn is_operation(obj: *mut PyObject) -> bool {
     // SAFETY: `obj` is a live argument; exact type check as caio does.
     unsafe { (*obj).ob_type == operation_type() }
-}
-
-fn int_result(value: i64) -> Result<*mut PyObject> {
-    // SAFETY: plain constructor; GIL held.
-    let obj = unsafe { ffi::PyLong_FromLongLong(value) };
-    if obj.is_null() {
-        Err(Error::AlreadySet)
-    } else {
-        Ok(obj)
-    }
 }
 
 fn ring_full() -> Error {
@@ -200,15 +183,7 @@ unsafe extern "C" fn ctx_new(
             parked: AtomicUsize::new(0),
             eventfd,
         });
-        // SAFETY: `cls` is our Context type; GenericAlloc zero-fills the instance.
-        unsafe {
-            let obj = ffi::PyType_GenericAlloc(cls, 0);
-            if obj.is_null() {
-                return Err(Error::AlreadySet);
-            }
-            (*obj.cast::<ContextObject>()).engine = Box::into_raw(engine);
-            Ok(obj)
-        }
+        context::alloc(cls, engine)
     })
 }
 
@@ -216,12 +191,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
     entry(|| {
         // SAFETY: `slf` is our instance (a method of the type).
         let engine = unsafe { engine(slf)? };
-        // SAFETY: METH_VARARGS hands us a tuple.
-        let n = unsafe { ffi::PyTuple_Size(args) };
-        let ops: Vec<*mut PyObject> = (0..n)
-            // SAFETY: index in range; borrowed references live for the call.
-            .map(|i| unsafe { ffi::PyTuple_GetItem(args, i) })
-            .collect();
+        let ops = context::arguments(args);
         if let Some(i) = ops.iter().position(|&o| !is_operation(o)) {
             return Err(Error::Type(format!(
                 "argument {} is not an Operation",
@@ -264,7 +234,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
         }
         drop(stager);
         drop(state);
-        int_result(accepted)
+        values::int(accepted)
     })
 }
 
@@ -275,16 +245,16 @@ unsafe extern "C" fn ctx_flush(slf: *mut PyObject, _: *mut PyObject) -> *mut PyO
         let batch = {
             let mut state = engine.lock();
             if !engine.sqpoll && state.ring.pending() == 0 {
-                return int_result(0);
+                return values::int(0);
             }
             state.ring.submit().map_err(os_error)?;
             if engine.parked.load(Ordering::SeqCst) > 0 {
                 // A parked thread reaps; taking completions here could starve it.
-                return int_result(0);
+                return values::int(0);
             }
             engine.collect(&mut state, usize::MAX, true)
         };
-        int_result(deliver_all(batch) as i64)
+        values::int(deliver_all(batch) as i64)
     })
 }
 
@@ -296,17 +266,8 @@ unsafe extern "C" fn ctx_process_events(
     entry(|| {
         // SAFETY: `slf` is our instance.
         let engine = unsafe { engine(slf)? };
-        let (mut max, mut min, mut timeout): (u32, u32, c_int) = (DEFAULT_DRAIN, 0, 0);
-        parse_args!(
-            args,
-            kwargs,
-            c"|IIi:process_events",
-            [c"max_requests", c"min_requests", c"timeout"],
-            &mut max,
-            &mut min,
-            &mut timeout
-        )?;
-        let max = if max == 0 { DEFAULT_DRAIN } else { max };
+        let drain = DrainArgs::parse(args, kwargs)?;
+        let (max, min) = (drain.max, drain.min);
         if min > max {
             return Err(Error::Value(format!(
                 "min_requests ({min}) must be <= max_requests ({max})"
@@ -314,10 +275,10 @@ unsafe extern "C" fn ctx_process_events(
         }
         let mut waited = false;
         if min > 0 {
-            if timeout == 0 {
+            if drain.timeout == 0 {
                 without_gil(|| engine.lock().ring.get_events()).map_err(os_error)?;
             } else {
-                let limit = (timeout > 0).then(|| Duration::from_secs(timeout as u64));
+                let limit = drain.timeout();
                 without_gil(|| engine.wait(min as usize, limit))?;
                 waited = true;
             }
@@ -327,7 +288,7 @@ unsafe extern "C" fn ctx_process_events(
             let reap = waited || engine.parked.load(Ordering::SeqCst) == 0;
             engine.collect(&mut state, max as usize, reap)
         };
-        int_result(deliver_all(batch) as i64)
+        values::int(deliver_all(batch) as i64)
     })
 }
 
@@ -365,7 +326,7 @@ unsafe extern "C" fn ctx_cancel(
             .map_err(|_| ring_full())?;
         // The cancel's own completion is a sentinel: never counted, never a callback.
         let _ = state.ring.submit();
-        int_result(0)
+        values::int(0)
     })
 }
 
@@ -373,10 +334,7 @@ unsafe extern "C" fn ctx_poll(slf: *mut PyObject, _: *mut PyObject) -> *mut PyOb
     entry(|| {
         // SAFETY: `slf` is our instance.
         let engine = unsafe { engine(slf)? };
-        match engine.eventfd.read() {
-            Ok(count) => int_result(count as i64),
-            Err(_) => Err(Error::WouldBlock),
-        }
+        context::poll(&engine.eventfd)
     })
 }
 
@@ -384,39 +342,23 @@ unsafe extern "C" fn ctx_run_inline(slf: *mut PyObject, arg: *mut PyObject) -> *
     entry(|| {
         // SAFETY: `slf` is our instance.
         unsafe { engine(slf)? };
-        if !is_operation(arg) {
-            return Err(Error::Type(
-                "run_inline() argument must be a caio.linux_uring.Operation".into(),
-            ));
-        }
-        // SAFETY: type-checked above.
-        let done = operation::run_inline(unsafe { OpPtr::new(arg) });
-        // SAFETY: static singletons; a new reference is returned.
-        unsafe {
-            let b = if done {
-                ffi::Py_True()
-            } else {
-                ffi::Py_False()
-            };
-            ffi::Py_IncRef(b);
-            Ok(b)
-        }
+        context::run_inline(arg, is_operation, "caio.linux_uring.Operation")
     })
 }
 
 unsafe extern "C" fn get_fileno(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
     // SAFETY: `slf` is our instance.
-    entry(|| int_result(unsafe { engine(slf)? }.eventfd.as_raw_fd() as i64))
+    entry(|| values::int(unsafe { engine(slf)? }.eventfd.as_raw_fd() as i64))
 }
 
 unsafe extern "C" fn get_max_requests(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
     // SAFETY: `slf` is our instance.
-    entry(|| int_result(unsafe { engine(slf)? }.max_requests as i64))
+    entry(|| values::int(unsafe { engine(slf)? }.max_requests as i64))
 }
 
 unsafe extern "C" fn get_sqpoll(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
     // SAFETY: `slf` is our instance.
-    entry(|| int_result(unsafe { engine(slf)? }.sqpoll as i64))
+    entry(|| values::int(unsafe { engine(slf)? }.sqpoll as i64))
 }
 
 unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
@@ -442,20 +384,7 @@ unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
     // SAFETY: called once when the refcount reaches zero. No op is in flight (each one
     // holds a reference to this Context), so the kernel no longer uses any buffer and the
     // ring can be unmapped and closed. No callback runs from here.
-    unsafe {
-        let ty = (*slf).ob_type;
-        let obj = slf.cast::<ContextObject>();
-        if !(*obj).weakreflist.is_null() {
-            ffi::PyObject_ClearWeakRefs(slf);
-        }
-        let engine = std::mem::replace(&mut (*obj).engine, ptr::null_mut());
-        if !engine.is_null() {
-            drop(Box::from_raw(engine));
-        }
-        let free: ffi::freefunc = std::mem::transmute(ffi::PyType_GetSlot(ty, ffi::Py_tp_free));
-        free(slf.cast());
-        ffi::Py_DecRef(ty.cast());
-    }
+    unsafe { context::dealloc::<Engine>(slf, drop) }
 }
 
 /// `None` if io_uring works here, else the reason (the text `ImportError` carries).
@@ -510,7 +439,7 @@ pub(crate) fn kernel_release() -> String {
 
 /// Creates the two types (once per process) and adds them to `module`.
 pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
-    use crate::types::{getset, getset_end, leak, method, method_kw, TypeBuilder};
+    use crate::types::{getset, getset_end, leak, method, method_kw};
     if OPERATION_TYPE.load(Ordering::Acquire).is_null() {
         let op_type = operation::create_type(
             c"caio.linux_uring.Operation",
@@ -577,33 +506,22 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
             ),
             getset_end(),
         ]);
-        let ty = TypeBuilder::new(
-            c"caio.linux_uring.Context",
-            std::mem::size_of::<ContextObject>(),
-            std::mem::offset_of!(ContextObject, weakreflist),
-        )
-        .slot(
-            ffi::Py_tp_doc,
-            c"Context(max_requests=32, sqpoll=False)\n\nio_uring AIO context.".as_ptr()
-                as *mut c_void,
-        )
-        .slot(ffi::Py_tp_new, ctx_new as *mut c_void)
-        .slot(ffi::Py_tp_dealloc, ctx_dealloc as *mut c_void)
-        .slot(ffi::Py_tp_repr, ctx_repr as *mut c_void)
-        .slot(ffi::Py_tp_methods, methods.cast())
-        .slot(ffi::Py_tp_getset, getsets.cast())
-        .build()?;
+        let slots = ContextSlots {
+            doc: c"Context(max_requests=32, sqpoll=False)\n\nio_uring AIO context.",
+            new: ctx_new,
+            dealloc: ctx_dealloc,
+            repr: ctx_repr,
+            methods,
+            getsets,
+        };
+        let ty = context::create_type::<Engine>(c"caio.linux_uring.Context", slots)?;
         CONTEXT_TYPE.store(ty, Ordering::Release);
     }
-    for (name, ty) in [
-        (c"UringOperation", OPERATION_TYPE.load(Ordering::Acquire)),
-        (c"UringContext", CONTEXT_TYPE.load(Ordering::Acquire)),
-    ] {
-        // SAFETY: `module` is the module being executed; AddObjectRef takes its own
-        // reference to the type, which we keep forever in the static.
-        if unsafe { ffi::PyModule_AddObjectRef(module, name.as_ptr(), ty.cast()) } < 0 {
-            return Err(Error::AlreadySet);
-        }
-    }
-    Ok(())
+    context::add_to_module(
+        module,
+        &[
+            (c"UringOperation", OPERATION_TYPE.load(Ordering::Acquire)),
+            (c"UringContext", CONTEXT_TYPE.load(Ordering::Acquire)),
+        ],
+    )
 }

@@ -15,6 +15,7 @@ use caio_core::{OpState, Phase};
 use crate::args::parse_args;
 use crate::error::{entry, repr_of, str_object, write_unraisable, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
+use crate::values::{self, int, none, uint};
 
 /// The instance layout shared by every backend's Operation type.
 #[repr(C)]
@@ -552,35 +553,6 @@ fn type_name(obj: *mut PyObject) -> String {
 
 // ---- methods and properties -------------------------------------------------------------
 
-fn none() -> *mut PyObject {
-    // SAFETY: Py_None is immortal-or-static; we hand out a new reference.
-    unsafe {
-        let none = ffi::Py_None();
-        ffi::Py_IncRef(none);
-        none
-    }
-}
-
-fn int(value: i64) -> Result<*mut PyObject> {
-    // SAFETY: plain constructor; GIL held.
-    let obj = unsafe { ffi::PyLong_FromLongLong(value) };
-    if obj.is_null() {
-        Err(Error::AlreadySet)
-    } else {
-        Ok(obj)
-    }
-}
-
-fn uint(value: u64) -> Result<*mut PyObject> {
-    // SAFETY: plain constructor; GIL held.
-    let obj = unsafe { ffi::PyLong_FromUnsignedLongLong(value) };
-    if obj.is_null() {
-        Err(Error::AlreadySet)
-    } else {
-        Ok(obj)
-    }
-}
-
 fn zeroed_bytes(len: usize) -> Result<*mut PyObject> {
     // SAFETY: NULL data, then the fresh buffer is zeroed before anyone sees it.
     unsafe {
@@ -670,9 +642,7 @@ unsafe extern "C" fn op_set_callback(
             ffi::Py_IncRef(callback);
             let old = std::mem::replace(&mut (*raw).callback, callback);
             drop(PyOwned::from_new(old));
-            let t = ffi::Py_True();
-            ffi::Py_IncRef(t);
-            Ok(t)
+            Ok(values::boolean(true))
         }
     })
 }

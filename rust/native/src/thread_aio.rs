@@ -10,17 +10,18 @@ use std::os::raw::{c_int, c_void};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use caio_backends::{CompletionSink, EventQueue, SubmitError, ThreadPool};
 use caio_core::Completion;
 
 use crate::args::parse_args;
+use crate::context::{self, ContextSlots, DrainArgs};
 use crate::error::{entry, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::without_gil;
 use crate::inflight::InFlight;
 use crate::operation::{self, deliver, OpPtr};
+use crate::values;
 
 static OPERATION_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 static CONTEXT_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
@@ -28,7 +29,6 @@ static CONTEXT_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 const DEFAULT_MAX_REQUESTS: u16 = 512;
 const DEFAULT_POOL_SIZE: u16 = 8;
 const MAX_POOL_SIZE: u16 = 128;
-const DEFAULT_DRAIN: u32 = 512;
 
 /// Delivers on the worker thread, with the GIL (caio's C behaviour).
 struct GilSink {
@@ -96,19 +96,11 @@ impl Engine {
     }
 }
 
-#[repr(C)]
-struct ContextObject {
-    ob_base: PyObject,
-    weakreflist: *mut PyObject,
-    engine: *mut Engine,
-}
-
 /// # Safety
-/// `slf` is a live instance of the Context type; the engine lives as long as it does.
+/// `slf` is a live instance of this module's Context type.
 unsafe fn engine<'a>(slf: *mut PyObject) -> Result<&'a Engine> {
-    // SAFETY: see the function's contract; NULL only if construction failed half-way.
-    unsafe { (*slf.cast::<ContextObject>()).engine.as_ref() }
-        .ok_or_else(|| Error::Runtime("Context is not initialized".into()))
+    // SAFETY: see the function's contract (its layout is `ContextObject<Engine>`).
+    unsafe { context::engine(slf, "Context is not initialized") }
 }
 
 fn closed() -> Error {
@@ -185,17 +177,8 @@ unsafe extern "C" fn ctx_new(
             inflight,
             events,
         });
-        // SAFETY: `cls` is our Context type; GenericAlloc zero-fills the instance.
-        unsafe {
-            let obj = ffi::PyType_GenericAlloc(cls, 0);
-            if obj.is_null() {
-                // Dropping the engine joins the idle workers; release the GIL for that.
-                without_gil(move || drop(engine));
-                return Err(Error::AlreadySet);
-            }
-            (*obj.cast::<ContextObject>()).engine = Box::into_raw(engine);
-            Ok(obj)
-        }
+        // Idle workers (thread_aio) need no GIL to stop if allocation fails.
+        context::alloc(cls, engine)
     })
 }
 
@@ -203,12 +186,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
     entry(|| {
         // SAFETY: `slf` is our instance (a method of the type).
         let engine = unsafe { engine(slf)? };
-        // SAFETY: METH_VARARGS hands us a tuple.
-        let n = unsafe { ffi::PyTuple_Size(args) };
-        let ops: Vec<*mut PyObject> = (0..n)
-            // SAFETY: index in range of the tuple; borrowed references live for the call.
-            .map(|i| unsafe { ffi::PyTuple_GetItem(args, i) })
-            .collect();
+        let ops = context::arguments(args);
         if let Some(i) = ops.iter().position(|&o| !is_operation(o)) {
             return Err(Error::Type(format!("Wrong type for argument {i}")));
         }
@@ -245,18 +223,8 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             accepted += 1;
         }
         drop(pool_guard);
-        int_result(accepted)
+        values::int(accepted)
     })
-}
-
-fn int_result(value: i64) -> Result<*mut PyObject> {
-    // SAFETY: plain constructor; GIL held.
-    let obj = unsafe { ffi::PyLong_FromLongLong(value) };
-    if obj.is_null() {
-        Err(Error::AlreadySet)
-    } else {
-        Ok(obj)
-    }
 }
 
 unsafe extern "C" fn ctx_cancel(
@@ -265,19 +233,14 @@ unsafe extern "C" fn ctx_cancel(
     _kwargs: *mut PyObject,
 ) -> *mut PyObject {
     // Worker-thread syscalls cannot be interrupted; like caio, cancel is a no-op.
-    entry(|| int_result(0))
+    entry(|| values::int(0))
 }
 
 unsafe extern "C" fn ctx_close(slf: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
     entry(|| {
         // SAFETY: `slf` is our instance.
         unsafe { engine(slf)? }.close();
-        // SAFETY: new reference to None.
-        unsafe {
-            let none = ffi::Py_None();
-            ffi::Py_IncRef(none);
-            Ok(none)
-        }
+        Ok(values::none())
     })
 }
 
@@ -299,29 +262,20 @@ unsafe extern "C" fn ctx_process_events(
     entry(|| {
         // SAFETY: `slf` is our instance.
         let engine = unsafe { engine(slf)? };
-        let (mut max, mut min, mut timeout): (u32, u32, c_int) = (DEFAULT_DRAIN, 0, 0);
-        parse_args!(
-            args,
-            kwargs,
-            c"|IIi:process_events",
-            [c"max_requests", c"min_requests", c"timeout"],
-            &mut max,
-            &mut min,
-            &mut timeout
-        )?;
-        let max = if max == 0 { DEFAULT_DRAIN } else { max };
+        let drain = DrainArgs::parse(args, kwargs)?;
+        let (max, min) = (drain.max, drain.min);
         if min > max {
             return Err(Error::Value(format!(
                 "min_requests ({min}) must be <= max_requests ({max})"
             )));
         }
         let events = events_of(engine)?;
-        if min > 0 && timeout != 0 && events.len() < min as usize {
-            let wait = (timeout > 0).then(|| Duration::from_secs(timeout as u64));
+        if min > 0 && drain.timeout != 0 && events.len() < min as usize {
+            let wait = drain.timeout();
             let events = events.clone();
             without_gil(move || events.wait(min as usize, wait));
         }
-        int_result(engine.drain(max as usize) as i64)
+        values::int(engine.drain(max as usize) as i64)
     })
 }
 
@@ -329,10 +283,7 @@ unsafe extern "C" fn ctx_poll(slf: *mut PyObject, _: *mut PyObject) -> *mut PyOb
     entry(|| {
         // SAFETY: `slf` is our instance.
         let engine = unsafe { engine(slf)? };
-        match events_of(engine)?.eventfd().read() {
-            Ok(count) => int_result(count as i64),
-            Err(_) => Err(Error::WouldBlock),
-        }
+        context::poll(events_of(engine)?.eventfd())
     })
 }
 
@@ -340,37 +291,21 @@ unsafe extern "C" fn ctx_run_inline(slf: *mut PyObject, arg: *mut PyObject) -> *
     entry(|| {
         // SAFETY: `slf` is our instance.
         let engine = unsafe { engine(slf)? };
-        if !is_operation(arg) {
-            return Err(Error::Type(
-                "run_inline() argument must be an Operation".into(),
-            ));
-        }
         if engine.lock_pool().is_none() {
             return Err(closed());
         }
-        // SAFETY: type-checked above.
-        let done = operation::run_inline(unsafe { OpPtr::new(arg) });
-        // SAFETY: Py_True/Py_False are static; a new reference is returned.
-        unsafe {
-            let b = if done {
-                ffi::Py_True()
-            } else {
-                ffi::Py_False()
-            };
-            ffi::Py_IncRef(b);
-            Ok(b)
-        }
+        context::run_inline(arg, is_operation, "caio.thread_aio.Operation")
     })
 }
 
 unsafe extern "C" fn get_max_requests(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
     // SAFETY: `slf` is our instance.
-    entry(|| int_result(unsafe { engine(slf)? }.max_requests as i64))
+    entry(|| values::int(unsafe { engine(slf)? }.max_requests as i64))
 }
 
 unsafe extern "C" fn get_pool_size(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
     // SAFETY: `slf` is our instance.
-    entry(|| int_result(unsafe { engine(slf)? }.pool_size as i64))
+    entry(|| values::int(unsafe { engine(slf)? }.pool_size as i64))
 }
 
 unsafe extern "C" fn get_fileno(slf: *mut PyObject, _: *mut c_void) -> *mut PyObject {
@@ -378,7 +313,7 @@ unsafe extern "C" fn get_fileno(slf: *mut PyObject, _: *mut c_void) -> *mut PyOb
         // SAFETY: `slf` is our instance.
         let engine = unsafe { engine(slf)? };
         match &engine.events {
-            Some(events) => int_result(events.eventfd().as_raw_fd() as i64),
+            Some(events) => values::int(events.eventfd().as_raw_fd() as i64),
             None => Err(Error::Attribute(
                 "this Context runs callbacks on its worker threads and has no eventfd; \
                  create it with eventfd=True"
@@ -418,28 +353,13 @@ unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
 unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
     // SAFETY: called once when the refcount reaches zero, with the GIL held (possibly on a
     // worker thread that just delivered the last op). No op is in flight: each one holds a
-    // reference to this Context.
-    unsafe {
-        let ty = (*slf).ob_type;
-        let obj = slf.cast::<ContextObject>();
-        if !(*obj).weakreflist.is_null() {
-            ffi::PyObject_ClearWeakRefs(slf);
-        }
-        let engine = std::mem::replace(&mut (*obj).engine, ptr::null_mut());
-        if !engine.is_null() {
-            let engine = Box::from_raw(engine);
-            engine.close();
-            drop(engine);
-        }
-        let free: ffi::freefunc = std::mem::transmute(ffi::PyType_GetSlot(ty, ffi::Py_tp_free));
-        free(slf.cast());
-        ffi::Py_DecRef(ty.cast());
-    }
+    // reference to this Context. `close` joins the workers with the GIL released.
+    unsafe { context::dealloc::<Engine>(slf, |engine| engine.close()) }
 }
 
 /// Creates the two types (once per process) and adds them to `module`.
 pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
-    use crate::types::{getset, getset_end, leak, method, method_kw, TypeBuilder};
+    use crate::types::{getset, getset_end, leak, method, method_kw};
     if OPERATION_TYPE.load(Ordering::Acquire).is_null() {
         let op_type = operation::create_type(
             c"caio.thread_aio.Operation",
@@ -482,33 +402,22 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
             ),
             getset_end(),
         ]);
-        let ty = TypeBuilder::new(
-            c"caio.thread_aio.Context",
-            std::mem::size_of::<ContextObject>(),
-            std::mem::offset_of!(ContextObject, weakreflist),
-        )
-        .slot(
-            ffi::Py_tp_doc,
-            c"Context(max_requests=512, pool_size=8, *, eventfd=False)\n\nthread aio context: file I/O on a pool of native worker threads."
-                .as_ptr() as *mut c_void,
-        )
-        .slot(ffi::Py_tp_new, ctx_new as *mut c_void)
-        .slot(ffi::Py_tp_dealloc, ctx_dealloc as *mut c_void)
-        .slot(ffi::Py_tp_repr, ctx_repr as *mut c_void)
-        .slot(ffi::Py_tp_methods, methods.cast())
-        .slot(ffi::Py_tp_getset, getsets.cast())
-        .build()?;
+        let slots = ContextSlots {
+            doc: c"Context(max_requests=512, pool_size=8, *, eventfd=False)\n\nthread aio context: file I/O on a pool of native worker threads.",
+            new: ctx_new,
+            dealloc: ctx_dealloc,
+            repr: ctx_repr,
+            methods,
+            getsets,
+        };
+        let ty = context::create_type::<Engine>(c"caio.thread_aio.Context", slots)?;
         CONTEXT_TYPE.store(ty, Ordering::Release);
     }
-    for (name, ty) in [
-        (c"ThreadOperation", OPERATION_TYPE.load(Ordering::Acquire)),
-        (c"ThreadContext", CONTEXT_TYPE.load(Ordering::Acquire)),
-    ] {
-        // SAFETY: `module` is the module being executed; AddObjectRef takes its own
-        // reference to the type, which we keep forever in the static.
-        if unsafe { ffi::PyModule_AddObjectRef(module, name.as_ptr(), ty.cast()) } < 0 {
-            return Err(Error::AlreadySet);
-        }
-    }
-    Ok(())
+    context::add_to_module(
+        module,
+        &[
+            (c"ThreadOperation", OPERATION_TYPE.load(Ordering::Acquire)),
+            (c"ThreadContext", CONTEXT_TYPE.load(Ordering::Acquire)),
+        ],
+    )
 }

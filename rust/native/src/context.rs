@@ -1,0 +1,182 @@
+//! What the three native Context types share: the object layout around a backend engine,
+//! allocation and teardown, and the methods that behave the same everywhere.
+
+use std::ffi::CStr;
+use std::os::raw::{c_int, c_void};
+use std::ptr;
+
+use caio_backends::EventFd;
+
+use crate::args::parse_args;
+use crate::error::{Error, Result};
+use crate::ffi::{self, PyObject, PyTypeObject};
+use crate::operation::{self, OpPtr};
+use crate::types::TypeBuilder;
+use crate::values;
+
+/// A Context instance: the Python object header and the backend's engine (`E`).
+#[repr(C)]
+pub(crate) struct ContextObject<E> {
+    ob_base: PyObject,
+    weakreflist: *mut PyObject,
+    engine: *mut E,
+}
+
+/// The engine of a live Context, or `RuntimeError(uninitialized)`.
+///
+/// # Safety
+/// `slf` is a live instance of a Context type whose layout is `ContextObject<E>`.
+pub(crate) unsafe fn engine<'a, E>(slf: *mut PyObject, uninitialized: &str) -> Result<&'a E> {
+    // SAFETY: see the function's contract; the engine lives as long as the object.
+    unsafe { (*slf.cast::<ContextObject<E>>()).engine.as_ref() }
+        .ok_or_else(|| Error::Runtime(uninitialized.into()))
+}
+
+/// Allocates an instance of `cls` owning `engine`.
+pub(crate) fn alloc<E>(cls: *mut PyTypeObject, engine: Box<E>) -> Result<*mut PyObject> {
+    // SAFETY: `cls` is one of our Context types (tp_new receives it) with this layout;
+    // GenericAlloc zero-fills the instance.
+    unsafe {
+        let obj = ffi::PyType_GenericAlloc(cls, 0);
+        if obj.is_null() {
+            return Err(Error::AlreadySet);
+        }
+        (*obj.cast::<ContextObject<E>>()).engine = Box::into_raw(engine);
+        Ok(obj)
+    }
+}
+
+/// The body of a Context's `tp_dealloc`: clears weak references, hands the engine to
+/// `teardown` (which drops it), frees the object and releases its heap type.
+///
+/// # Safety
+/// Called once from `tp_dealloc`, GIL held, `slf` laid out as `ContextObject<E>`.
+pub(crate) unsafe fn dealloc<E>(slf: *mut PyObject, teardown: impl FnOnce(Box<E>)) {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let ty = (*slf).ob_type;
+        let obj = slf.cast::<ContextObject<E>>();
+        if !(*obj).weakreflist.is_null() {
+            ffi::PyObject_ClearWeakRefs(slf);
+        }
+        let engine = std::mem::replace(&mut (*obj).engine, ptr::null_mut());
+        if !engine.is_null() {
+            teardown(Box::from_raw(engine));
+        }
+        let free: ffi::freefunc = std::mem::transmute(ffi::PyType_GetSlot(ty, ffi::Py_tp_free));
+        free(slf.cast());
+        ffi::Py_DecRef(ty.cast());
+    }
+}
+
+/// The positional arguments of a METH_VARARGS call, borrowed for the call.
+pub(crate) fn arguments(args: *mut PyObject) -> Vec<*mut PyObject> {
+    // SAFETY: METH_VARARGS hands us a tuple.
+    let n = unsafe { ffi::PyTuple_Size(args) };
+    (0..n)
+        // SAFETY: index in range; the tuple keeps the items alive for the call.
+        .map(|i| unsafe { ffi::PyTuple_GetItem(args, i) })
+        .collect()
+}
+
+/// `poll()`: reads and resets the eventfd counter; a bare `BlockingIOError` when zero.
+pub(crate) fn poll(eventfd: &EventFd) -> Result<*mut PyObject> {
+    match eventfd.read() {
+        Ok(count) => values::uint(count),
+        Err(_) => Err(Error::WouldBlock),
+    }
+}
+
+/// `run_inline(op)`: completes a small cached read now (see [`operation::run_inline`]).
+pub(crate) fn run_inline(
+    arg: *mut PyObject,
+    is_operation: fn(*mut PyObject) -> bool,
+    type_name: &str,
+) -> Result<*mut PyObject> {
+    if !is_operation(arg) {
+        return Err(Error::Type(format!(
+            "run_inline() argument must be a {type_name}"
+        )));
+    }
+    // SAFETY: type-checked just above.
+    Ok(values::boolean(operation::run_inline(unsafe {
+        OpPtr::new(arg)
+    })))
+}
+
+/// The arguments of `process_events(max_requests=512, min_requests=0, timeout=0)`, parsed
+/// as caio did (masked unsigned ints, a C int timeout in seconds: < 0 waits forever);
+/// `max_requests=0` means the default.
+pub(crate) struct DrainArgs {
+    pub(crate) max: u32,
+    pub(crate) min: u32,
+    pub(crate) timeout: c_int,
+}
+
+pub(crate) const DEFAULT_DRAIN: u32 = 512;
+
+impl DrainArgs {
+    pub(crate) fn parse(args: *mut PyObject, kwargs: *mut PyObject) -> Result<Self> {
+        let (mut max, mut min, mut timeout): (u32, u32, c_int) = (DEFAULT_DRAIN, 0, 0);
+        parse_args!(
+            args,
+            kwargs,
+            c"|IIi:process_events",
+            [c"max_requests", c"min_requests", c"timeout"],
+            &mut max,
+            &mut min,
+            &mut timeout
+        )?;
+        let max = if max == 0 { DEFAULT_DRAIN } else { max };
+        Ok(Self { max, min, timeout })
+    }
+
+    /// The wait limit: `None` waits forever.
+    pub(crate) fn timeout(&self) -> Option<std::time::Duration> {
+        (self.timeout >= 0).then(|| std::time::Duration::from_secs(self.timeout as u64))
+    }
+}
+
+/// The slots every Context type has.
+pub(crate) struct ContextSlots {
+    pub(crate) doc: &'static CStr,
+    pub(crate) new: ffi::newfunc,
+    pub(crate) dealloc: ffi::destructor,
+    pub(crate) repr: ffi::reprfunc,
+    pub(crate) methods: *mut ffi::PyMethodDef,
+    pub(crate) getsets: *mut ffi::PyGetSetDef,
+}
+
+/// Builds a Context type whose instances are `ContextObject<E>`.
+pub(crate) fn create_type<E>(
+    name: &'static CStr,
+    slots: ContextSlots,
+) -> Result<*mut PyTypeObject> {
+    TypeBuilder::new(
+        name,
+        std::mem::size_of::<ContextObject<E>>(),
+        std::mem::offset_of!(ContextObject<E>, weakreflist),
+    )
+    .slot(ffi::Py_tp_doc, slots.doc.as_ptr() as *mut c_void)
+    .slot(ffi::Py_tp_new, slots.new as *mut c_void)
+    .slot(ffi::Py_tp_dealloc, slots.dealloc as *mut c_void)
+    .slot(ffi::Py_tp_repr, slots.repr as *mut c_void)
+    .slot(ffi::Py_tp_methods, slots.methods.cast())
+    .slot(ffi::Py_tp_getset, slots.getsets.cast())
+    .build()
+}
+
+/// Adds `(name, type)` pairs to the module being executed.
+pub(crate) fn add_to_module(
+    module: *mut PyObject,
+    types: &[(&CStr, *mut PyTypeObject)],
+) -> Result<()> {
+    for (name, ty) in types {
+        // SAFETY: `module` is the module being executed; AddObjectRef takes its own
+        // reference to the type (the process-wide static keeps another forever).
+        if unsafe { ffi::PyModule_AddObjectRef(module, name.as_ptr(), ty.cast()) } < 0 {
+            return Err(Error::AlreadySet);
+        }
+    }
+    Ok(())
+}
