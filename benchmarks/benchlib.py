@@ -1,0 +1,639 @@
+"""Shared pieces of the caio benchmarks: data files, page-cache warming, workloads.
+
+Used by ``benchmarks/compare.py`` (time-boxed runs in fresh subprocesses) and by the
+pytest-benchmark suite (``pytest benchmarks/ --benchmark-only``).
+
+Nothing here imports ``caio`` at module level: ``compare.py`` runs this module in
+subprocesses whose ``PYTHONPATH`` decides which ``caio`` (this project or upstream
+caio 0.12.10) gets imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import importlib
+import mmap
+import os
+import random
+import resource
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# File sizes used by default. The read file is small enough to stay in the page cache
+# of any CI machine and large enough that 4 KiB random reads do not all hit one page.
+DATA_FILE_SIZE = 64 * MiB
+WRITE_FILE_SIZE = 16 * MiB
+BIG_READ_SIZE = 256 * MiB
+
+DATA_FILE_NAME = "read.dat"
+WRITE_FILE_NAME = "write.dat"
+BIG_FILE_NAME = "big.dat"
+
+# Backend short names as compare.py and the pytest suite spell them.
+BACKEND_MODULES = {
+    "uring": "linux_uring_asyncio",
+    "linux": "linux_aio_asyncio",
+    "thread": "thread_aio_asyncio",
+    "python": "python_aio_asyncio",
+}
+MODULE_TO_BACKEND = {v: k for k, v in BACKEND_MODULES.items()}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    op: str  # "read", "write", "fsync", "fdsync"
+    size: int  # bytes per operation (0 for syncs)
+    pattern: str  # "random", "seq" or "none"
+    description: str
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("rand4k", "read", 4 * KiB, "random", "4 KiB random reads (page cache)"),
+        Workload("seq64k", "read", 64 * KiB, "seq", "64 KiB sequential reads (page cache)"),
+        Workload("seq1m", "read", 1 * MiB, "seq", "1 MiB sequential reads (page cache)"),
+        Workload("write4k", "write", 4 * KiB, "random", "4 KiB random overwrites"),
+        Workload("fsync", "fsync", 0, "none", "fsync on a clean file"),
+        Workload("fdsync", "fdsync", 0, "none", "fdatasync on a clean file"),
+    )
+}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def make_file(path: Path, size: int, seed: int = 1) -> None:
+    """Create ``path`` with ``size`` bytes of pseudo-random data (reused if it fits)."""
+    try:
+        if path.stat().st_size == size:
+            return
+    except FileNotFoundError:
+        pass
+    rnd = random.Random(seed)
+    block = rnd.randbytes(MiB)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fp:
+        written = 0
+        index = 0
+        while written < size:
+            # Vary each MiB a little so no two blocks are identical.
+            chunk = index.to_bytes(8, "little") + block[8:]
+            chunk = chunk[: size - written]
+            fp.write(chunk)
+            written += len(chunk)
+            index += 1
+        fp.flush()
+        os.fsync(fp.fileno())
+    os.replace(tmp, path)
+
+
+def prepare_data_dir(directory: Path, big_size: int = BIG_READ_SIZE,
+                     data_size: int = DATA_FILE_SIZE,
+                     write_size: int = WRITE_FILE_SIZE) -> dict[str, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {
+        "data": directory / DATA_FILE_NAME,
+        "write": directory / WRITE_FILE_NAME,
+    }
+    make_file(files["data"], data_size, seed=1)
+    make_file(files["write"], write_size, seed=2)
+    if big_size:
+        files["big"] = directory / BIG_FILE_NAME
+        make_file(files["big"], big_size, seed=3)
+    return {k: str(v) for k, v in files.items()}
+
+
+def filesystem_type(path: str | Path) -> str:
+    """Filesystem type of the mount holding ``path`` (from /proc/self/mounts)."""
+    path = os.path.realpath(path)
+    best, fstype = "", "unknown"
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as fp:
+            for line in fp:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                    best, fstype = mnt, parts[2]
+    except OSError:
+        pass
+    return fstype
+
+
+# --------------------------------------------------------------------- page cache
+
+_libc: Any = None
+
+
+def _get_libc() -> Any:
+    global _libc
+    if _libc is None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        libc.munmap.restype = ctypes.c_int
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mincore.restype = ctypes.c_int
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        _libc = libc
+    return _libc
+
+
+def mincore_residency(fd: int, size: int) -> float:
+    """Fraction of the first ``size`` bytes of ``fd`` that is in the page cache.
+
+    Maps the file read-only with libc ``mmap`` (through ctypes, so no page is touched)
+    and asks ``mincore``.
+    """
+    if size <= 0:
+        return 1.0
+    libc = _get_libc()
+    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    try:
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = (ctypes.c_ubyte * pages)()
+        if libc.mincore(addr, size, vec) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        resident = sum(1 for b in vec if b & 1)
+        return resident / pages
+    finally:
+        libc.munmap(addr, size)
+
+
+def _read_through(fd: int, size: int) -> float:
+    """Read the whole range once; return the seconds it took."""
+    buf = bytearray(MiB)
+    t0 = time.perf_counter()
+    off = 0
+    while off < size:
+        n = os.preadv(fd, [buf], off)
+        if n <= 0:
+            break
+        off += n
+    return time.perf_counter() - t0
+
+
+def warm_file(path: str, size: int | None = None) -> dict[str, Any]:
+    """Bring ``path`` into the page cache and check that it is resident.
+
+    ``posix_fadvise(WILLNEED)`` then a full read-through; residency is checked with
+    ``mincore`` on an mmap, or (if that fails) by timing a second read-through.
+    Returns ``{"resident": fraction or None, "method": ..., "ok": bool}``.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if size is None:
+            size = os.fstat(fd).st_size
+        try:
+            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+        except (AttributeError, OSError):
+            pass
+        _read_through(fd, size)
+        try:
+            frac = mincore_residency(fd, size)
+            return {"resident": frac, "method": "mincore", "ok": frac >= 0.99}
+        except (OSError, AttributeError, TypeError):
+            pass
+        # Fallback: a resident file reads back at memory speed (well above 1 GB/s).
+        seconds = _read_through(fd, size)
+        rate = size / seconds if seconds > 0 else float("inf")
+        ok = rate > 1e9
+        return {"resident": 1.0 if ok else None, "method": f"timing ({rate / 1e9:.1f} GB/s)",
+                "ok": ok}
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------- loops
+
+
+def available_loops() -> list[str]:
+    loops = ["asyncio"]
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        loops.append("uvloop")
+    return loops
+
+
+def new_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "asyncio":
+        return asyncio.new_event_loop()
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    raise ValueError(f"unknown loop {name!r}")
+
+
+# ---------------------------------------------------------------------- backends
+
+
+def caio_backends() -> dict[str, Any]:
+    """Asyncio adapter modules of the imported ``caio``, by short name.
+
+    Discovered from ``caio.variants_asyncio`` so backends that are absent on one side
+    (or not built yet) simply do not show up.
+    """
+    import caio
+
+    found = {}
+    for module in getattr(caio, "variants_asyncio", ()):
+        short = module.__name__.rsplit(".", 1)[-1]
+        found[MODULE_TO_BACKEND.get(short, short)] = module
+    return found
+
+
+def caio_info() -> dict[str, Any]:
+    import caio
+
+    default_cls = caio.AsyncioContext
+    default_mod = default_cls.__module__.rsplit(".", 1)[-1]
+    try:
+        from importlib.metadata import version
+
+        dist_version = version("caio")
+    except Exception:  # noqa: BLE001 - metadata may be missing for a --target install
+        dist_version = None
+    return {
+        "file": os.path.dirname(os.path.abspath(caio.__file__)),
+        "version": getattr(caio, "__version__", None) or dist_version,
+        "backends": sorted(caio_backends()),
+        "default": MODULE_TO_BACKEND.get(default_mod, default_mod),
+    }
+
+
+def caio_context_class(backend: str) -> Any:
+    import caio
+
+    if backend == "default":
+        return caio.AsyncioContext
+    modules = caio_backends()
+    if backend not in modules:
+        raise LookupError(f"caio backend {backend!r} is not available "
+                          f"(have: {', '.join(sorted(modules)) or 'none'})")
+    return modules[backend].AsyncioContext
+
+
+# ------------------------------------------------------------------------ runners
+#
+# A runner turns (workload, files) into per-worker operation callables
+# ``op(offset) -> awaitable``. Runners: "caio:<backend>" and the reference rows
+# "executor" (loop.run_in_executor(None, os.pread ...)), "aiofiles" and "floor"
+# (the bare asyncio future round trip).
+
+OpFunc = Callable[[int], Awaitable[Any]]
+
+
+class Runner:
+    """Holds the open files and the context of one runner for one workload."""
+
+    def __init__(self, runner: str, workload: Workload, files: dict[str, str]) -> None:
+        self.runner = runner
+        self.workload = workload
+        self.files = files
+        self.fd = -1
+        self.wfd = -1
+        self.ctx: Any = None
+        self._aiofiles_handles: list[Any] = []
+        self.payload = b"\xa5" * workload.size if workload.op == "write" else b""
+
+    # Set-up happens inside the running loop (contexts bind to it).
+    async def open(self, concurrency: int) -> None:
+        self.fd = os.open(self.files["data"], os.O_RDONLY)
+        self.wfd = os.open(self.files["write"], os.O_RDWR)
+        kind = self.runner
+        if kind.startswith("caio:"):
+            cls = caio_context_class(kind.split(":", 1)[1])
+            self.ctx = cls()
+        elif kind == "aiofiles":
+            import aiofiles  # type: ignore[import-untyped]
+
+            if self.workload.op not in ("read", "write"):
+                raise LookupError("aiofiles has no fsync/fdatasync")
+            mode, path = ("rb", self.files["data"]) if self.workload.op == "read" else \
+                ("r+b", self.files["write"])
+            for _ in range(concurrency):
+                # One handle per worker: a file object has one position, so concurrent
+                # seek+read on a shared handle would race.
+                self._aiofiles_handles.append(await aiofiles.open(path, mode, buffering=0))
+        elif kind in ("executor", "floor"):
+            pass
+        else:
+            raise LookupError(f"unknown runner {kind!r}")
+
+    async def close(self) -> None:
+        for handle in self._aiofiles_handles:
+            await handle.close()
+        self._aiofiles_handles.clear()
+        if self.ctx is not None:
+            result = self.ctx.close()
+            if asyncio.iscoroutine(result):
+                await result
+            self.ctx = None
+        for fd in (self.fd, self.wfd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.wfd = -1
+
+    def make_op(self, worker: int) -> OpFunc:
+        w = self.workload
+        kind = self.runner
+        size, fd, wfd, payload = w.size, self.fd, self.wfd, self.payload
+        if kind.startswith("caio:"):
+            ctx = self.ctx
+            if w.op == "read":
+                return lambda off: ctx.read(size, fd, off)
+            if w.op == "write":
+                return lambda off: ctx.write(payload, wfd, off)
+            if w.op == "fsync":
+                return lambda off: ctx.fsync(wfd)
+            return lambda off: ctx.fdsync(wfd)
+        if kind == "executor":
+            loop = asyncio.get_running_loop()
+            rie = loop.run_in_executor
+            if w.op == "read":
+                return lambda off: rie(None, os.pread, fd, size, off)
+            if w.op == "write":
+                return lambda off: rie(None, os.pwrite, wfd, payload, off)
+            if w.op == "fsync":
+                return lambda off: rie(None, os.fsync, wfd)
+            return lambda off: rie(None, os.fdatasync, wfd)
+        if kind == "aiofiles":
+            handle = self._aiofiles_handles[worker]
+            if w.op == "read":
+                async def aiofiles_read(off: int) -> bytes:
+                    await handle.seek(off)
+                    return await handle.read(size)
+                return aiofiles_read
+
+            async def aiofiles_write(off: int) -> int:
+                await handle.seek(off)
+                return await handle.write(payload)
+            return aiofiles_write
+        if kind == "floor":
+            loop = asyncio.get_running_loop()
+
+            def floor(off: int) -> asyncio.Future[Any]:
+                fut = loop.create_future()
+                loop.call_soon(fut.set_result, None)
+                return fut
+            return floor
+        raise LookupError(kind)
+
+    async def validate(self) -> None:
+        """One operation, checked against os.pread, so a broken runner fails loudly."""
+        w = self.workload
+        op = self.make_op(0)
+        if self.runner == "floor":
+            await op(0)
+            return
+        if w.op == "read":
+            off = 3 * w.size if 4 * w.size <= os.fstat(self.fd).st_size else 0
+            data = await op(off)
+            expected = os.pread(self.fd, w.size, off)
+            if bytes(data) != expected:
+                raise AssertionError(f"{self.runner}: read returned wrong data "
+                                     f"({len(data)} bytes, expected {len(expected)})")
+        elif w.op == "write":
+            result = await op(0)
+            if result is not None and result != w.size:
+                raise AssertionError(f"{self.runner}: write returned {result!r}")
+        else:
+            await op(0)
+
+
+class OffsetSource:
+    """Offsets for a workload: pre-generated random ones, or a shared sequential cursor."""
+
+    def __init__(self, workload: Workload, file_size: int, seed: int = 7) -> None:
+        self.size = max(workload.size, 1)
+        self.slots = max(file_size // self.size, 1)
+        self.pattern = workload.pattern
+        rnd = random.Random(seed)
+        self.table = [rnd.randrange(self.slots) * self.size for _ in range(1 << 16)]
+        self.mask = (1 << 16) - 1
+        self.i = 0
+
+    def next(self) -> int:
+        i = self.i
+        self.i = i + 1
+        if self.pattern == "random":
+            return self.table[i & self.mask]
+        if self.pattern == "seq":
+            return (i % self.slots) * self.size
+        return 0
+
+
+async def run_timed(runner: Runner, concurrency: int, seconds: float,
+                    offsets: OffsetSource, tick: float = 0.001) -> dict[str, Any]:
+    """Run ``concurrency`` workers for ``seconds``; latency of every operation recorded.
+
+    A ticker task (``asyncio.sleep(tick)`` in a loop) runs alongside and reports the
+    longest gap between its wake-ups: an operation that completes without ever
+    suspending keeps the loop to itself, which shows up here. ``workers_active`` counts
+    the workers that completed at least one operation (a worker that never suspends
+    starves the others).
+    """
+    latencies: list[float] = []
+    record = latencies.append
+    perf = time.perf_counter
+    nxt = offsets.next
+    ops = [runner.make_op(i) for i in range(concurrency)]
+    per_worker: list[int] = []
+    stop = False
+    max_gap = 0.0
+
+    async def ticker() -> None:
+        nonlocal max_gap
+        last = perf()
+        while not stop:
+            await asyncio.sleep(tick)
+            now = perf()
+            max_gap = max(max_gap, now - last)
+            last = now
+
+    deadline = 0.0
+
+    async def worker(op: OpFunc) -> None:
+        n = 0
+        t0 = perf()
+        while t0 < deadline:
+            await op(nxt())
+            t1 = perf()
+            record(t1 - t0)
+            t0 = t1
+            n += 1
+        per_worker.append(n)
+
+    tick_task = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)  # let the ticker take its first timestamp
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    start = perf()
+    deadline = start + seconds
+    await asyncio.gather(*(worker(op) for op in ops))
+    elapsed = perf() - start
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    stop = True
+    # The ticker's last gap ends at this point at the latest.
+    await tick_task
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    result = summarize(latencies, elapsed, cpu)
+    result["max_stall_ms"] = max_gap * 1e3
+    result["workers_active"] = sum(1 for n in per_worker if n)
+    return result
+
+
+async def run_count(runner: Runner, concurrency: int, total_ops: int,
+                    offsets: OffsetSource) -> None:
+    """Run exactly ``total_ops`` operations with ``concurrency`` workers (pytest-benchmark)."""
+    remaining = total_ops
+    nxt = offsets.next
+
+    async def worker(op: OpFunc) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await op(nxt())
+
+    await asyncio.gather(*(worker(runner.make_op(i)) for i in range(concurrency)))
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+def summarize(latencies: list[float], elapsed: float, cpu: float) -> dict[str, Any]:
+    n = len(latencies)
+    lat = sorted(latencies)
+    return {
+        "ops": n,
+        "elapsed_s": elapsed,
+        "ops_per_s": n / elapsed if elapsed > 0 else 0.0,
+        "p50_us": percentile(lat, 0.50) * 1e6,
+        "p99_us": percentile(lat, 0.99) * 1e6,
+        "cpu_s": cpu,
+        "cpu_us_per_op": cpu / n * 1e6 if n else float("nan"),
+    }
+
+
+# ------------------------------------------------------------------- big read
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fp:
+            return int(fp.read().split()[1]) * mmap.PAGESIZE / MiB
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+async def big_read(runner_kind: str, path: str, size: int, tick: float = 0.001) -> dict[str, Any]:
+    """One ``size``-byte read while a ticker task measures the longest loop stall."""
+    fd = os.open(path, os.O_RDONLY)
+    ctx = None
+    handle = None
+    try:
+        if runner_kind.startswith("caio:"):
+            ctx = caio_context_class(runner_kind.split(":", 1)[1])()
+
+            def read() -> Awaitable[Any]:
+                return ctx.read(size, fd, 0)
+        elif runner_kind == "executor":
+            loop = asyncio.get_running_loop()
+
+            def read() -> Awaitable[Any]:
+                return loop.run_in_executor(None, os.pread, fd, size, 0)
+        elif runner_kind == "aiofiles":
+            import aiofiles
+
+            handle = await aiofiles.open(path, "rb", buffering=0)
+
+            def read() -> Awaitable[Any]:
+                return handle.read(size)
+        else:
+            raise LookupError(f"runner {runner_kind!r} has no big-read variant")
+
+        perf = time.perf_counter
+        done = False
+        max_gap = 0.0
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal max_gap, ticks
+            last = perf()
+            while not done:
+                await asyncio.sleep(tick)
+                now = perf()
+                max_gap = max(max_gap, now - last)
+                ticks += 1
+                last = now
+
+        # Baseline: how long does a tick take on an idle loop?
+        task = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0.05)
+        idle_gap = max_gap
+        max_gap = 0.0
+        ticks = 0
+
+        rss_before = current_rss_mib()
+        peak_before = peak_rss_mib()
+        t0 = perf()
+        data = await read()
+        elapsed = perf() - t0
+        done = True
+        await task
+        n = len(data)
+        del data
+        if n != size:
+            raise AssertionError(f"big read returned {n} bytes, expected {size}")
+        peak_after = peak_rss_mib()
+        return {
+            "elapsed_s": elapsed,
+            "max_stall_ms": max_gap * 1e3,
+            "idle_tick_ms": idle_gap * 1e3,
+            "ticks": ticks,
+            "rss_before_mib": rss_before,
+            "peak_rss_mib": peak_after,
+            "peak_delta_mib": peak_after - min(peak_before, rss_before),
+            "read_mib": size / MiB,
+        }
+    finally:
+        if handle is not None:
+            await handle.close()
+        if ctx is not None:
+            result = ctx.close()
+            if asyncio.iscoroutine(result):
+                await result
+        os.close(fd)
+
+
+def import_check() -> None:
+    """Raise ImportError early if caio cannot be imported at all."""
+    importlib.import_module("caio")

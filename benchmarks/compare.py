@@ -1,0 +1,859 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: this project's caio against caio 0.12.10 from PyPI.
+
+Every measurement runs in a fresh subprocess. For each configuration (workload x
+concurrency x event loop x backend) the two sides run back to back, and which side
+goes first alternates from one repeat to the next, so slow drifts of a noisy machine
+hit both sides alike. Repeats are interleaved (all configurations once, then all
+again), and the table reports medians and [min-max] over the repeats; ratios are
+ours/theirs of the two runs of the same repeat.
+
+Upstream caio is loaded by putting a ``pip install --target`` folder first on
+``PYTHONPATH`` of its subprocesses (same import name ``caio``). The folder is created
+on first use (``--upstream-dir``, default ``benchmarks/.upstream/caio-<version>``).
+
+Examples::
+
+    python benchmarks/compare.py                      # full run (a few minutes)
+    python benchmarks/compare.py --repeat 5 --json out.json --plot out.png
+    python benchmarks/compare.py --quick --no-upstream # smoke run, this project only
+    python benchmarks/compare.py --backends thread --workloads rand4k --concurrency 1,64
+
+Reference rows (run with this project's interpreter, no caio involved):
+``run_in_executor(None, os.pread)``, aiofiles (if installed) and the bare asyncio
+"floor" (create a future, resolve it through ``call_soon``, await it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import benchlib
+
+RESULT_MARK = "@@RESULT@@ "
+UPSTREAM_VERSION = "0.12.10"
+DEFAULT_CONCURRENCY = (1, 16, 64, 256)
+OTHER_CONCURRENCY = 16
+NATIVE_MATCHED = ("uring", "linux", "thread")
+REF_LABELS = {
+    "executor": "run_in_executor(os.pread)",
+    "aiofiles": "aiofiles",
+    "floor": "asyncio floor (future+call_soon)",
+}
+# Targets the project tracks (ours/theirs ops/s, thread backend, 4 KiB random reads).
+KEY_TARGETS = {1: 3.0, 64: 5.0}
+
+
+# =============================================================================
+# worker side (runs in the fresh subprocess)
+# =============================================================================
+
+
+def worker_main(spec: dict[str, Any]) -> dict[str, Any]:
+    kind = spec["kind"]
+    if kind == "probe":
+        info = benchlib.caio_info()
+        try:
+            import aiofiles  # type: ignore[import-untyped]  # noqa: F401
+
+            info["aiofiles"] = True
+        except ImportError:
+            info["aiofiles"] = False
+        info["loops"] = benchlib.available_loops()
+        info["python"] = sys.version.split()[0]
+        return info
+
+    files = spec["files"]
+    loop = benchlib.new_loop(spec["loop"])
+    try:
+        import asyncio
+
+        asyncio.set_event_loop(loop)
+        if kind == "bigread":
+            warm = benchlib.warm_file(files["big"])
+            result = loop.run_until_complete(
+                benchlib.big_read(spec["runner"], files["big"], spec["big_size"]))
+        elif kind == "timed":
+            workload = benchlib.WORKLOADS[spec["workload"]]
+            target = files["data"] if workload.op == "read" else files["write"]
+            warm = benchlib.warm_file(target)
+            if workload.op in ("fsync", "fdsync"):
+                # Start from a clean file (earlier write runs leave dirty pages).
+                fd = os.open(files["write"], os.O_RDWR)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            result = loop.run_until_complete(_timed(spec, workload, files))
+            if workload.op == "write":
+                # Do not leave writeback to the next configuration.
+                fd = os.open(files["write"], os.O_RDWR)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        else:
+            raise ValueError(f"unknown worker kind {kind!r}")
+        result["warm"] = warm
+        return result
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+async def _timed(spec: dict[str, Any], workload: benchlib.Workload,
+                 files: dict[str, str]) -> dict[str, Any]:
+    concurrency = spec["concurrency"]
+    runner = benchlib.Runner(spec["runner"], workload, files)
+    await runner.open(concurrency)
+    try:
+        await runner.validate()
+        size_file = files["data"] if workload.op == "read" else files["write"]
+        offsets = benchlib.OffsetSource(workload, os.path.getsize(size_file))
+        if spec["warmup"] > 0:
+            await benchlib.run_timed(runner, concurrency, spec["warmup"], offsets)
+        return await benchlib.run_timed(runner, concurrency, spec["seconds"], offsets)
+    finally:
+        await runner.close()
+
+
+def run_worker_cli(arg: str) -> int:
+    spec = json.loads(arg)
+    result = worker_main(spec)
+    sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+# =============================================================================
+# driver side
+# =============================================================================
+
+
+@dataclass
+class Side:
+    name: str  # "ours" / "theirs"
+    env: dict[str, str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return "ours" if self.name == "ours" else f"caio {UPSTREAM_VERSION}"
+
+
+@dataclass
+class Config:
+    kind: str  # "timed" / "bigread"
+    workload: str
+    concurrency: int
+    loop: str
+    label: str  # backend name ("thread", "default", ...) or "ref:<name>"
+    runners: dict[str, str]  # side name -> runner spec ("caio:thread", "executor", ...)
+    results: dict[str, list[dict[str, Any] | None]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def is_ref(self) -> bool:
+        return self.label.startswith("ref:")
+
+    def describe(self) -> str:
+        if self.kind == "bigread":
+            return f"bigread {self.loop} {self.label}"
+        return f"{self.workload} c={self.concurrency} {self.loop} {self.label}"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_subprocess(side: Side, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, env=side.env, capture_output=True, text=True, timeout=timeout,
+                          cwd=str(HERE), check=False)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    raise RuntimeError(f"worker exited with {proc.returncode}: {tail}")
+
+
+def side_env(prepend: list[str], drop: list[str]) -> dict[str, str]:
+    env = dict(os.environ)
+    drop_real = {os.path.realpath(p) for p in drop}
+    old = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    old = [p for p in old if os.path.realpath(p) not in drop_real]
+    env["PYTHONPATH"] = os.pathsep.join(prepend + old)
+    if not env["PYTHONPATH"]:
+        del env["PYTHONPATH"]
+    return env
+
+
+def ensure_upstream(upstream_dir: Path, version: str) -> None:
+    marker = upstream_dir / "caio" / "__init__.py"
+    dist = list(upstream_dir.glob(f"caio-{version}.dist-info"))
+    if marker.exists() and dist:
+        return
+    log(f"installing caio=={version} from PyPI into {upstream_dir} ...")
+    upstream_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+           "--no-deps", "--upgrade", "--target", str(upstream_dir), f"caio=={version}"]
+    subprocess.run(cmd, check=True)
+
+
+def parse_int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
+                  loops: list[str]) -> list[Config]:
+    ours_backends = set(ours.info["backends"])
+    if args.backends:
+        wanted = parse_str_list(args.backends)
+    else:
+        wanted = [b for b in NATIVE_MATCHED if b in ours_backends] + ["default"]
+    labels: list[str] = []
+    for b in wanted:
+        if b == "default":
+            labels.append(b)
+            continue
+        if b not in ours_backends:
+            log(f"note: backend {b!r} is not available in ours; skipped")
+            continue
+        if theirs is not None and b not in theirs.info["backends"]:
+            log(f"note: backend {b!r} is not available in caio {UPSTREAM_VERSION}; skipped")
+            continue
+        labels.append(b)
+
+    # When "default" resolves to the same backend on both sides and that backend is measured
+    # anyway, do not measure it twice: its row is marked "(= default)" instead.
+    args.default_alias = None
+    if "default" in labels:
+        same = ours.info["default"] if theirs is None or \
+            theirs.info["default"] == ours.info["default"] else None
+        if same is not None and same in labels:
+            labels.remove("default")
+            args.default_alias = same
+
+    refs = [] if args.no_refs else ["executor", "floor"]
+    if not args.no_refs and ours.info.get("aiofiles"):
+        refs.insert(1, "aiofiles")
+
+    workloads = parse_str_list(args.workloads) if args.workloads else list(benchlib.WORKLOADS)
+    workloads_b = [w for w in workloads if w in benchlib.WORKLOADS]
+    for wname in workloads:
+        if wname not in benchlib.WORKLOADS and wname != "bigread":
+            raise SystemExit(f"unknown workload {wname!r}; have {', '.join(benchlib.WORKLOADS)}, "
+                             "bigread")
+
+    sides = ["ours"] + (["theirs"] if theirs is not None else [])
+    configs: list[Config] = []
+    for loop in loops:
+        for wname in workloads_b:
+            w = benchlib.WORKLOADS[wname]
+            concs = args.concurrency_list if wname == "rand4k" else [OTHER_CONCURRENCY]
+            for c in concs:
+                for label in labels:
+                    runners = {s: f"caio:{label}" for s in sides}
+                    configs.append(Config("timed", wname, c, loop, label, runners))
+                for ref in refs:
+                    if ref == "floor" and wname != "rand4k":
+                        continue
+                    if ref == "aiofiles" and w.op not in ("read", "write"):
+                        continue
+                    configs.append(Config("timed", wname, c, loop, f"ref:{ref}", {"ref": ref}))
+        if "bigread" in workloads and args.big_read_mib > 0:
+            for label in labels:
+                runners = {s: f"caio:{label}" for s in sides}
+                configs.append(Config("bigread", "bigread", 1, loop, label, runners))
+            for ref in refs:
+                if ref in ("executor", "aiofiles"):
+                    configs.append(Config("bigread", "bigread", 1, loop, f"ref:{ref}",
+                                          {"ref": ref}))
+    return configs
+
+
+def run_all(args: argparse.Namespace, configs: list[Config], sides: dict[str, Side],
+            files: dict[str, str]) -> None:
+    total = sum(len(c.runners) for c in configs) * args.repeat
+    done = 0
+    t_start = time.monotonic()
+    for rep in range(args.repeat):
+        for index, cfg in enumerate(configs):
+            order = list(cfg.runners)
+            if len(order) == 2 and (rep + index) % 2 == 1:
+                order.reverse()  # alternate which side goes first
+            for side_name in order:
+                runner = cfg.runners[side_name]
+                side = sides["ours" if side_name == "ref" else side_name]
+                spec: dict[str, Any] = {
+                    "kind": cfg.kind,
+                    "runner": runner,
+                    "workload": cfg.workload,
+                    "concurrency": cfg.concurrency,
+                    "loop": cfg.loop,
+                    "seconds": args.seconds,
+                    "warmup": args.warmup,
+                    "files": files,
+                    "big_size": args.big_read_mib * benchlib.MiB,
+                }
+                slot = cfg.results.setdefault(side_name, [None] * args.repeat)
+                try:
+                    result = run_subprocess(side, spec, timeout=60 + 20 * args.seconds)
+                    slot[rep] = result
+                    summary = (f"{result['ops_per_s']:,.0f} ops/s" if cfg.kind == "timed"
+                               else f"stall {result['max_stall_ms']:.1f} ms")
+                except Exception as exc:  # noqa: BLE001 - reported in the table
+                    msg = f"{side_name}: {exc}"
+                    if msg not in cfg.errors:
+                        cfg.errors.append(msg)
+                    summary = f"ERROR {exc}"
+                done += 1
+                if not args.quiet:
+                    elapsed = time.monotonic() - t_start
+                    log(f"[{done}/{total} {elapsed:5.0f}s] rep {rep + 1} {cfg.describe()} "
+                        f"{side_name}: {summary}")
+
+
+# ----------------------------------------------------------------- aggregation
+
+
+def stats(values: list[float]) -> dict[str, float] | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def field_values(results: list[dict[str, Any] | None], key: str) -> list[float]:
+    return [r[key] for r in results if r is not None and key in r]
+
+
+def paired_ratios(a: list[dict[str, Any] | None], b: list[dict[str, Any] | None],
+                  key: str) -> list[float]:
+    out = []
+    for ra, rb in zip(a, b):
+        if ra is not None and rb is not None and rb.get(key):
+            out.append(ra[key] / rb[key])
+    return out
+
+
+TIMED_KEYS = ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_op", "max_stall_ms",
+              "workers_active")
+BIG_KEYS = ("elapsed_s", "max_stall_ms", "peak_rss_mib", "peak_delta_mib", "idle_tick_ms")
+
+
+def aggregate(configs: list[Config], sides: dict[str, Side],
+              default_alias: str | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for cfg in configs:
+        keys = TIMED_KEYS if cfg.kind == "timed" else BIG_KEYS
+        row: dict[str, Any] = {
+            "kind": cfg.kind, "workload": cfg.workload, "concurrency": cfg.concurrency,
+            "loop": cfg.loop, "label": cfg.label, "errors": cfg.errors, "is_ref": cfg.is_ref,
+            "default_alias": default_alias is not None and cfg.label == default_alias,
+        }
+        for side_name, results in cfg.results.items():
+            row[side_name] = {k: stats(field_values(results, k)) for k in keys}
+            warm = [r["warm"] for r in results if r is not None and "warm" in r]
+            row[side_name]["warm"] = warm
+            if side_name in ("ours", "theirs") and cfg.label == "default":
+                row[side_name]["resolved"] = sides[side_name].info.get("default")
+        if "ours" in cfg.results and "theirs" in cfg.results:
+            row["ratio"] = {k: stats(paired_ratios(cfg.results["ours"], cfg.results["theirs"], k))
+                            for k in keys}
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------- output
+
+
+def fmt_num(v: float | None) -> str:
+    if v is None or math.isnan(v):
+        return "-"
+    a = abs(v)
+    if a >= 1e6:
+        return f"{v / 1e6:.2f}M"
+    if a >= 1e4:
+        return f"{v / 1e3:.0f}k"
+    if a >= 1e3:
+        return f"{v / 1e3:.1f}k"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def fmt_stat(s: dict[str, float] | None, ratio: bool = False) -> str:
+    if not s:
+        return "-"
+    if ratio:
+        core = f"{s['median']:.2f}x"
+        rng = f"{s['min']:.2f}-{s['max']:.2f}"
+    else:
+        core = fmt_num(s["median"])
+        rng = f"{fmt_num(s['min'])}-{fmt_num(s['max'])}"
+    return core if s["n"] == 1 else f"{core} [{rng}]"
+
+
+def med(side: dict[str, Any] | None, key: str) -> float | None:
+    if not side or not side.get(key):
+        return None
+    return side[key]["median"]
+
+
+def pair_text(row: dict[str, Any], key: str, integer: bool = False) -> str:
+    o = med(row.get("ours") or row.get("ref"), key)
+    t = med(row.get("theirs"), key)
+    fmt = (lambda v: "-" if v is None else f"{v:.0f}") if integer else fmt_num
+    if "theirs" not in row:
+        return fmt(o)
+    return f"{fmt(o)} / {fmt(t)}"
+
+
+def fairness_caveat(row: dict[str, Any], seconds: float) -> str:
+    """Say so when our side starved other tasks (the ticker, or its own workers)."""
+    ours = row.get("ours")
+    if not ours:
+        return ""
+    parts = []
+    active = med(ours, "workers_active")
+    if active is not None and active < row["concurrency"]:
+        parts.append(f"{active:.0f} of {row['concurrency']} workers active")
+    stall = med(ours, "max_stall_ms")
+    if stall is not None and stall >= 0.5 * seconds * 1e3:
+        parts.append(f"1 ms ticker starved for {stall:.0f} ms of a {seconds * 1e3:.0f} ms run")
+    return ", ".join(parts)
+
+
+def row_label(row: dict[str, Any]) -> str:
+    label = row["label"]
+    if label.startswith("ref:"):
+        name = label[4:]
+        if name == "executor":
+            op = benchlib.WORKLOADS[row["workload"]].op if row["workload"] in benchlib.WORKLOADS \
+                else "read"
+            fn = {"read": "pread", "write": "pwrite", "fsync": "fsync",
+                  "fdsync": "fdatasync"}[op]
+            return f"ref run_in_executor(os.{fn})"
+        return "ref " + REF_LABELS.get(name, name)
+    if row.get("default_alias"):
+        return f"{label} (= default)"
+    if label == "default":
+        o = (row.get("ours") or {}).get("resolved")
+        t = (row.get("theirs") or {}).get("resolved")
+        return f"default ({o} vs {t})" if t else f"default ({o})"
+    return label
+
+
+def render_table(headers: list[str], body: list[list[str]], align: str) -> list[str]:
+    widths = [len(h) for h in headers]
+    for r in body:
+        if r:
+            widths = [max(w, len(c)) for w, c in zip(widths, r)]
+
+    def line(cells: list[str]) -> str:
+        out = []
+        for cell, w, a in zip(cells, widths, align):
+            out.append(cell.ljust(w) if a == "l" else cell.rjust(w))
+        return "  ".join(out).rstrip()
+
+    lines = [line(headers), line(["-" * w for w in widths])]
+    lines += [line(r) if r else "" for r in body]
+    return lines
+
+
+def print_report(rows: list[dict[str, Any]], meta: dict[str, Any], has_theirs: bool) -> str:
+    out: list[str] = []
+    theirs_title = f"caio {UPSTREAM_VERSION}"
+    out.append("")
+    out.append(f"caio benchmark: ours = {meta['ours']['version']} ({meta['ours']['file']})"
+               + (f" vs theirs = {theirs_title} ({meta['theirs']['file']})" if has_theirs
+                  else " (no upstream comparison)"))
+    out.append(f"machine: {meta['cpus']} CPUs, Linux {meta['kernel']}, Python {meta['python']}; "
+               f"data on {meta['fstype']} ({meta['data_dir']})")
+    out.append(f"runs: {meta['repeat']} x {meta['seconds']} s per configuration (+{meta['warmup']}"
+               f" s warm-up), fresh subprocess each, sides alternating; values are medians "
+               f"[min-max] over repeats; ratio = ours/theirs of paired runs")
+    out.append(f"backends: ours {', '.join(meta['ours']['backends'])} (default "
+               f"{meta['ours']['default']})" + (f"; theirs {', '.join(meta['theirs']['backends'])}"
+                                                 f" (default {meta['theirs']['default']})"
+                                                 if has_theirs else ""))
+
+    timed = [r for r in rows if r["kind"] == "timed"]
+    if timed:
+        headers = ["loop", "workload", "c", "backend", "ours ops/s"]
+        align = "llrlr"
+        if has_theirs:
+            headers += [f"{theirs_title} ops/s", "ours/theirs"]
+            align += "rr"
+            headers += ["p50 us o/t", "p99 us o/t", "CPU us/op o/t", "stall ms o/t",
+                        "active o/t"]
+        else:
+            headers += ["p50 us", "p99 us", "CPU us/op", "stall ms", "active"]
+        align += "rrrrr"
+        body: list[list[str]] = []
+        prev = None
+        for r in timed:
+            key = (r["loop"], r["workload"], r["concurrency"])
+            if prev is not None and key != prev:
+                body.append([])
+            prev = key
+            side = r.get("ours") or r.get("ref") or {}
+            cells = [r["loop"], r["workload"], str(r["concurrency"]), row_label(r),
+                     fmt_stat(side.get("ops_per_s"))]
+            if has_theirs:
+                if "theirs" in r:
+                    cells += [fmt_stat(r["theirs"].get("ops_per_s")),
+                              fmt_stat(r["ratio"].get("ops_per_s"), ratio=True)]
+                else:
+                    cells += ["", ""]
+            cells += [pair_text(r, "p50_us"), pair_text(r, "p99_us"),
+                      pair_text(r, "cpu_us_per_op"), pair_text(r, "max_stall_ms"),
+                      pair_text(r, "workers_active", integer=True)]
+            if r["errors"]:
+                failed = not side.get("ops_per_s") or ("theirs" in r and
+                                                       not r["theirs"].get("ops_per_s"))
+                cells[4] = "ERROR" if failed else cells[4] + " (!)"
+            body.append(cells)
+        out.append("")
+        out.append("== throughput (ops/s, higher is better); latency and CPU: lower is better ==")
+        out.append("(stall = longest gap of a 1 ms ticker task during the run; active = workers "
+                   "that completed at least one operation, of c)")
+        out += render_table(headers, body, align)
+
+    big = [r for r in rows if r["kind"] == "bigread"]
+    if big:
+        mib = meta["big_read_mib"]
+        headers = ["loop", "backend", "read ms", "max loop stall ms", "peak RSS MiB",
+                   "RSS growth MiB"]
+        align = "llrrrr"
+        body = []
+        for r in big:
+            cells = [r["loop"], row_label(r)]
+            for bkey in ("elapsed_s", "max_stall_ms", "peak_rss_mib", "peak_delta_mib"):
+                scale = 1e3 if bkey == "elapsed_s" else 1.0
+                o = med(r.get("ours") or r.get("ref"), bkey)
+                t = med(r.get("theirs"), bkey)
+                o = o * scale if o is not None else None
+                t = t * scale if t is not None else None
+                cells.append(f"{fmt_num(o)} / {fmt_num(t)}" if "theirs" in r else fmt_num(o))
+            if r["errors"]:
+                cells[2] += " (!)"
+            body.append(cells)
+        out.append("")
+        out.append(f"== one {mib} MiB read (page cache) while a 1 ms ticker runs; "
+                   + ("ours / theirs, " if has_theirs else "") + "medians ==")
+        idle = [x for x in (med(r.get("ours") or r.get("ref"), "idle_tick_ms") for r in big)
+                if x is not None]
+        if idle:
+            out.append(f"(an idle tick takes ~{statistics.median(idle):.2f} ms here; "
+                       "a stall equal to the read time means the read ran on the loop thread)")
+        out += render_table(headers, body, align)
+
+    # Page cache verification.
+    warm_all = []
+    for r in rows:
+        for s in ("ours", "theirs", "ref"):
+            if r.get(s):
+                for w in r[s].get("warm", []):
+                    warm_all.append((r, w))
+    out.append("")
+    if warm_all:
+        bad = [(r, w) for r, w in warm_all if not w.get("ok")]
+        fracs = [w["resident"] for _, w in warm_all if w.get("resident") is not None]
+        methods = sorted({w["method"].split(" ")[0] for _, w in warm_all})
+        if not bad:
+            out.append(f"page cache: verified resident before every run ({len(warm_all)} runs, "
+                       f"{'/'.join(methods)}, min {min(fracs) * 100:.1f}%)")
+        else:
+            out.append(f"page cache: NOT fully resident in {len(bad)} of {len(warm_all)} runs:")
+            for r, w in bad[:10]:
+                res = "unknown" if w.get("resident") is None else f"{w['resident'] * 100:.1f}%"
+                out.append(f"  {r['loop']} {r['workload']} c={r['concurrency']} "
+                           f"{row_label(r)}: {res} ({w['method']})")
+    errors = [r for r in rows if r["errors"]]
+    for r in errors:
+        for e in r["errors"]:
+            out.append(f"ERROR (!) {r['loop']} {r['workload']} c={r['concurrency']} "
+                       f"{row_label(r)}: {e} (failed runs are left out of the medians)")
+
+    # Key figures.
+    unfair = [(r, fairness_caveat(r, meta["seconds"])) for r in timed if not r["is_ref"]]
+    unfair = [(r, c) for r, c in unfair if c]
+    if unfair:
+        out.append("")
+        out.append("event-loop fairness: ours kept the loop to itself in these runs (operations "
+                   "that complete without suspending):")
+        for r, c in unfair:
+            out.append(f"  {r['loop']} {r['workload']} c={r['concurrency']} {row_label(r)}: {c}")
+    if has_theirs:
+        key_lines = []
+        for r in timed:
+            if r["label"] == "thread" and r["workload"] == "rand4k" and \
+                    r["concurrency"] in KEY_TARGETS and r.get("ratio"):
+                s = r["ratio"].get("ops_per_s")
+                target = KEY_TARGETS[r["concurrency"]]
+                verdict = "-" if not s else ("met" if s["median"] >= target else "NOT met")
+                line = (f"  thread_aio_asyncio rand4k c={r['concurrency']:<3} "
+                        f"{r['loop']:<7}: ours/theirs {fmt_stat(s, ratio=True)} "
+                        f"(target >= {target:g}x: {verdict})")
+                caveat = fairness_caveat(r, meta["seconds"])
+                key_lines.append(line + (f"; caveat: {caveat}" if caveat else ""))
+        if key_lines:
+            out.append("")
+            out.append("key figures (4 KiB random reads in page cache, ops/s ratio):")
+            out += key_lines
+    out.append(f"total wall time: {meta['wall_s']:.0f} s")
+    text = "\n".join(out)
+    print(text, flush=True)
+    return text
+
+
+def make_plot(rows: list[dict[str, Any]], path: str, has_theirs: bool) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no plot")
+        return False
+    rand = [r for r in rows if r["kind"] == "timed" and r["workload"] == "rand4k"]
+    loops = sorted({r["loop"] for r in rand}, key=lambda x: (x != "asyncio", x))
+    if not loops:
+        log("no rand4k results: no plot")
+        return False
+    fig, axes = plt.subplots(1, len(loops), figsize=(6.5 * len(loops), 4.8), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, loop in zip(axes[0], loops):
+        labels = []
+        for r in rand:
+            if r["loop"] == loop and r["label"] not in labels:
+                labels.append(r["label"])
+        for i, label in enumerate(labels):
+            pts = sorted((r["concurrency"], r) for r in rand
+                         if r["loop"] == loop and r["label"] == label)
+            xs = [c for c, _ in pts]
+            color = colors[i % len(colors)]
+            if label.startswith("ref:"):
+                ys = [med(r.get("ref"), "ops_per_s") for _, r in pts]
+                style = {"ref:floor": ("black", ":"), "ref:executor": ("gray", ":"),
+                         "ref:aiofiles": ("gray", "-.")}.get(label, ("gray", ":"))
+                ax.plot(xs, ys, style[1], color=style[0], marker=".",
+                        label=REF_LABELS.get(label[4:], label))
+                continue
+            ys = [med(r.get("ours"), "ops_per_s") for _, r in pts]
+            ax.plot(xs, ys, "-o", color=color, label=f"ours {row_label(pts[0][1])}")
+            if has_theirs:
+                yt = [med(r.get("theirs"), "ops_per_s") for _, r in pts]
+                theirs_name = label
+                if label == "default":
+                    theirs_name = f"default ({(pts[0][1].get('theirs') or {}).get('resolved')})"
+                ax.plot(xs, yt, "--x", color=color,
+                        label=f"caio {UPSTREAM_VERSION} {theirs_name}")
+        ax.set_xscale("log", base=2)
+        concs = sorted({r["concurrency"] for r in rand})
+        ax.set_xticks(concs)
+        ax.set_xticklabels([str(c) for c in concs])
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel("ops/s (median)")
+        ax.set_title(f"4 KiB random reads, page cache, {loop}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Compare this project's caio with caio 0.12.10 (ours/theirs ratios).")
+    p.add_argument("--quick", action="store_true",
+                   help="short runs for CI smoke: 1 repeat, 0.1 s per run, 32 MiB big read")
+    p.add_argument("--repeat", type=int, default=None, help="repeats per configuration (3)")
+    p.add_argument("--seconds", type=float, default=None, help="measured seconds per run (0.25)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="unmeasured seconds before each run (0.05)")
+    p.add_argument("--backends", default=None,
+                   help="comma list of uring,linux,thread,python,default "
+                        "(default: native backends both sides have + default)")
+    p.add_argument("--concurrency", default=None,
+                   help="concurrency list for 4 KiB random reads (1,16,64,256)")
+    p.add_argument("--workloads", default=None,
+                   help=f"comma list of {','.join(benchlib.WORKLOADS)},bigread (all)")
+    p.add_argument("--loops", default=None, help="asyncio,uvloop (those installed)")
+    p.add_argument("--big-read-mib", type=int, default=None,
+                   help="size of the single big read (256; 0 disables)")
+    p.add_argument("--no-refs", action="store_true",
+                   help="skip the reference rows (executor, aiofiles, floor)")
+    p.add_argument("--no-upstream", action="store_true",
+                   help="measure this project only (no PyPI install, no ratios)")
+    p.add_argument("--upstream-dir", default=os.environ.get("CAIO_UPSTREAM_DIR"),
+                   help=f"pip --target folder with caio {UPSTREAM_VERSION}; created if missing "
+                        f"(default benchmarks/.upstream/caio-{UPSTREAM_VERSION})")
+    p.add_argument("--ours-path", default=None,
+                   help="folder to put first on PYTHONPATH for our side "
+                        "(default: the caio that this interpreter imports)")
+    p.add_argument("--no-snapshot", action="store_true",
+                   help="import our caio from where it lives instead of a frozen copy taken "
+                        "at start (the copy protects a run from concurrent rebuilds)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder for the data files (default: a temporary folder, removed "
+                        "afterwards); must be a real filesystem, not tmpfs")
+    p.add_argument("--json", dest="json_out", default=None, help="write all results as JSON")
+    p.add_argument("--plot", default=None, help="write ops/s vs concurrency plot (PNG)")
+    p.add_argument("--quiet", action="store_true", help="no per-run progress on stderr")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.quick:
+        defaults = {"repeat": 1, "seconds": 0.1, "warmup": 0.02, "big_read_mib": 32}
+    else:
+        defaults = {"repeat": 3, "seconds": 0.25, "warmup": 0.05, "big_read_mib": 256}
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.repeat < 1 or args.seconds <= 0:
+        p.error("--repeat must be >= 1 and --seconds > 0")
+    args.concurrency_list = (parse_int_list(args.concurrency) if args.concurrency
+                             else list(DEFAULT_CONCURRENCY))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        return run_worker_cli(args.worker)
+
+    t0 = time.monotonic()
+    upstream_dir = Path(args.upstream_dir or HERE / ".upstream" / f"caio-{UPSTREAM_VERSION}")
+    upstream_dir = upstream_dir.resolve()
+    ours = Side("ours", side_env([args.ours_path] if args.ours_path else [], [str(upstream_dir)]))
+    ours.info = run_subprocess(ours, {"kind": "probe"}, timeout=60)
+    if os.path.realpath(ours.info["file"]).startswith(str(upstream_dir)):
+        raise SystemExit(f"our side imports caio from the upstream folder {ours.info['file']}")
+    snapshot_dir = None
+    if not args.no_snapshot:
+        # Measure a frozen copy of our package, so edits or rebuilds of the working tree
+        # during the run cannot mix two versions into one table.
+        source = ours.info["file"]
+        snapshot_dir = Path(tempfile.mkdtemp(prefix="caio-ours-"))
+        atexit.register(shutil.rmtree, snapshot_dir, True)
+        shutil.copytree(source, snapshot_dir / "caio",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        ours.env = side_env([str(snapshot_dir)] + ([args.ours_path] if args.ours_path else []),
+                            [str(upstream_dir)])
+        ours.info = run_subprocess(ours, {"kind": "probe"}, timeout=60)
+        if not os.path.realpath(ours.info["file"]).startswith(str(snapshot_dir.resolve())):
+            raise SystemExit(f"snapshot of {source} did not load: got {ours.info['file']}")
+        ours.info["file"] = f"snapshot of {source}"
+    log(f"ours: caio {ours.info['version']} from {ours.info['file']}, backends "
+        f"{ours.info['backends']}, default {ours.info['default']}")
+
+    theirs: Side | None = None
+    if not args.no_upstream:
+        ensure_upstream(upstream_dir, UPSTREAM_VERSION)
+        theirs = Side("theirs", side_env([str(upstream_dir)], []))
+        theirs.info = run_subprocess(theirs, {"kind": "probe"}, timeout=60)
+        if theirs.info["version"] != UPSTREAM_VERSION or \
+                not os.path.realpath(theirs.info["file"]).startswith(str(upstream_dir)):
+            raise SystemExit(f"upstream side loaded caio {theirs.info['version']} from "
+                             f"{theirs.info['file']}, expected {UPSTREAM_VERSION} from "
+                             f"{upstream_dir}")
+        log(f"theirs: caio {theirs.info['version']} from {theirs.info['file']}, backends "
+            f"{theirs.info['backends']}, default {theirs.info['default']}")
+
+    loops = parse_str_list(args.loops) if args.loops else ours.info["loops"]
+    for loop in loops:
+        if loop not in ours.info["loops"]:
+            raise SystemExit(f"event loop {loop!r} is not available (have {ours.info['loops']})")
+
+    tmp_created = None
+    if args.data_dir:
+        data_dir = Path(args.data_dir).resolve()
+    else:
+        tmp_created = data_dir = Path(tempfile.mkdtemp(prefix="caio-bench-"))
+    fstype = benchlib.filesystem_type(data_dir)
+    if fstype in ("tmpfs", "ramfs"):
+        log(f"warning: {data_dir} is on {fstype}; page-cache behaviour differs from a real disk")
+    try:
+        workloads = parse_str_list(args.workloads) if args.workloads else None
+        need_big = (workloads is None or "bigread" in workloads) and args.big_read_mib > 0
+        files = benchlib.prepare_data_dir(
+            data_dir, big_size=args.big_read_mib * benchlib.MiB if need_big else 0)
+        if workloads is None:
+            args.workloads = ",".join(list(benchlib.WORKLOADS) + ["bigread"])
+
+        sides = {"ours": ours}
+        if theirs is not None:
+            sides["theirs"] = theirs
+        configs = build_configs(args, ours, theirs, loops)
+        if not configs:
+            raise SystemExit("nothing to run")
+        run_all(args, configs, sides, files)
+    finally:
+        if tmp_created is not None:
+            shutil.rmtree(tmp_created, ignore_errors=True)
+
+    rows = aggregate(configs, sides, args.default_alias)
+    meta = {
+        "ours": ours.info,
+        "theirs": theirs.info if theirs else None,
+        "upstream_version": UPSTREAM_VERSION,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "fstype": fstype,
+        "data_dir": str(data_dir) + (" (temporary)" if tmp_created else ""),
+        "repeat": args.repeat,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "big_read_mib": args.big_read_mib,
+        "loops": loops,
+        "argv": sys.argv[1:] if argv is None else argv,
+        "wall_s": time.monotonic() - t0,
+    }
+    report = print_report(rows, meta, theirs is not None)
+    if args.json_out:
+        raw = [{"kind": c.kind, "workload": c.workload, "concurrency": c.concurrency,
+                "loop": c.loop, "label": c.label, "runners": c.runners, "results": c.results,
+                "errors": c.errors} for c in configs]
+        with open(args.json_out, "w", encoding="utf-8") as fp:
+            json.dump({"meta": meta, "rows": rows, "runs": raw, "report": report}, fp, indent=1)
+        log(f"wrote {args.json_out}")
+    if args.plot and make_plot(rows, args.plot, theirs is not None):
+        log(f"wrote {args.plot}")
+    return 1 if any(c.errors for c in configs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

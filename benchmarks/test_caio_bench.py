@@ -1,0 +1,98 @@
+"""pytest-benchmark suite: every available caio backend, on real files in the page cache.
+
+Run with ``pytest benchmarks/ --benchmark-only`` (add ``--benchmark-group-by=group`` to
+compare backends side by side; that is the default grouping here). One benchmark round
+is a batch of operations at the given concurrency; ``extra_info.ops_per_round`` says
+how many, so ops/s = ops_per_round / mean. The side-by-side comparison with caio
+0.12.10 lives in ``benchmarks/compare.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import warnings
+
+import pytest
+
+pytest.importorskip("pytest_benchmark")
+
+import benchlib
+
+try:
+    BACKENDS = sorted(benchlib.caio_backends())
+except ImportError:  # pragma: no cover - caio itself not importable
+    BACKENDS = []
+
+LOOPS = benchlib.available_loops()
+
+# (workload, concurrency, operations per benchmark round)
+CASES = [
+    ("rand4k", 1, 1024),
+    ("rand4k", 16, 2048),
+    ("rand4k", 64, 2048),
+    ("rand4k", 256, 2048),
+    ("seq64k", 16, 1024),
+    ("seq1m", 16, 128),
+    ("write4k", 16, 1024),
+    ("fsync", 16, 256),
+    ("fdsync", 16, 256),
+]
+
+
+@pytest.fixture(params=LOOPS)
+def loop_name(request):
+    return request.param
+
+
+@pytest.fixture(params=BACKENDS or [pytest.param(None, marks=pytest.mark.skip("no backend"))])
+def backend(request):
+    return request.param
+
+
+@pytest.mark.parametrize(("workload", "concurrency", "ops"), CASES,
+                         ids=[f"{w}-c{c}" for w, c, _ in CASES])
+def test_caio(benchmark, bench_files, backend, loop_name, workload, concurrency, ops):
+    w = benchlib.WORKLOADS[workload]
+    target = bench_files["data"] if w.op == "read" else bench_files["write"]
+    if w.op in ("fsync", "fdsync"):
+        fd = os.open(bench_files["write"], os.O_RDWR)
+        try:
+            os.fsync(fd)  # start from a clean file
+        finally:
+            os.close(fd)
+    warm = benchlib.warm_file(target)
+    if not warm["ok"]:
+        warnings.warn(f"{target} is not fully in the page cache: {warm}", stacklevel=1)
+
+    loop = benchlib.new_loop(loop_name)
+    asyncio.set_event_loop(loop)
+    runner = benchlib.Runner(f"caio:{backend}", w, bench_files)
+    try:
+        loop.run_until_complete(runner.open(concurrency))
+        loop.run_until_complete(runner.validate())
+        offsets = benchlib.OffsetSource(w, os.path.getsize(target))
+
+        def one_round():
+            loop.run_until_complete(benchlib.run_count(runner, concurrency, ops, offsets))
+
+        benchmark.group = f"{workload} c={concurrency} {loop_name}"
+        benchmark.extra_info.update({
+            "backend": backend, "loop": loop_name, "workload": workload,
+            "concurrency": concurrency, "ops_per_round": ops,
+            "page_cache_resident": warm["resident"], "residency_check": warm["method"],
+        })
+        benchmark.pedantic(one_round, rounds=20, warmup_rounds=2, iterations=1)
+        mean = benchmark.stats.stats.mean
+        if mean:
+            benchmark.extra_info["ops_per_s"] = ops / mean
+    finally:
+        loop.run_until_complete(runner.close())
+        loop.close()
+        asyncio.set_event_loop(None)
+        if w.op == "write":
+            fd = os.open(bench_files["write"], os.O_RDWR)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -1,0 +1,104 @@
+"""Smoke test of benchmarks/compare.py: every workload runs briefly on this project only.
+
+No network and no upstream install (``--no-upstream``); no timing assertions, only that
+the run succeeds, its JSON output parses and the numbers in it are positive.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO_ROOT / "benchmarks"
+COMPARE = BENCH_DIR / "compare.py"
+
+TIMED_WORKLOADS = ("rand4k", "seq64k", "seq1m", "write4k", "fsync", "fdsync")
+RAND_CONCURRENCY = (1, 16, 64, 256)
+
+
+@pytest.fixture
+def data_dir(request, tmp_path):
+    # The suite's real-filesystem work directory when conftest provides it.
+    try:
+        return Path(request.getfixturevalue("workdir"))
+    except pytest.FixtureLookupError:
+        return tmp_path
+
+
+def run_compare(tmp_path: Path, data_dir: Path, *extra: str) -> tuple[dict, str]:
+    out = tmp_path / "compare.json"
+    cmd = [
+        sys.executable, str(COMPARE), "--quick", "--no-upstream", "--quiet",
+        "--repeat", "1", "--seconds", "0.05", "--warmup", "0.01", "--big-read-mib", "8",
+        "--data-dir", str(data_dir), "--json", str(out), *extra,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False,
+                          cwd=str(REPO_ROOT))
+    assert proc.returncode == 0, f"compare.py failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(out.read_text(encoding="utf-8")), proc.stdout
+
+
+def positive_median(side: dict, key: str) -> float:
+    value = side[key]["median"]
+    assert value > 0, (key, side)
+    return value
+
+
+def test_compare_all_workloads(tmp_path, data_dir):
+    data, stdout = run_compare(tmp_path, data_dir, "--backends", "default", "--loops", "asyncio")
+
+    assert data["meta"]["theirs"] is None
+    rows = data["rows"]
+    assert not [r for r in rows if r["errors"]], [r["errors"] for r in rows if r["errors"]]
+
+    timed = {(r["workload"], r["concurrency"], r["label"]): r for r in rows
+             if r["kind"] == "timed"}
+    expected = [("rand4k", c) for c in RAND_CONCURRENCY] + \
+        [(w, 16) for w in TIMED_WORKLOADS if w != "rand4k"]
+    for workload, concurrency in expected:
+        row = timed[(workload, concurrency, "default")]
+        ours = row["ours"]
+        positive_median(ours, "ops_per_s")
+        p50 = positive_median(ours, "p50_us")
+        assert positive_median(ours, "p99_us") >= p50
+        positive_median(ours, "cpu_us_per_op")
+        positive_median(ours, "max_stall_ms")
+        assert 1 <= ours["workers_active"]["median"] <= concurrency
+        assert ours["warm"] and all(0 < w["resident"] <= 1 for w in ours["warm"]
+                                    if w["resident"] is not None)
+        # Reference rows: run_in_executor everywhere, the asyncio floor for rand4k.
+        positive_median(timed[(workload, concurrency, "ref:executor")]["ref"], "ops_per_s")
+        if workload == "rand4k":
+            positive_median(timed[(workload, concurrency, "ref:floor")]["ref"], "ops_per_s")
+        if importlib.util.find_spec("aiofiles") and workload in ("rand4k", "seq64k", "seq1m",
+                                                                  "write4k"):
+            positive_median(timed[(workload, concurrency, "ref:aiofiles")]["ref"], "ops_per_s")
+
+    big = [r for r in rows if r["kind"] == "bigread"]
+    assert {r["label"] for r in big} >= {"default", "ref:executor"}
+    for row in big:
+        side = row.get("ours") or row["ref"]
+        for key in ("elapsed_s", "max_stall_ms", "peak_rss_mib", "peak_delta_mib"):
+            positive_median(side, key)
+
+    # The printed table names every workload and reports the page-cache check.
+    for workload in (*TIMED_WORKLOADS, "ticker"):
+        assert workload in stdout
+    assert "page cache:" in stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop not installed")
+def test_compare_uvloop(tmp_path, data_dir):
+    data, _ = run_compare(tmp_path, data_dir, "--loops", "uvloop", "--workloads", "rand4k",
+                          "--concurrency", "1,64", "--no-refs")
+    rows = [r for r in data["rows"] if r["kind"] == "timed"]
+    assert rows and {r["loop"] for r in rows} == {"uvloop"}
+    for row in rows:
+        assert not row["errors"], row["errors"]
+        positive_median(row["ours"], "ops_per_s")
