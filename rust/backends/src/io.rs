@@ -143,8 +143,8 @@ impl IoRequest {
 }
 
 /// Blocks until `fd` is readable or `timeout` passes (`None`: forever); `false` on
-/// timeout. `poll` consumes nothing (a readable eventfd stays readable). EINTR returns
-/// `true` early: callers re-check whatever they wait for and loop.
+/// timeout. `poll` consumes nothing (a readable eventfd stays readable). A signal ends the
+/// wait with an `Interrupted` error: the caller decides whether to retry or report it.
 pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> std::io::Result<bool> {
     let ms = match timeout {
         None => -1,
@@ -159,12 +159,7 @@ pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> std::io::Result<bo
     // SAFETY: one valid pollfd on the stack for the duration of the call.
     let n = unsafe { libc::poll(&mut pfd, 1, ms) };
     if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::EINTR) {
-            Ok(true)
-        } else {
-            Err(e)
-        };
+        return Err(std::io::Error::last_os_error());
     }
     Ok(n > 0)
 }

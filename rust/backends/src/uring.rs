@@ -172,9 +172,13 @@ impl Ring {
 /// Blocks until the CQ of the ring `ring_fd` is non-empty or `timeout` passes (`None`:
 /// forever); `false` on timeout. Polling the ring's fd consumes nothing, so other waiters
 /// and the eventfd are unaffected, and it needs no access to the ring's queues (callers
-/// may wait without holding the ring's lock). EINTR returns early; re-check and loop.
+/// may wait without holding the ring's lock). A signal (EINTR) also returns `true`: callers
+/// re-check and loop, as caio's wait paths ignore EINTR.
 pub fn wait_readable(ring_fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
-    crate::io::wait_readable(ring_fd, timeout)
+    match crate::io::wait_readable(ring_fd, timeout) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+        other => other,
+    }
 }
 
 /// A batch of submissions against one snapshot of the submission queue.

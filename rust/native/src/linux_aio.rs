@@ -9,12 +9,12 @@
 use std::os::fd::AsRawFd;
 use std::os::raw::c_void;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use caio_backends::aio::{AioContext, Iocb};
-use caio_backends::{EventQueue, SubmitError, ThreadPool};
+use caio_backends::{EventQueue, IoKind, IoRequest, SubmitError, ThreadPool};
 use caio_core::{Completion, Phase, RequestId};
 
 use crate::args::parse_args;
@@ -49,9 +49,32 @@ struct Engine {
     /// Completions from the helper threads; its eventfd is also the kernel's RESFD.
     events: Arc<EventQueue>,
     offload: Mutex<Option<ThreadPool>>,
-    offloaded: AtomicUsize,
     // Declared last: destroying the context waits for the kernel's outstanding requests.
     aio: AioContext,
+}
+
+/// Whether a helper thread can run `request` with the result `io_submit` would give.
+/// Helper threads use positional `pread`/`pwrite`, which only regular files support; and
+/// what `io_submit` refuses up front (a bad descriptor, a write to a read-only one, a
+/// negative offset) stays with the kernel, so that it raises at submit as usual.
+fn offloadable(request: &IoRequest) -> bool {
+    if request.offset < 0 {
+        return false;
+    }
+    // SAFETY: fstat writes into a zeroed struct on our stack; fcntl(F_GETFL) takes no
+    // pointer; a bad fd just makes either fail.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(request.fd, &mut st) != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return false;
+        }
+        let mode = libc::fcntl(request.fd, libc::F_GETFL) & libc::O_ACCMODE;
+        match request.kind {
+            IoKind::Read => mode == libc::O_RDONLY || mode == libc::O_RDWR,
+            IoKind::Write => mode == libc::O_WRONLY || mode == libc::O_RDWR,
+            IoKind::Fsync | IoKind::Fdsync => false,
+        }
+    }
 }
 
 fn os_error(e: std::io::Error) -> Error {
@@ -123,23 +146,18 @@ impl Engine {
         timeout: Option<Duration>,
     ) -> Result<Vec<Completion>> {
         let mut out = self.events.take(max);
-        if self.offloaded.load(Ordering::SeqCst) == 0 || out.len() >= min {
-            // Only kernel requests to wait for: io_getevents does it all.
-            let need = min.saturating_sub(out.len());
+        if out.len() >= min {
             let room = max - out.len();
             if room > 0 {
-                let wait = if need == 0 {
-                    Some(Duration::ZERO)
-                } else {
-                    timeout
-                };
                 self.aio
-                    .get_events(need, room, wait, &mut out)
+                    .get_events(0, room, Some(Duration::ZERO), &mut out)
                     .map_err(os_error)?;
             }
             return Ok(out);
         }
-        // Both kinds may be outstanding: both signal the eventfd, so sleep on it.
+        // Completions come from the kernel and from the helper threads, and either may be
+        // the one awaited (a helper request may even be submitted while we wait). Both
+        // signal the eventfd, so sleep on that and look at both after every wake-up.
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let room = max - out.len();
@@ -157,8 +175,18 @@ impl Engine {
                     _ => break,
                 },
             };
-            // An error (EINTR, say) just ends this wait; the loop re-checks.
-            let _ = caio_backends::io::wait_readable(self.events.eventfd().as_raw_fd(), left);
+            // A signal ends the wait with SystemError(EINTR), as io_getevents did in caio,
+            // so that Python gets to run its signal handlers.
+            let woke = caio_backends::io::wait_readable(self.events.eventfd().as_raw_fd(), left);
+            if let Err(e) = woke {
+                self.events.eventfd().signal();
+                // Completions already taken must still be delivered.
+                return if out.is_empty() {
+                    Err(os_error(e))
+                } else {
+                    Ok(out)
+                };
+            }
             let _ = self.events.eventfd().read();
         }
         // We may have eaten a wake-up meant for an event loop watching the eventfd.
@@ -205,7 +233,6 @@ unsafe extern "C" fn ctx_new(
             inflight: InFlight::new(),
             events,
             offload: Mutex::new(None),
-            offloaded: AtomicUsize::new(0),
             aio,
         });
         context::alloc(cls, engine)
@@ -236,7 +263,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             // SAFETY: `obj` is live (borrowed from the args tuple).
             let held = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(obj)) };
             op.set_context(slf);
-            let offload = request.len > OFFLOAD_ABOVE && !op.is_direct();
+            let offload = request.len > OFFLOAD_ABOVE && !op.is_direct() && offloadable(&request);
             let mut registry = engine.inflight.lock();
             let id = registry.insert(Entry {
                 op: held,
@@ -255,13 +282,11 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
                         Error::Runtime(format!("cannot start helper threads: {e}"))
                     })?);
                 }
-                engine.offloaded.fetch_add(1, Ordering::SeqCst);
                 // SAFETY: the buffer stays valid until the completion for `id` is
                 // delivered: the registry holds the op, the op holds the buffer.
                 if let Err(err) = unsafe { pool.as_ref().map(|p| p.submit(id, request)) }
                     .unwrap_or(Err(SubmitError::Shutdown))
                 {
-                    engine.offloaded.fetch_sub(1, Ordering::SeqCst);
                     engine.roll_back(id);
                     return Err(Error::Runtime(format!("helper threads refused: {err:?}")));
                 }
@@ -303,9 +328,6 @@ fn deliver_batch(engine: &Engine, batch: Vec<Completion>) -> usize {
     for completion in batch {
         let entry = engine.inflight.lock().remove(completion.id);
         if let Some(entry) = entry {
-            if entry.offloaded {
-                engine.offloaded.fetch_sub(1, Ordering::SeqCst);
-            }
             drop(entry.iocb);
             deliver(entry.op, completion.res);
             count += 1;
