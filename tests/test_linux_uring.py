@@ -1234,7 +1234,7 @@ def test_adapter_defaults_and_closed_context(loop_runner, files):
 
     async def body():
         ctx = UringAsyncioContext()
-        assert ctx.context.sqpoll == 0  # our default: no SQPOLL unless asked
+        assert ctx.context.sqpoll == int(SQPOLL_ALLOWED)  # as caio: on when allowed
         assert ctx.deferred is False
         assert ctx.context.max_requests == 512
         assert await ctx.read(4, fd, 0) == b"data"
