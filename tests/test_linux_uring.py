@@ -1286,7 +1286,8 @@ def test_adapter_deferred_batches_flushes(loop_runner, files):
     parts = [bytes([i]) * size for i in range(64)]
 
     async def body():
-        ctx = UringAsyncioContext(deferred=True)
+        # deferred batching applies without SQPOLL (with it, each submit flushes)
+        ctx = UringAsyncioContext(deferred=True, sqpoll=False)
         counting = CountingContext(ctx.context)
         ctx.context = counting
         try:
