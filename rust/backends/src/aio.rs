@@ -230,8 +230,8 @@ pub fn probe() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::temp_file;
     use crate::EventFd;
-    use std::io::Write;
     use std::os::fd::AsRawFd;
 
     #[test]
@@ -242,16 +242,7 @@ mod tests {
         }
         let efd = EventFd::new().unwrap();
         let ctx = AioContext::new(8).unwrap();
-        let path = std::env::temp_dir().join(format!("caio-aio-{}", std::process::id()));
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f.write_all(b"0123456789").unwrap();
+        let f = temp_file(b"0123456789");
         let mut buf = [0u8; 4];
         let req = IoRequest {
             kind: IoKind::Read,

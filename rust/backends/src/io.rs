@@ -167,26 +167,8 @@ pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> std::io::Result<bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use crate::test_util::temp_file;
     use std::os::fd::AsRawFd;
-
-    fn temp_file(data: &[u8]) -> std::fs::File {
-        let path = std::env::temp_dir().join(format!(
-            "caio-io-test-{}-{}",
-            std::process::id(),
-            data.len()
-        ));
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f.write_all(data).unwrap();
-        f
-    }
 
     fn read_req(fd: RawFd, buf: &mut [u8], offset: i64) -> IoRequest {
         IoRequest {

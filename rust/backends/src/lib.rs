@@ -19,6 +19,9 @@ pub mod io;
 pub mod thread_pool;
 pub mod uring;
 
+#[cfg(test)]
+pub(crate) mod test_util;
+
 pub use buffer::AlignedBuf;
 pub use event_queue::EventQueue;
 pub use eventfd::EventFd;

@@ -249,8 +249,8 @@ impl Stager<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::temp_file;
     use crate::EventFd;
-    use std::io::Write;
 
     macro_rules! require_uring {
         () => {
@@ -259,21 +259,6 @@ mod tests {
                 return;
             }
         };
-    }
-
-    fn file_with(data: &[u8]) -> std::fs::File {
-        let path =
-            std::env::temp_dir().join(format!("caio-uring-{}-{}", std::process::id(), data.len()));
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f.write_all(data).unwrap();
-        f
     }
 
     fn reap_until(ring: &mut Ring, n: usize) -> VecDeque<Completion> {
@@ -292,7 +277,7 @@ mod tests {
         require_uring!();
         let efd = EventFd::new().unwrap();
         let mut ring = Ring::new(4, false, efd.as_raw_fd()).unwrap();
-        let f = file_with(b"hello uring");
+        let f = temp_file(b"hello uring");
         let mut buf = vec![0u8; 64];
         let req = IoRequest {
             kind: IoKind::Read,
