@@ -384,7 +384,8 @@ fn direct_buffer(fd: u32, offset: i64, len: usize) -> Result<Option<Box<AlignedB
              {block} bytes (got offset={offset}, size={len})"
         )));
     }
-    AlignedBuf::new(len, mem_align.max(block))
+    // Page-aligned at least: a transfer that straddles fewer pages needs fewer DMA segments.
+    AlignedBuf::new(len, mem_align.max(block).max(4096))
         .map(|b| Some(Box::new(b)))
         .ok_or_else(|| Error::Memory(format!("cannot allocate {len} aligned bytes for O_DIRECT")))
 }
