@@ -1068,3 +1068,4 @@ def test_adapter_256mib_read_with_a_ticker(files):
         f"\nlinux_aio 256 MiB read: {elapsed * 1000:.1f} ms, largest loop stall "
         f"{stats['worst'] * 1000:.1f} ms over {stats['ticks']} ticks"
     )
+

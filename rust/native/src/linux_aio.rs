@@ -137,6 +137,21 @@ impl Engine {
         }
     }
 
+    /// Takes up to `room` kernel completions that are already there, without waiting.
+    /// A signal can interrupt even this zero-timeout call; nothing is lost then, so it is
+    /// simply repeated.
+    fn reap_ready(&self, room: usize, out: &mut Vec<Completion>) -> Result<()> {
+        if room == 0 {
+            return Ok(());
+        }
+        loop {
+            match self.aio.get_events(0, room, Some(Duration::ZERO), out) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other.map(drop).map_err(os_error),
+            }
+        }
+    }
+
     /// Collects up to `max` completions, waiting (GIL released by the caller) until
     /// `min` are there or `timeout` passes (`None`: forever).
     fn collect(
@@ -147,12 +162,7 @@ impl Engine {
     ) -> Result<Vec<Completion>> {
         let mut out = self.events.take(max);
         if out.len() >= min {
-            let room = max - out.len();
-            if room > 0 {
-                self.aio
-                    .get_events(0, room, Some(Duration::ZERO), &mut out)
-                    .map_err(os_error)?;
-            }
+            self.reap_ready(max - out.len(), &mut out)?;
             return Ok(out);
         }
         // Completions come from the kernel and from the helper threads, and either may be
@@ -160,10 +170,7 @@ impl Engine {
         // signal the eventfd, so sleep on that and look at both after every wake-up.
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            let room = max - out.len();
-            self.aio
-                .get_events(0, room, Some(Duration::ZERO), &mut out)
-                .map_err(os_error)?;
+            self.reap_ready(max - out.len(), &mut out)?;
             out.extend(self.events.take(max - out.len()));
             if out.len() >= min || out.len() >= max {
                 break;
