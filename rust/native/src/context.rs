@@ -131,6 +131,17 @@ impl DrainArgs {
         Ok(Self { max, min, timeout })
     }
 
+    /// `ValueError` unless `min_requests <= max_requests` (linux_uring's wording).
+    pub(crate) fn check_min_le_max(&self) -> Result<()> {
+        if self.min > self.max {
+            return Err(Error::Value(format!(
+                "min_requests ({}) must be <= max_requests ({})",
+                self.min, self.max
+            )));
+        }
+        Ok(())
+    }
+
     /// The wait limit: `None` waits forever.
     pub(crate) fn timeout(&self) -> Option<std::time::Duration> {
         (self.timeout >= 0).then(|| std::time::Duration::from_secs(self.timeout as u64))

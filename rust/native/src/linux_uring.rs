@@ -267,12 +267,8 @@ unsafe extern "C" fn ctx_process_events(
         // SAFETY: `slf` is our instance.
         let engine = unsafe { engine(slf)? };
         let drain = DrainArgs::parse(args, kwargs)?;
+        drain.check_min_le_max()?;
         let (max, min) = (drain.max, drain.min);
-        if min > max {
-            return Err(Error::Value(format!(
-                "min_requests ({min}) must be <= max_requests ({max})"
-            )));
-        }
         let mut waited = false;
         if min > 0 {
             if drain.timeout == 0 {
