@@ -148,6 +148,36 @@ impl DrainArgs {
     }
 }
 
+/// The methods every native Context has for delivering completions on the caller's
+/// thread: `process_events`, `poll` and `run_inline`.
+pub(crate) fn completion_methods(
+    process_events: ffi::PyCFunctionWithKeywords,
+    poll: ffi::PyCFunction,
+    run_inline: ffi::PyCFunction,
+) -> [ffi::PyMethodDef; 3] {
+    use crate::types::{method, method_kw};
+    [
+        method_kw(
+            c"process_events",
+            process_events,
+            0,
+            c"process_events(max_requests=512, min_requests=0, timeout=0) -> int: deliver up to max_requests completions on this thread (running their callbacks), first waiting with the GIL released until min_requests are there or timeout seconds pass (<0: forever).",
+        ),
+        method(
+            c"poll",
+            poll,
+            ffi::METH_NOARGS,
+            c"poll() -> int: read and reset the eventfd counter (BlockingIOError if it is 0).",
+        ),
+        method(
+            c"run_inline",
+            run_inline,
+            ffi::METH_O,
+            c"run_inline(op) -> bool: if op is a small read whose data is in the page cache, complete it now on this thread (callback included); False leaves op untouched.",
+        ),
+    ]
+}
+
 /// The slots every Context type has.
 pub(crate) struct ContextSlots {
     pub(crate) doc: &'static CStr,

@@ -506,7 +506,7 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
         OPERATION_TYPE.store(op_type, Ordering::Release);
     }
     if CONTEXT_TYPE.load(Ordering::Acquire).is_null() {
-        let methods = leak(vec![
+        let mut methods = vec![
             method(
                 c"submit",
                 ctx_submit,
@@ -514,31 +514,19 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
                 c"submit(*operations) -> int: io_submit them (buffered files: the transfer happens here, except large requests, which go to helper threads).",
             ),
             method_kw(
-                c"process_events",
-                ctx_process_events,
-                0,
-                c"process_events(max_requests=512, min_requests=0, timeout=0) -> int: deliver completions, waiting for min_requests (timeout seconds, <0 forever) with the GIL released.",
-            ),
-            method_kw(
                 c"cancel",
                 ctx_cancel,
                 0,
                 c"cancel(operation) -> int: io_cancel (regular files: always ValueError on current kernels).",
             ),
-            method(
-                c"poll",
-                ctx_poll,
-                ffi::METH_NOARGS,
-                c"poll() -> int: read and reset the eventfd counter (BlockingIOError if 0).",
-            ),
-            method(
-                c"run_inline",
-                ctx_run_inline,
-                ffi::METH_O,
-                c"run_inline(op) -> bool: complete a small cached read now, without io_submit.",
-            ),
-            ffi::PyMethodDef::zeroed(),
-        ]);
+        ];
+        methods.extend(context::completion_methods(
+            ctx_process_events,
+            ctx_poll,
+            ctx_run_inline,
+        ));
+        methods.push(ffi::PyMethodDef::zeroed());
+        let methods = leak(methods);
         let getsets = leak(vec![
             getset(
                 c"fileno",

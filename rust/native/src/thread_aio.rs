@@ -365,25 +365,33 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
         OPERATION_TYPE.store(op_type, Ordering::Release);
     }
     if CONTEXT_TYPE.load(Ordering::Acquire).is_null() {
-        let methods = leak(vec![
-            method(c"submit", ctx_submit, ffi::METH_VARARGS, c"submit(*operations) -> int: number of operations accepted."),
-            method_kw(c"cancel", ctx_cancel, 0, c"cancel(*args) -> 0: worker syscalls cannot be cancelled."),
-            method(c"close", ctx_close, ffi::METH_NOARGS, c"close(): stop accepting work; queued work still runs, workers are joined."),
-            method_kw(
-                c"process_events",
-                ctx_process_events,
-                0,
-                c"process_events(max_requests=512, min_requests=0, timeout=0) -> int (eventfd mode): deliver queued completions here.",
-            ),
-            method(c"poll", ctx_poll, ffi::METH_NOARGS, c"poll() -> int (eventfd mode): read and reset the eventfd counter."),
+        let mut methods = vec![
             method(
-                c"run_inline",
-                ctx_run_inline,
-                ffi::METH_O,
-                c"run_inline(op) -> bool: complete a small cached read now, without a worker.",
+                c"submit",
+                ctx_submit,
+                ffi::METH_VARARGS,
+                c"submit(*operations) -> int: number of operations accepted.",
             ),
-            ffi::PyMethodDef::zeroed(),
-        ]);
+            method_kw(
+                c"cancel",
+                ctx_cancel,
+                0,
+                c"cancel(*args) -> 0: worker syscalls cannot be cancelled.",
+            ),
+            method(
+                c"close",
+                ctx_close,
+                ffi::METH_NOARGS,
+                c"close(): stop accepting work; queued work still runs, workers are joined.",
+            ),
+        ];
+        methods.extend(context::completion_methods(
+            ctx_process_events,
+            ctx_poll,
+            ctx_run_inline,
+        ));
+        methods.push(ffi::PyMethodDef::zeroed());
+        let methods = leak(methods);
         let getsets = leak(vec![
             getset(
                 c"max_requests",
