@@ -11,7 +11,7 @@ use crate::args::parse_args;
 use crate::error::{Error, Result};
 use crate::ffi::{self, PyObject, PyTypeObject};
 use crate::operation::{self, OpPtr};
-use crate::types::TypeBuilder;
+use crate::types::{getset_end, leak, TypeBuilder};
 use crate::values;
 
 /// A Context instance: the Python object header and the backend's engine (`E`).
@@ -150,7 +150,7 @@ impl DrainArgs {
 
 /// The methods every native Context has for delivering completions on the caller's
 /// thread: `process_events`, `poll` and `run_inline`.
-pub(crate) fn completion_methods(
+fn completion_methods(
     process_events: ffi::PyCFunctionWithKeywords,
     poll: ffi::PyCFunction,
     run_inline: ffi::PyCFunction,
@@ -178,14 +178,18 @@ pub(crate) fn completion_methods(
     ]
 }
 
-/// The slots every Context type has.
+/// What makes one backend's Context type: its own methods and properties (the shared
+/// `process_events`/`poll`/`run_inline` entries and the table terminators are added here).
 pub(crate) struct ContextSlots {
     pub(crate) doc: &'static CStr,
     pub(crate) new: ffi::newfunc,
     pub(crate) dealloc: ffi::destructor,
     pub(crate) repr: ffi::reprfunc,
-    pub(crate) methods: *mut ffi::PyMethodDef,
-    pub(crate) getsets: *mut ffi::PyGetSetDef,
+    pub(crate) methods: Vec<ffi::PyMethodDef>,
+    pub(crate) process_events: ffi::PyCFunctionWithKeywords,
+    pub(crate) poll: ffi::PyCFunction,
+    pub(crate) run_inline: ffi::PyCFunction,
+    pub(crate) getsets: Vec<ffi::PyGetSetDef>,
 }
 
 /// Builds a Context type whose instances are `ContextObject<E>`.
@@ -193,6 +197,15 @@ pub(crate) fn create_type<E>(
     name: &'static CStr,
     slots: ContextSlots,
 ) -> Result<*mut PyTypeObject> {
+    let mut methods = slots.methods;
+    methods.extend(completion_methods(
+        slots.process_events,
+        slots.poll,
+        slots.run_inline,
+    ));
+    methods.push(ffi::PyMethodDef::zeroed());
+    let mut getsets = slots.getsets;
+    getsets.push(getset_end());
     TypeBuilder::new(
         name,
         std::mem::size_of::<ContextObject<E>>(),
@@ -202,8 +215,8 @@ pub(crate) fn create_type<E>(
     .slot(ffi::Py_tp_new, slots.new as *mut c_void)
     .slot(ffi::Py_tp_dealloc, slots.dealloc as *mut c_void)
     .slot(ffi::Py_tp_repr, slots.repr as *mut c_void)
-    .slot(ffi::Py_tp_methods, slots.methods.cast())
-    .slot(ffi::Py_tp_getset, slots.getsets.cast())
+    .slot(ffi::Py_tp_methods, leak(methods).cast())
+    .slot(ffi::Py_tp_getset, leak(getsets).cast())
     .build()
 }
 

@@ -496,7 +496,7 @@ pub(crate) fn probe() -> Option<String> {
 
 /// Creates the two types (once per process) and adds them to `module`.
 pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
-    use crate::types::{getset, getset_end, leak, method, method_kw};
+    use crate::types::{getset, method, method_kw};
     if OPERATION_TYPE.load(Ordering::Acquire).is_null() {
         let op_type = operation::create_type(
             c"caio.linux_aio.Operation",
@@ -506,7 +506,7 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
         OPERATION_TYPE.store(op_type, Ordering::Release);
     }
     if CONTEXT_TYPE.load(Ordering::Acquire).is_null() {
-        let mut methods = vec![
+        let methods = vec![
             method(
                 c"submit",
                 ctx_submit,
@@ -520,28 +520,23 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
                 c"cancel(operation) -> int: io_cancel (regular files: always ValueError on current kernels).",
             ),
         ];
-        methods.extend(context::completion_methods(
-            ctx_process_events,
-            ctx_poll,
-            ctx_run_inline,
-        ));
-        methods.push(ffi::PyMethodDef::zeroed());
-        let methods = leak(methods);
-        let getsets = leak(vec![
+        let getsets = vec![
             getset(
                 c"fileno",
                 get_fileno,
                 c"The eventfd signalled on every completion.",
             ),
             getset(c"max_requests", get_max_requests, c"The io_setup capacity."),
-            getset_end(),
-        ]);
+        ];
         let slots = ContextSlots {
             doc: c"Context(max_requests=32)\n\nlinux aio context representation.",
             new: ctx_new,
             dealloc: ctx_dealloc,
             repr: ctx_repr,
             methods,
+            process_events: ctx_process_events,
+            poll: ctx_poll,
+            run_inline: ctx_run_inline,
             getsets,
         };
         let ty = context::create_type::<Engine>(c"caio.linux_aio.Context", slots)?;

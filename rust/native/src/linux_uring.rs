@@ -435,7 +435,7 @@ pub(crate) fn kernel_release() -> String {
 
 /// Creates the two types (once per process) and adds them to `module`.
 pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
-    use crate::types::{getset, getset_end, leak, method, method_kw};
+    use crate::types::{getset, method, method_kw};
     if OPERATION_TYPE.load(Ordering::Acquire).is_null() {
         let op_type = operation::create_type(
             c"caio.linux_uring.Operation",
@@ -445,7 +445,7 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
         OPERATION_TYPE.store(op_type, Ordering::Release);
     }
     if CONTEXT_TYPE.load(Ordering::Acquire).is_null() {
-        let mut methods = vec![
+        let methods = vec![
             method(
                 c"submit",
                 ctx_submit,
@@ -465,14 +465,7 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
                 c"cancel(operation) -> 0: ask the kernel to cancel an in-flight operation.",
             ),
         ];
-        methods.extend(context::completion_methods(
-            ctx_process_events,
-            ctx_poll,
-            ctx_run_inline,
-        ));
-        methods.push(ffi::PyMethodDef::zeroed());
-        let methods = leak(methods);
-        let getsets = leak(vec![
+        let getsets = vec![
             getset(
                 c"fileno",
                 get_fileno,
@@ -488,14 +481,16 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
                 get_sqpoll,
                 c"1 if SQPOLL was negotiated, else 0.",
             ),
-            getset_end(),
-        ]);
+        ];
         let slots = ContextSlots {
             doc: c"Context(max_requests=32, sqpoll=False)\n\nio_uring AIO context.",
             new: ctx_new,
             dealloc: ctx_dealloc,
             repr: ctx_repr,
             methods,
+            process_events: ctx_process_events,
+            poll: ctx_poll,
+            run_inline: ctx_run_inline,
             getsets,
         };
         let ty = context::create_type::<Engine>(c"caio.linux_uring.Context", slots)?;

@@ -355,7 +355,7 @@ unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
 
 /// Creates the two types (once per process) and adds them to `module`.
 pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
-    use crate::types::{getset, getset_end, leak, method, method_kw};
+    use crate::types::{getset, method, method_kw};
     if OPERATION_TYPE.load(Ordering::Acquire).is_null() {
         let op_type = operation::create_type(
             c"caio.thread_aio.Operation",
@@ -365,7 +365,7 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
         OPERATION_TYPE.store(op_type, Ordering::Release);
     }
     if CONTEXT_TYPE.load(Ordering::Acquire).is_null() {
-        let mut methods = vec![
+        let methods = vec![
             method(
                 c"submit",
                 ctx_submit,
@@ -385,14 +385,7 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
                 c"close(): stop accepting work; queued work still runs, workers are joined.",
             ),
         ];
-        methods.extend(context::completion_methods(
-            ctx_process_events,
-            ctx_poll,
-            ctx_run_inline,
-        ));
-        methods.push(ffi::PyMethodDef::zeroed());
-        let methods = leak(methods);
-        let getsets = leak(vec![
+        let getsets = vec![
             getset(
                 c"max_requests",
                 get_max_requests,
@@ -404,14 +397,16 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
                 get_fileno,
                 c"The eventfd signalled when completions are queued (eventfd mode).",
             ),
-            getset_end(),
-        ]);
+        ];
         let slots = ContextSlots {
             doc: c"Context(max_requests=512, pool_size=8, *, eventfd=False)\n\nthread aio context: file I/O on a pool of native worker threads.",
             new: ctx_new,
             dealloc: ctx_dealloc,
             repr: ctx_repr,
             methods,
+            process_events: ctx_process_events,
+            poll: ctx_poll,
+            run_inline: ctx_run_inline,
             getsets,
         };
         let ty = context::create_type::<Engine>(c"caio.thread_aio.Context", slots)?;
