@@ -817,6 +817,29 @@ def test_large_buffered_requests_are_refused_at_submit_like_small_ones(files, ca
         ctx.submit(op)  # rolled back: still submittable, and refused again
 
 
+def test_submit_count_is_always_a_prefix_of_its_arguments(files):
+    """Helper-thread requests are dispatched only after io_submit: one placed after an
+    iocb the kernel refused does not start, and the count names the ops that did."""
+    src = files.open(os.urandom(2 * MiB))
+    ctx = Context()
+    ok = Operation.read(100, src, 0)
+    refused = Operation.read(4, src, -1)  # small: stays with the kernel, which refuses it
+    big_before = Operation.read(LARGE, src, 0)
+    big_after = Operation.read(LARGE, src, MiB)
+    assert ctx.submit(ok, big_before, refused, big_after) == 2
+    assert refused.context is None and big_after.context is None  # rolled back
+    pump_until(ctx, lambda: ok.context is None and big_before.context is None)
+    assert ok.get_value() == os.pread(src, 100, 0)
+    assert big_before.get_value() == os.pread(src, LARGE, 0)
+    assert ctx.process_events() == 0  # big_after never started
+    # the refused op is at the head now: the whole call raises, nothing starts
+    with pytest.raises(ValueError):
+        ctx.submit(refused, big_after)
+    assert big_after.context is None
+    assert run(ctx, big_after) == [[LARGE]]
+    assert big_after.get_value() == os.pread(src, LARGE, MiB)
+
+
 def test_kernel_request_failing_when_it_runs_gets_negative_errno(files):
     """io_submit accepts a small write far beyond the filesystem's maximum file size; it
     fails when it runs (EFBIG), so the error arrives at completion."""
@@ -909,8 +932,67 @@ def test_adapter_deferred_batches_one_iteration_into_one_submit(loop_runner, fil
     assert batches[0] == count, batches  # every write of the iteration in one io_submit
     assert batches[1:] in ([], [1]), batches  # the read-back (unless it ran inline)
     os.ftruncate(fd, 0)
-    # without deferral each op is submitted by itself
-    assert loop_runner.run(body, False)[:count] == [1] * count
+    # without deferral the first few go alone, then they are coalesced in bounded batches
+    eager, limit = AsyncioContext.EAGER_BELOW, AsyncioContext.BATCH_LIMIT
+    rest = count - eager
+    expected = [1] * eager + [limit] * (rest // limit) + ([rest % limit] if rest % limit else [])
+    assert loop_runner.run(body, False)[: len(expected)] == expected
+
+
+def test_adapter_one_refused_op_fails_alone_in_a_coalesced_batch(loop_runner, files):
+    """Without deferral, coalescing must not widen an error: a refused op in the middle
+    of a batch fails by itself and its neighbours complete."""
+    fd = files.open()
+    bad = closed_fd()
+    count = 40
+
+    async def body():
+        ctx = AsyncioContext()
+        spy = ctx.context = SubmitSpy(ctx.context)
+        try:
+            def op(i):
+                if i == 10:
+                    return ctx.write(b"x", bad, 0)  # inside the first coalesced batch
+                if i == count - 1:
+                    return ctx.write(b"y", bad, 0)  # the last, in a batch of its own
+                return ctx.write(i.to_bytes(4, "big"), fd, 4 * i)
+
+            coros = [op(i) for i in range(count)]
+            results = await asyncio.gather(*coros, return_exceptions=True)
+            assert max(spy.batches) > 1, spy.batches  # the test exercises a batch
+            assert ctx._in_flight == 0
+            return results
+        finally:
+            ctx.close()
+
+    results = loop_runner.run(body)
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    assert failed == [10, count - 1], results
+    assert all(isinstance(results[i], ValueError) for i in failed)
+    data = os.pread(fd, 4 * count, 0)
+    for i in range(count - 1):
+        if i != 10:
+            assert data[4 * i:4 * i + 4] == i.to_bytes(4, "big")
+
+
+def test_adapter_close_fails_coalesced_ops_that_never_reached_the_kernel(loop_runner, files):
+    fd = files.open(b"data")
+
+    async def body():
+        for deferred in (False, True):
+            ctx = AsyncioContext(deferred=deferred)
+            spy = ctx.context = SubmitSpy(ctx.context)
+            ctx._in_flight = AsyncioContext.EAGER_BELOW  # as if the device were busy
+            task = asyncio.ensure_future(ctx.write(b"late", fd, 0))
+            await asyncio.sleep(0)  # queued, its batch not yet submitted
+            assert spy.batches == []
+            ctx.close()
+            with pytest.raises(RuntimeError):
+                await asyncio.wait_for(task, 10)  # hang guard
+            assert spy.batches == []
+
+    loop_runner.run(body)
+    assert os.pread(fd, 10, 0) == b"data"
 
 
 def test_adapter_deferred_cancel_before_batch_drops_the_op(loop_runner, files):

@@ -137,6 +137,25 @@ impl Engine {
         }
     }
 
+    /// Hands a claimed request to the helper threads, starting them on first use.
+    ///
+    /// # Safety
+    /// `id` must be registered in `inflight` with the op that owns `request`'s buffer.
+    unsafe fn offload(&self, id: RequestId, request: &IoRequest) -> Result<()> {
+        let mut pool = self.lock_offload();
+        if pool.is_none() {
+            let started = ThreadPool::new(OFFLOAD_THREADS, usize::MAX, self.events.clone());
+            *pool = Some(
+                started.map_err(|e| Error::Runtime(format!("cannot start helper threads: {e}")))?,
+            );
+        }
+        // SAFETY: the buffer stays valid until the completion for `id` is delivered: the
+        // registry holds the op (the caller's contract), the op holds the buffer.
+        unsafe { pool.as_ref().map(|p| p.submit(id, *request)) }
+            .unwrap_or(Err(SubmitError::Shutdown))
+            .map_err(|err| Error::Runtime(format!("helper threads refused: {err:?}")))
+    }
+
     /// Takes up to `room` kernel completions that are already there, without waiting.
     /// A signal can interrupt even this zero-timeout call; nothing is lost then, so it is
     /// simply repeated.
@@ -258,8 +277,10 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             )));
         }
         let resfd = engine.events.eventfd().as_raw_fd();
-        let mut kernel: Vec<(RequestId, *mut Iocb)> = Vec::new();
-        let mut offloaded: i64 = 0;
+        // Claimed ops in argument order; offloaded ones are dispatched only after
+        // io_submit, so that what the call reports is always a prefix of its arguments.
+        let mut claimed: Vec<Claimed> = Vec::with_capacity(objs.len());
+        let mut iocbs: Vec<*mut Iocb> = Vec::new();
         for &obj in &objs {
             // SAFETY: type-checked above.
             let op = unsafe { OpPtr::new(obj) };
@@ -279,55 +300,77 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             });
             op.set_request_id(id.0);
             if offload {
-                drop(registry);
-                let mut pool = engine.lock_offload();
-                if pool.is_none() {
-                    let sink = engine.events.clone();
-                    let started = ThreadPool::new(OFFLOAD_THREADS, usize::MAX, sink);
-                    *pool = Some(started.map_err(|e| {
-                        engine.roll_back(id);
-                        Error::Runtime(format!("cannot start helper threads: {e}"))
-                    })?);
-                }
-                // SAFETY: the buffer stays valid until the completion for `id` is
-                // delivered: the registry holds the op, the op holds the buffer.
-                if let Err(err) = unsafe { pool.as_ref().map(|p| p.submit(id, request)) }
-                    .unwrap_or(Err(SubmitError::Shutdown))
-                {
-                    engine.roll_back(id);
-                    return Err(Error::Runtime(format!("helper threads refused: {err:?}")));
-                }
-                offloaded += 1;
+                claimed.push(Claimed::Offload(id, request));
             } else {
                 let entry = registry.get_mut(id).expect("just inserted");
                 *entry.iocb = Iocb::new(id, &request, op.priority(), resfd);
-                kernel.push((id, &mut *entry.iocb as *mut Iocb));
+                iocbs.push(&mut *entry.iocb as *mut Iocb);
+                claimed.push(Claimed::Kernel(id));
             }
         }
-        if kernel.is_empty() {
-            return values::int(offloaded);
+        let accepted = if iocbs.is_empty() {
+            0
+        } else {
+            // SAFETY: each iocb is boxed in the registry entry of its op, which stays until
+            // the completion is delivered (or a rollback below); each op holds its buffer
+            // and this Context (so the AIO context outlives the request).
+            match unsafe { engine.aio.submit(&mut iocbs) } {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    for c in &claimed {
+                        engine.roll_back(c.id());
+                    }
+                    return Err(submit_error(e.raw_os_error().unwrap_or(libc::EIO)));
+                }
+            }
+        };
+        // io_submit stops at the first iocb it cannot queue: that op and everything after
+        // it never started and become submittable again.
+        let mut kernel_seen = 0;
+        let mut taken: i64 = 0;
+        let mut stopped = false;
+        let mut error = None;
+        for c in claimed {
+            if !stopped {
+                stopped = match &c {
+                    Claimed::Kernel(_) => {
+                        kernel_seen += 1;
+                        kernel_seen > accepted
+                    }
+                    Claimed::Offload(id, request) => {
+                        // SAFETY: `id` was registered above with the op that owns the buffer.
+                        let dispatched = unsafe { engine.offload(*id, request) };
+                        dispatched.map_err(|err| error = Some(err)).is_err()
+                    }
+                };
+            }
+            if stopped {
+                engine.roll_back(c.id());
+            } else {
+                taken += 1;
+            }
         }
-        let mut iocbs: Vec<*mut Iocb> = kernel.iter().map(|&(_, p)| p).collect();
-        // SAFETY: each iocb is boxed in the registry entry of its op, which stays until the
-        // completion is delivered (or the rollback below); each op holds its buffer and
-        // this Context (so the AIO context outlives the request).
-        match unsafe { engine.aio.submit(&mut iocbs) } {
-            Ok(accepted) => {
-                // io_submit stops at the first iocb it cannot queue: the rest never
-                // reached the kernel and become submittable again.
-                for &(id, _) in &kernel[accepted..] {
-                    engine.roll_back(id);
-                }
-                values::int(accepted as i64 + offloaded)
-            }
-            Err(e) => {
-                for &(id, _) in &kernel {
-                    engine.roll_back(id);
-                }
-                Err(submit_error(e.raw_os_error().unwrap_or(libc::EIO)))
-            }
+        match error {
+            // Only when nothing started does the caller get the error here; otherwise it
+            // retries the rest and meets it then, as after a partial io_submit.
+            Some(err) if taken == 0 => Err(err),
+            _ => values::int(taken),
         }
     })
+}
+
+/// A claimed op of one `submit` call.
+enum Claimed {
+    Kernel(RequestId),
+    Offload(RequestId, IoRequest),
+}
+
+impl Claimed {
+    fn id(&self) -> RequestId {
+        match self {
+            Claimed::Kernel(id) | Claimed::Offload(id, _) => *id,
+        }
+    }
 }
 
 fn deliver_batch(engine: &Engine, batch: Vec<Completion>) -> usize {
