@@ -187,15 +187,17 @@ impl Drop for AioContext {
     }
 }
 
-/// The alignment `O_DIRECT` needs on `fd`: `(memory, offset and size)`, from
-/// `statx(STATX_DIOALIGN)` (Linux 6.1+), else 4096 for both (safe for every common
-/// device). `None` if `fd` is not open for `O_DIRECT`.
-pub fn direct_io_alignment(fd: RawFd) -> Option<(usize, usize)> {
+/// Whether `fd` is open with `O_DIRECT` (false for a bad fd).
+pub fn is_direct(fd: RawFd) -> bool {
     // SAFETY: F_GETFL takes no pointer; a bad fd just fails.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 || flags & libc::O_DIRECT == 0 {
-        return None;
-    }
+    flags >= 0 && flags & libc::O_DIRECT != 0
+}
+
+/// The alignment `O_DIRECT` needs on `fd`: `(memory, offset and size)`, from
+/// `statx(STATX_DIOALIGN)` (Linux 6.1+), else 4096 for both (safe for every common
+/// device).
+pub fn direct_io_alignment(fd: RawFd) -> (usize, usize) {
     const STATX_DIOALIGN: u32 = 0x2000;
     // struct statx is 256 bytes; stx_mask is at 0, stx_dio_mem_align at 152 and
     // stx_dio_offset_align at 156 (linux/stat.h).
@@ -216,10 +218,10 @@ pub fn direct_io_alignment(fd: RawFd) -> Option<(usize, usize)> {
     if ret == 0 && word(0) & STATX_DIOALIGN != 0 {
         let (mem, off) = (word(152) as usize, word(156) as usize);
         if mem.is_power_of_two() && off.is_power_of_two() {
-            return Some((mem, off));
+            return (mem, off);
         }
     }
-    Some((4096, 4096))
+    (4096, 4096)
 }
 
 /// Whether kernel AIO can be used here (`io_setup(1)` then `io_destroy`).
@@ -266,7 +268,7 @@ mod tests {
         );
         assert_eq!(&buf, b"3456");
         assert_eq!(efd.read().unwrap(), 1);
-        assert_eq!(direct_io_alignment(f.as_raw_fd()), None);
+        assert!(!is_direct(f.as_raw_fd()));
     }
 
     #[test]

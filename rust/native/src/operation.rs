@@ -9,7 +9,8 @@ use std::ffi::CStr;
 use std::os::raw::{c_int, c_void};
 use std::ptr::{self, NonNull};
 
-use caio_backends::{aio::direct_io_alignment, AlignedBuf, IoKind, IoRequest};
+use caio_backends::aio::{direct_io_alignment, is_direct};
+use caio_backends::{AlignedBuf, IoKind, IoRequest};
 use caio_core::{OpState, Phase};
 
 use crate::args::parse_args;
@@ -375,8 +376,15 @@ fn format(flavor: Flavor, kind: IoKind) -> &'static CStr {
 /// For a descriptor opened with `O_DIRECT`: checks the request's alignment and allocates
 /// the aligned memory the kernel will transfer. `None` for ordinary descriptors.
 fn direct_buffer(fd: u32, offset: i64, len: usize) -> Result<Option<Box<AlignedBuf>>> {
-    let Some((mem_align, block)) = direct_io_alignment(fd as i32) else {
+    if !is_direct(fd as i32) {
         return Ok(None);
+    }
+    // A page-aligned request on a page-aligned buffer suits every device with blocks of
+    // up to a page, so the statx lookup is only paid for requests that may not fit.
+    let (mem_align, block) = if offset >= 0 && offset % PAGE == 0 && len as i64 % PAGE == 0 {
+        (PAGE as usize, PAGE as usize)
+    } else {
+        direct_io_alignment(fd as i32)
     };
     if offset < 0 || offset as u64 % block as u64 != 0 || len % block != 0 {
         return Err(Error::Value(format!(
@@ -385,10 +393,12 @@ fn direct_buffer(fd: u32, offset: i64, len: usize) -> Result<Option<Box<AlignedB
         )));
     }
     // Page-aligned at least: a transfer that straddles fewer pages needs fewer DMA segments.
-    AlignedBuf::new(len, mem_align.max(block).max(4096))
+    AlignedBuf::new(len, mem_align.max(block).max(PAGE as usize))
         .map(|b| Some(Box::new(b)))
         .ok_or_else(|| Error::Memory(format!("cannot allocate {len} aligned bytes for O_DIRECT")))
 }
+
+const PAGE: i64 = 4096;
 
 unsafe extern "C" fn op_read<const FLAVOR: u8>(
     cls: *mut PyObject,
