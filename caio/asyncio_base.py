@@ -166,10 +166,18 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
         except BlockingIOError:
             pass
         # The eventfd was reset above, before looking for completions: one that lands
-        # after this drain signals it again and brings us back, so one call is enough
-        # unless it stopped at its batch limit (the counter is a wake-up, not a count).
-        while self.context.process_events(self.DRAIN_BATCH) == self.DRAIN_BATCH:  # type: ignore[attr-defined]
-            pass
+        # after this drain signals it again and brings us back.
+        self._drain()
+
+    def _drain(self) -> None:
+        # A full batch means more may be waiting: the rest is taken on the next loop
+        # iteration, after the tasks just resumed have run. They submit their next
+        # operations first, so the device gets work again sooner (and other callbacks
+        # get their turn); the counter is a wake-up, not a count, so nothing is lost.
+        if self._closed:
+            return
+        if self.context.process_events(self.DRAIN_BATCH) == self.DRAIN_BATCH:  # type: ignore[attr-defined]
+            self.loop.call_soon(self._drain)
 
     def _reset_inline_streak(self) -> None:
         self._inline_streak = 0

@@ -975,6 +975,44 @@ def test_adapter_one_refused_op_fails_alone_in_a_coalesced_batch(loop_runner, fi
             assert data[4 * i:4 * i + 4] == i.to_bytes(4, "big")
 
 
+def test_adapter_drains_in_batches_across_loop_iterations(loop_runner, files):
+    """One eventfd wake-up delivers at most DRAIN_BATCH completions per loop iteration;
+    the rest follow on later iterations without a new wake-up, and none is lost."""
+    fd = files.open(bytes(range(256)) * 16)
+    count = 40
+
+    class DrainSpy(SubmitSpy):
+        def __init__(self, inner):
+            super().__init__(inner)
+            self.drained = []
+
+        def process_events(self, *args):
+            n = self._inner.process_events(*args)
+            self.drained.append(n)
+            return n
+
+    async def body():
+        ctx = AsyncioContext(deferred=True)  # one io_submit: the completions come together
+        ctx.DRAIN_BATCH = 3
+        spy = ctx.context = DrainSpy(ctx.context)
+        try:
+            chunks = [bytes([i]) * 100 for i in range(count)]
+            results = await asyncio.wait_for(  # hang guard
+                asyncio.gather(*[ctx.write(c, fd, 100 * i) for i, c in enumerate(chunks)]),
+                10,
+            )
+            assert results == [100] * count
+            assert spy.batches == [count]
+            assert max(spy.drained) == 3
+            assert sum(spy.drained) == count
+            assert ctx._in_flight == 0
+        finally:
+            ctx.close()
+
+    loop_runner.run(body)
+    assert os.pread(fd, 100 * count, 0) == b"".join(bytes([i]) * 100 for i in range(count))
+
+
 def test_adapter_close_fails_coalesced_ops_that_never_reached_the_kernel(loop_runner, files):
     fd = files.open(b"data")
 
