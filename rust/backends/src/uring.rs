@@ -80,8 +80,9 @@ impl Ring {
 
     /// Whether a SQPOLL ring can be created here.
     pub fn probe_sqpoll() -> bool {
+        // The shortest idle time: the probe's polling thread should not spin on after it.
         IoUring::<squeue::Entry>::builder()
-            .setup_sqpoll(SQ_THREAD_IDLE_MS)
+            .setup_sqpoll(1)
             .build(1)
             .is_ok()
     }
