@@ -102,3 +102,29 @@ def test_compare_uvloop(tmp_path, data_dir):
     for row in rows:
         assert not row["errors"], row["errors"]
         positive_median(row["ours"], "ops_per_s")
+
+
+def test_direct_benchmark_runs_on_a_small_file(tmp_path, data_dir):
+    """benchmarks/direct.py (O_DIRECT, ours only): every row completes reads without errors."""
+    out = tmp_path / "direct.json"
+    data_file = Path(data_dir) / "direct-smoke.dat"
+    cmd = [
+        sys.executable, str(BENCH_DIR / "direct.py"), "--quick", "--no-upstream", "--no-fio",
+        "--quiet", "--depths", "1,4", "--seconds", "0.2", "--size", str(4 * 1024 * 1024),
+        "--file", str(data_file), "--backends", "linux,uring,thread", "--json", str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False,
+                          cwd=str(REPO_ROOT))
+    if proc.returncode != 0 and "O_DIRECT" in proc.stdout + proc.stderr and \
+            "cannot open" in proc.stdout + proc.stderr:
+        pytest.skip("the test filesystem refuses O_DIRECT")
+    assert proc.returncode == 0, f"direct.py failed:\n{proc.stdout}\n{proc.stderr}"
+    runs = json.loads(out.read_text(encoding="utf-8"))["runs"]
+    ours = [r for r in runs if r["side"] == "ours"]
+    # 2 depths x (linux default, deferred, raw; uring; thread)
+    assert len(ours) == 10, ours
+    for row in ours:
+        assert not row["failures"], row
+        for result in row["results"]:
+            assert result["errors"] == 0 and result["ok"] > 0, row
+            assert result["validation"] is None, row
