@@ -749,6 +749,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def prepare_ours(upstream_dir: Path, extra_paths: list[str], snapshot: bool) -> Side:
+    """Our side, probed. With ``snapshot`` it imports a frozen copy of our package, so
+    edits or rebuilds of the working tree during the run cannot mix two versions into one
+    table."""
+    ours = Side("ours", side_env(extra_paths, [str(upstream_dir)]))
+    ours.info = run_subprocess(ours, {"kind": "probe"}, timeout=60)
+    if os.path.realpath(ours.info["file"]).startswith(str(upstream_dir)):
+        raise SystemExit(f"our side imports caio from the upstream folder {ours.info['file']}")
+    if snapshot:
+        source = ours.info["file"]
+        snapshot_dir = Path(tempfile.mkdtemp(prefix="caio-ours-"))
+        atexit.register(shutil.rmtree, snapshot_dir, True)
+        shutil.copytree(source, snapshot_dir / "caio",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        ours.env = side_env([str(snapshot_dir), *extra_paths], [str(upstream_dir)])
+        ours.info = run_subprocess(ours, {"kind": "probe"}, timeout=60)
+        if not os.path.realpath(ours.info["file"]).startswith(str(snapshot_dir.resolve())):
+            raise SystemExit(f"snapshot of {source} did not load: got {ours.info['file']}")
+        ours.info["file"] = f"snapshot of {source}"
+    return ours
+
+
+def prepare_theirs(upstream_dir: Path) -> Side:
+    """caio 0.12.10 from its ``pip install --target`` folder (installed if missing), probed."""
+    ensure_upstream(upstream_dir, UPSTREAM_VERSION)
+    theirs = Side("theirs", side_env([str(upstream_dir)], []))
+    theirs.info = run_subprocess(theirs, {"kind": "probe"}, timeout=60)
+    if theirs.info["version"] != UPSTREAM_VERSION or \
+            not os.path.realpath(theirs.info["file"]).startswith(str(upstream_dir)):
+        raise SystemExit(f"upstream side loaded caio {theirs.info['version']} from "
+                         f"{theirs.info['file']}, expected {UPSTREAM_VERSION} from "
+                         f"{upstream_dir}")
+    return theirs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
@@ -757,38 +792,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     upstream_dir = Path(args.upstream_dir or HERE / ".upstream" / f"caio-{UPSTREAM_VERSION}")
     upstream_dir = upstream_dir.resolve()
-    ours = Side("ours", side_env([args.ours_path] if args.ours_path else [], [str(upstream_dir)]))
-    ours.info = run_subprocess(ours, {"kind": "probe"}, timeout=60)
-    if os.path.realpath(ours.info["file"]).startswith(str(upstream_dir)):
-        raise SystemExit(f"our side imports caio from the upstream folder {ours.info['file']}")
-    snapshot_dir = None
-    if not args.no_snapshot:
-        # Measure a frozen copy of our package, so edits or rebuilds of the working tree
-        # during the run cannot mix two versions into one table.
-        source = ours.info["file"]
-        snapshot_dir = Path(tempfile.mkdtemp(prefix="caio-ours-"))
-        atexit.register(shutil.rmtree, snapshot_dir, True)
-        shutil.copytree(source, snapshot_dir / "caio",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        ours.env = side_env([str(snapshot_dir)] + ([args.ours_path] if args.ours_path else []),
-                            [str(upstream_dir)])
-        ours.info = run_subprocess(ours, {"kind": "probe"}, timeout=60)
-        if not os.path.realpath(ours.info["file"]).startswith(str(snapshot_dir.resolve())):
-            raise SystemExit(f"snapshot of {source} did not load: got {ours.info['file']}")
-        ours.info["file"] = f"snapshot of {source}"
+    extra = [args.ours_path] if args.ours_path else []
+    ours = prepare_ours(upstream_dir, extra, snapshot=not args.no_snapshot)
     log(f"ours: caio {ours.info['version']} from {ours.info['file']}, backends "
         f"{ours.info['backends']}, default {ours.info['default']}")
-
-    theirs: Side | None = None
-    if not args.no_upstream:
-        ensure_upstream(upstream_dir, UPSTREAM_VERSION)
-        theirs = Side("theirs", side_env([str(upstream_dir)], []))
-        theirs.info = run_subprocess(theirs, {"kind": "probe"}, timeout=60)
-        if theirs.info["version"] != UPSTREAM_VERSION or \
-                not os.path.realpath(theirs.info["file"]).startswith(str(upstream_dir)):
-            raise SystemExit(f"upstream side loaded caio {theirs.info['version']} from "
-                             f"{theirs.info['file']}, expected {UPSTREAM_VERSION} from "
-                             f"{upstream_dir}")
+    theirs = None if args.no_upstream else prepare_theirs(upstream_dir)
+    if theirs is not None:
         log(f"theirs: caio {theirs.info['version']} from {theirs.info['file']}, backends "
             f"{theirs.info['backends']}, default {theirs.info['default']}")
 

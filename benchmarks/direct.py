@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import datetime
 import errno
 import json
@@ -52,7 +51,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,17 +65,16 @@ from compare import (
     RESULT_MARK,
     UPSTREAM_VERSION,
     Side,
-    ensure_upstream,
     fmt_num,
     fmt_stat,
     log,
     parse_int_list,
     parse_str_list,
+    prepare_ours,
+    prepare_theirs,
     render_table,
-    side_env,
     stats,
 )
-from compare import run_subprocess as run_probe
 
 BLOCK = 4096
 DEFAULT_SIZE = benchlib.MiB * 1024
@@ -431,20 +428,6 @@ def run_fio(fio: str, path: str, depth: int, seconds: float, timeout: float) -> 
     }
 
 
-def snapshot_ours(ours: Side, upstream_dir: Path) -> None:
-    """Measure a frozen copy of our package (as compare.py does), so a rebuild of the
-    working tree during the run cannot mix two versions into one table."""
-    source = ours.info["file"]
-    snapshot_dir = Path(tempfile.mkdtemp(prefix="caio-ours-"))
-    atexit.register(shutil.rmtree, snapshot_dir, True)
-    shutil.copytree(source, snapshot_dir / "caio", ignore=shutil.ignore_patterns("__pycache__"))
-    ours.env = side_env([str(snapshot_dir)], [str(upstream_dir)])
-    ours.info = run_probe(ours, {"kind": "probe"}, timeout=60)
-    if not os.path.realpath(ours.info["file"]).startswith(str(snapshot_dir.resolve())):
-        raise SystemExit(f"snapshot of {source} did not load: got {ours.info['file']}")
-    ours.info["file"] = f"snapshot of {source}"
-
-
 def prepare_file(args: argparse.Namespace) -> tuple[Path, int, str]:
     """The data file: created (non-zero data, 1 MiB chunks) or reused; never on tmpfs."""
     path = Path(args.file).resolve() if args.file else DEFAULT_FILE
@@ -739,25 +722,11 @@ def main(argv: list[str] | None = None) -> int:
 
     upstream_dir = Path(args.upstream_dir or HERE / ".upstream" / f"caio-{UPSTREAM_VERSION}")
     upstream_dir = upstream_dir.resolve()
-    ours = Side("ours", side_env([], [str(upstream_dir)]))
-    ours.info = run_probe(ours, {"kind": "probe"}, timeout=60)
-    if os.path.realpath(ours.info["file"]).startswith(str(upstream_dir)):
-        raise SystemExit(f"our side imports caio from the upstream folder {ours.info['file']}")
-    if not args.no_snapshot:
-        snapshot_ours(ours, upstream_dir)
+    ours = prepare_ours(upstream_dir, [], snapshot=not args.no_snapshot)
     log(f"ours: caio {ours.info['version']} from {ours.info['file']}, backends "
         f"{ours.info['backends']}")
-
-    theirs: Side | None = None
-    if not args.no_upstream:
-        ensure_upstream(upstream_dir, UPSTREAM_VERSION)
-        theirs = Side("theirs", side_env([str(upstream_dir)], []))
-        theirs.info = run_probe(theirs, {"kind": "probe"}, timeout=60)
-        if theirs.info["version"] != UPSTREAM_VERSION or \
-                not os.path.realpath(theirs.info["file"]).startswith(str(upstream_dir)):
-            raise SystemExit(f"upstream side loaded caio {theirs.info['version']} from "
-                             f"{theirs.info['file']}, expected {UPSTREAM_VERSION} from "
-                             f"{upstream_dir}")
+    theirs = None if args.no_upstream else prepare_theirs(upstream_dir)
+    if theirs is not None:
         log(f"theirs: caio {theirs.info['version']} from {theirs.info['file']}, backends "
             f"{theirs.info['backends']}")
 

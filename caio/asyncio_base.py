@@ -62,6 +62,11 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
     def _on_submitted(self) -> None:
         return None
 
+    def _complete_inline(self, op: OperationType) -> object:
+        """Completes ``op`` synchronously if the backend can: false if it did not, else
+        true (``_YIELD_FIRST``: the task should yield to the loop once first)."""
+        return False
+
     def _on_done(self, future: asyncio.Future[Any], result: Any) -> None:
         """Completion callback; may run on any thread.
 
@@ -95,11 +100,18 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
         if not isinstance(op, self.OPERATION_CLASS):
             # ValueError, not TypeError: the exception type is part of the contract.
             raise ValueError("Operation object expected")  # noqa: TRY004
+        inline = self._complete_inline(op)
+        if inline:
+            if inline is _YIELD_FIRST:
+                await asyncio.sleep(0)
+            return op.get_value()
 
         future = self.loop.create_future()
         op.set_callback(partial(self._on_done, future))
-
-        async with self.semaphore:
+        # acquire/release rather than `async with`: one coroutine frame less per operation.
+        semaphore = self.semaphore
+        await semaphore.acquire()
+        try:
             self._submit_op(op, future)
             self._on_submitted()
             try:
@@ -111,6 +123,8 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
                     pass
                 raise
             return op.get_value()
+        finally:
+            semaphore.release()
 
     def read(
         self, nbytes: int, fd: int, offset: int, priority: int = 0,
@@ -187,41 +201,22 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
         if not future.done():
             future.set_result(True)
 
-    async def submit(self, op: OperationType) -> Any:
-        # The base class's steps (spec 4.1) in one coroutine, without the async-with
-        # layer: this path runs once per operation, so every frame counts.
-        if not isinstance(op, self.OPERATION_CLASS):
-            raise ValueError("Operation object expected")  # noqa: TRY004 (contract)
+    def _complete_inline(self, op: OperationType) -> object:
         if self._closed:
             raise RuntimeError("AsyncioContext is closed")
         # Fast path: a small page-cache read completes right here, synchronously.
-        if self.context.run_inline(op):  # type: ignore[attr-defined]
-            self._inline_streak += 1
-            if self._inline_streak == 1:
-                # Runs when the loop next gets control: a new iteration, a new budget.
-                self.loop.call_soon(self._reset_inline_streak)
-            elif self._inline_streak > self.INLINE_BUDGET:
-                await asyncio.sleep(0)
-            return op.get_value()
+        if not self.context.run_inline(op):  # type: ignore[attr-defined]
+            return False
+        self._inline_streak += 1
+        if self._inline_streak == 1:
+            # Runs when the loop next gets control: a new iteration, a new budget.
+            self.loop.call_soon(self._reset_inline_streak)
+        elif self._inline_streak > self.INLINE_BUDGET:
+            return _YIELD_FIRST
+        return True
 
-        future = self.loop.create_future()
-        op.set_callback(partial(self._on_done, future))
-        semaphore = self.semaphore
-        await semaphore.acquire()
-        try:
-            self._submit_op(op, future)
-            self._on_submitted()
-            try:
-                await future
-            except asyncio.CancelledError:
-                try:
-                    self.context.cancel(op)
-                except ValueError:
-                    pass
-                raise
-            return op.get_value()
-        finally:
-            semaphore.release()
+
+_YIELD_FIRST = object()
 
 
 def _resolve(future: asyncio.Future[Any]) -> None:
