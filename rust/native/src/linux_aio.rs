@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use caio_backends::aio::{AioContext, Iocb};
-use caio_backends::{EventQueue, IoKind, IoRequest, SubmitError, ThreadPool};
+use caio_backends::{EventQueue, IoKind, IoRequest, ThreadPool};
 use caio_core::{Completion, Phase, RequestId};
 
 use crate::args::parse_args;
@@ -137,11 +137,8 @@ impl Engine {
         }
     }
 
-    /// Hands a claimed request to the helper threads, starting them on first use.
-    ///
-    /// # Safety
-    /// `id` must be registered in `inflight` with the op that owns `request`'s buffer.
-    unsafe fn offload(&self, id: RequestId, request: &IoRequest) -> Result<()> {
+    /// The helper threads, started on first use.
+    fn helper_pool(&self) -> Result<MutexGuard<'_, Option<ThreadPool>>> {
         let mut pool = self.lock_offload();
         if pool.is_none() {
             let started = ThreadPool::new(OFFLOAD_THREADS, usize::MAX, self.events.clone());
@@ -149,11 +146,7 @@ impl Engine {
                 started.map_err(|e| Error::Runtime(format!("cannot start helper threads: {e}")))?,
             );
         }
-        // SAFETY: the buffer stays valid until the completion for `id` is delivered: the
-        // registry holds the op (the caller's contract), the op holds the buffer.
-        unsafe { pool.as_ref().map(|p| p.submit(id, *request)) }
-            .unwrap_or(Err(SubmitError::Shutdown))
-            .map_err(|err| Error::Runtime(format!("helper threads refused: {err:?}")))
+        Ok(pool)
     }
 
     /// Takes up to `room` kernel completions that are already there, without waiting.
@@ -338,8 +331,14 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
                         kernel_seen > accepted
                     }
                     Claimed::Offload(id, request) => {
-                        // SAFETY: `id` was registered above with the op that owns the buffer.
-                        let dispatched = unsafe { engine.offload(*id, request) };
+                        let dispatched = engine.helper_pool().and_then(|pool| {
+                            let pool = pool.as_ref().expect("started by helper_pool");
+                            // SAFETY: `id` was registered above with the op that owns the
+                            // buffer; the entry stays until its completion is delivered.
+                            unsafe { pool.submit(*id, *request) }.map_err(|err| {
+                                Error::Runtime(format!("helper threads refused: {err:?}"))
+                            })
+                        });
                         dispatched.map_err(|err| error = Some(err)).is_err()
                     }
                 };
