@@ -62,6 +62,10 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
     def _on_submitted(self) -> None:
         return None
 
+    def _check_open(self) -> None:
+        """Raises if operations may no longer be submitted (the adapters of contexts that
+        close leave that to the context)."""
+
     def _complete_inline(self, op: OperationType) -> object:
         """Completes ``op`` synchronously if the backend can: false if it did not, else
         true (``_YIELD_FIRST``: the task should yield to the loop once first)."""
@@ -112,6 +116,7 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
         semaphore = self.semaphore
         await semaphore.acquire()
         try:
+            self._check_open()  # again: close() may have come while this task waited
             self._submit_op(op, future)
             self._on_submitted()
             try:
@@ -201,9 +206,12 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
         if not future.done():
             future.set_result(True)
 
-    def _complete_inline(self, op: OperationType) -> object:
+    def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("AsyncioContext is closed")
+
+    def _complete_inline(self, op: OperationType) -> object:
+        self._check_open()
         # Fast path: a small page-cache read completes right here, synchronously.
         if not self.context.run_inline(op):  # type: ignore[attr-defined]
             return False

@@ -21,6 +21,7 @@ Submission policy:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from .asyncio_base import EventfdAsyncioContextBase
@@ -95,28 +96,30 @@ class AsyncioContext(EventfdAsyncioContextBase[Context, Operation]):
         if not batch:
             return
         try:
-            accepted = self.context.submit(*(op for op, _ in batch))
+            self.context.submit(*(op for op, _ in batch))
         except BaseException as exc:  # noqa: BLE001 (every awaiter must learn about it)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        self._in_flight += accepted
-        for _, future in batch[accepted:]:
-            if not future.done():
+        for op, future in batch:
+            if _started(op):
+                self._in_flight += 1
+            elif not future.done():
                 future.set_exception(OSError("Operation was not submitted"))
 
     def _submit_coalesced(self) -> None:
         batch = self._take_pending()
         if not batch:
             return
-        try:
-            accepted = self.context.submit(*(op for op, _ in batch))
-        except BaseException:  # noqa: BLE001 (retried one by one below)
-            accepted = 0
-        self._in_flight += accepted
-        # What the batch did not take goes alone, so an error reaches only its own op.
-        for op, future in batch[accepted:]:
+        with contextlib.suppress(Exception):  # nothing started: retried one by one below
+            self.context.submit(*(op for op, _ in batch))
+        for op, future in batch:
+            if _started(op):
+                self._in_flight += 1
+                continue
+            # Refused, or queued after a refused one: alone now, so that an error reaches
+            # only the op that caused it.
             try:
                 super()._submit_op(op, future)
             except BaseException as exc:  # noqa: BLE001 (the awaiter must learn about it)
@@ -124,6 +127,13 @@ class AsyncioContext(EventfdAsyncioContextBase[Context, Operation]):
                     future.set_exception(exc)
             else:
                 self._in_flight += 1
+
+
+def _started(op: Operation) -> bool:
+    # After submit() returns, the ops it started are in flight on a Context (completions
+    # are only delivered by process_events()); its count alone would not say which ones
+    # they were, since ops claimed before (done, or in flight elsewhere) are skipped.
+    return op.context is not None
 
 
 __all__ = ("AsyncioContext", "Context", "Operation")

@@ -23,12 +23,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import weakref
 
 import pytest
-from conftest import REPO_ROOT, LoopRunner, closed_fd
+from conftest import REPO_ROOT, LoopRunner, closed_fd, run_python
 
 try:
     from caio.linux_aio import Context, Operation
@@ -840,6 +841,48 @@ def test_submit_count_is_always_a_prefix_of_its_arguments(files):
     assert big_after.get_value() == os.pread(src, LARGE, MiB)
 
 
+def test_helper_threads_failing_to_start_roll_back_the_whole_call(workdir):
+    """The helper threads start before io_submit: if they cannot, nothing of the call has
+    reached the kernel, every op is rolled back and the error is raised. (A kernel request
+    placed after the helper one must not run while its op is marked unclaimed.)"""
+    code = textwrap.dedent(f"""
+        import os, resource
+        from caio.linux_aio import Context, Operation
+        MiB = 1 << 20
+        fd = os.open({str(workdir / "spawn.dat")!r}, os.O_RDWR | os.O_CREAT, 0o600)
+        os.write(fd, b"r" * (2 * MiB))
+        ctx = Context()
+        big = Operation.read(MiB, fd, 0)
+        small = Operation.write(b"W", fd, 0)  # buffered: done inside io_submit if submitted
+        got = []
+        small.set_callback(got.append)
+        vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status")
+                  if l.startswith("VmSize"))
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 512 * 1024, resource.RLIM_INFINITY))
+        try:
+            ctx.submit(big, small)
+        except RuntimeError as exc:
+            print("raised:", exc)
+        else:
+            print("no error: the address-space limit did not stop the threads")
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY,) * 2)
+        print("file:", os.pread(fd, 1, 0), "taken:", ctx.process_events())
+        assert big.context is None and small.context is None
+        assert ctx.submit(big, small) == 2
+        while not got or big.context is not None:
+            ctx.process_events(min_requests=1, timeout=5)
+        assert got == [1] and os.pread(fd, 1, 0) == b"W"
+        print("ok")
+    """)
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if "no error" in proc.stdout:
+        pytest.skip("could not make thread creation fail here")
+    assert "raised: cannot start helper threads" in proc.stdout, proc.stdout
+    assert "file: b'r' taken: 0" in proc.stdout, proc.stdout  # the write had not run
+    assert proc.stdout.rstrip().endswith("ok"), proc.stdout
+
+
 def test_kernel_request_failing_when_it_runs_gets_negative_errno(files):
     """io_submit accepts a small write far beyond the filesystem's maximum file size; it
     fails when it runs (EFBIG), so the error arrives at completion."""
@@ -954,7 +997,7 @@ def test_adapter_one_refused_op_fails_alone_in_a_coalesced_batch(loop_runner, fi
                 if i == 10:
                     return ctx.write(b"x", bad, 0)  # inside the first coalesced batch
                 if i == count - 1:
-                    return ctx.write(b"y", bad, 0)  # the last, in a batch of its own
+                    return ctx.write(b"y", bad, 0)  # the last, at the end of a smaller batch
                 return ctx.write(i.to_bytes(4, "big"), fd, 4 * i)
 
             coros = [op(i) for i in range(count)]
@@ -975,11 +1018,56 @@ def test_adapter_one_refused_op_fails_alone_in_a_coalesced_batch(loop_runner, fi
             assert data[4 * i:4 * i + 4] == i.to_bytes(4, "big")
 
 
+def test_adapter_coalesced_batch_with_a_completed_op(loop_runner, files):
+    """An op that already ran is skipped by submit() and not counted: in a coalesced batch
+    it must get OSError by itself, and the op queued after it must run and resolve."""
+    fd = files.open(b"x" * 16)
+
+    async def body():
+        ctx = AsyncioContext()
+        try:
+            done_op = Operation.write(b"a", fd, 0)
+            assert await ctx.submit(done_op) == 1
+            ctx._in_flight = AsyncioContext.EAGER_BELOW  # as if the device were busy
+            fresh = Operation.write(b"b", fd, 1)
+            results = await asyncio.wait_for(  # hang guard
+                asyncio.gather(ctx.submit(done_op), ctx.submit(fresh), return_exceptions=True),
+                10,
+            )
+            assert type(results[0]) is OSError, results
+            assert results[1] == 1, results
+            assert ctx._in_flight == AsyncioContext.EAGER_BELOW
+        finally:
+            ctx.close()
+
+    loop_runner.run(body)
+    assert os.pread(fd, 2, 0) == b"ab"
+
+
+def test_adapter_close_while_a_task_waits_for_a_slot(loop_runner, files):
+    fd = files.open()
+
+    async def body():
+        ctx = AsyncioContext(max_requests=1)
+        first = asyncio.ensure_future(ctx.write(b"a", fd, 0))  # takes the only slot
+        second = asyncio.ensure_future(ctx.write(b"b", fd, 1))  # waits for it
+        await asyncio.sleep(0)
+        ctx.close()  # delivers the first (a buffered write is done inside io_submit)
+        assert await asyncio.wait_for(first, 10) == 1
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(second, 10)  # hang guard
+
+    loop_runner.run(body)
+    assert os.pread(fd, 10, 0) == b"a"  # the second never reached the kernel
+
+
 def test_adapter_drains_in_batches_across_loop_iterations(loop_runner, files):
     """One eventfd wake-up delivers at most DRAIN_BATCH completions per loop iteration;
     the rest follow on later iterations without a new wake-up, and none is lost."""
     fd = files.open(bytes(range(256)) * 16)
     count = 40
+
+    events = []
 
     class DrainSpy(SubmitSpy):
         def __init__(self, inner):
@@ -989,7 +1077,13 @@ def test_adapter_drains_in_batches_across_loop_iterations(loop_runner, files):
         def process_events(self, *args):
             n = self._inner.process_events(*args)
             self.drained.append(n)
+            events.append(f"drain {n}")
             return n
+
+    async def write(ctx, chunk, offset):
+        result = await ctx.write(chunk, fd, offset)
+        events.append("resumed")
+        return result
 
     async def body():
         ctx = AsyncioContext(deferred=True)  # one io_submit: the completions come together
@@ -998,13 +1092,15 @@ def test_adapter_drains_in_batches_across_loop_iterations(loop_runner, files):
         try:
             chunks = [bytes([i]) * 100 for i in range(count)]
             results = await asyncio.wait_for(  # hang guard
-                asyncio.gather(*[ctx.write(c, fd, 100 * i) for i, c in enumerate(chunks)]),
+                asyncio.gather(*[write(ctx, c, 100 * i) for i, c in enumerate(chunks)]),
                 10,
             )
             assert results == [100] * count
             assert spy.batches == [count]
             assert max(spy.drained) == 3
             assert sum(spy.drained) == count
+            # the tasks of one batch resume before the next batch is taken
+            assert events[:5] == ["drain 3", "resumed", "resumed", "resumed", "drain 3"], events
             assert ctx._in_flight == 0
         finally:
             ctx.close()

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use caio_backends::aio::{AioContext, Iocb};
-use caio_backends::{EventQueue, IoKind, IoRequest, ThreadPool};
+use caio_backends::{CompletionSink, EventQueue, IoKind, IoRequest, ThreadPool};
 use caio_core::{Completion, Phase, RequestId};
 
 use crate::args::parse_args;
@@ -271,7 +271,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
         }
         let resfd = engine.events.eventfd().as_raw_fd();
         // Claimed ops in argument order; offloaded ones are dispatched only after
-        // io_submit, so that what the call reports is always a prefix of its arguments.
+        // io_submit, so that what the call reports is always a prefix of the claimed ops.
         let mut claimed: Vec<Claimed> = Vec::with_capacity(objs.len());
         let mut iocbs: Vec<*mut Iocb> = Vec::new();
         for &obj in &objs {
@@ -301,12 +301,28 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
                 claimed.push(Claimed::Kernel(id));
             }
         }
+        // The helper threads must be running before io_submit: once the kernel has taken
+        // a request, nothing submitted with it may be undone.
+        let pool = if claimed.iter().any(|c| matches!(c, Claimed::Offload(..))) {
+            match engine.helper_pool() {
+                Ok(pool) => Some(pool),
+                Err(err) => {
+                    for c in &claimed {
+                        engine.roll_back(c.id());
+                    }
+                    return Err(err);
+                }
+            }
+        } else {
+            None
+        };
         let accepted = if iocbs.is_empty() {
             0
         } else {
             // SAFETY: each iocb is boxed in the registry entry of its op, which stays until
-            // the completion is delivered (or a rollback below); each op holds its buffer
-            // and this Context (so the AIO context outlives the request).
+            // the completion is delivered (rollbacks below only touch iocbs the kernel did
+            // not take); each op holds its buffer and this Context (so the AIO context
+            // outlives the request).
             match unsafe { engine.aio.submit(&mut iocbs) } {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -317,44 +333,43 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
                 }
             }
         };
-        // io_submit stops at the first iocb it cannot queue: that op and everything after
-        // it never started and become submittable again.
+        // io_submit stops at the first iocb it cannot queue: that op and every op after it
+        // never started and become submittable again.
         let mut kernel_seen = 0;
         let mut taken: i64 = 0;
         let mut stopped = false;
-        let mut error = None;
         for c in claimed {
-            if !stopped {
-                stopped = match &c {
-                    Claimed::Kernel(_) => {
-                        kernel_seen += 1;
-                        kernel_seen > accepted
+            match c {
+                Claimed::Kernel(id) => {
+                    kernel_seen += 1;
+                    stopped |= kernel_seen > accepted;
+                    if stopped {
+                        engine.roll_back(id);
+                    } else {
+                        taken += 1;
                     }
-                    Claimed::Offload(id, request) => {
-                        let dispatched = engine.helper_pool().and_then(|pool| {
-                            let pool = pool.as_ref().expect("started by helper_pool");
-                            // SAFETY: `id` was registered above with the op that owns the
-                            // buffer; the entry stays until its completion is delivered.
-                            unsafe { pool.submit(*id, *request) }.map_err(|err| {
-                                Error::Runtime(format!("helper threads refused: {err:?}"))
-                            })
+                }
+                Claimed::Offload(id, _) if stopped => engine.roll_back(id),
+                Claimed::Offload(id, request) => {
+                    let helpers = pool.as_ref().and_then(|p| p.as_ref());
+                    let helpers = helpers.expect("started before io_submit");
+                    // SAFETY: `id` was registered above with the op that owns the buffer;
+                    // the entry stays until its completion is delivered.
+                    if let Err(err) = unsafe { helpers.submit(id, request) } {
+                        // Not reachable while this Context lives (the queue is unbounded
+                        // and shuts down only with it). Requests before this one may be
+                        // running already, so it fails as a completion, not a rollback.
+                        debug_assert!(false, "helper threads refused: {err:?}");
+                        engine.events.complete(Completion {
+                            id,
+                            res: -i64::from(libc::EAGAIN),
                         });
-                        dispatched.map_err(|err| error = Some(err)).is_err()
                     }
-                };
-            }
-            if stopped {
-                engine.roll_back(c.id());
-            } else {
-                taken += 1;
+                    taken += 1;
+                }
             }
         }
-        match error {
-            // Only when nothing started does the caller get the error here; otherwise it
-            // retries the rest and meets it then, as after a partial io_submit.
-            Some(err) if taken == 0 => Err(err),
-            _ => values::int(taken),
-        }
+        values::int(taken)
     })
 }
 
@@ -372,17 +387,14 @@ impl Claimed {
     }
 }
 
-fn deliver_batch(engine: &Engine, batch: Vec<Completion>) -> usize {
-    let mut count = 0;
+fn deliver_batch(engine: &Engine, batch: Vec<Completion>) {
     for completion in batch {
         let entry = engine.inflight.lock().remove(completion.id);
         if let Some(entry) = entry {
             drop(entry.iocb);
             deliver(entry.op, completion.res);
-            count += 1;
         }
     }
-    count
 }
 
 unsafe extern "C" fn ctx_process_events(
@@ -411,7 +423,11 @@ unsafe extern "C" fn ctx_process_events(
         } else {
             without_gil(|| engine.collect(min as usize, max as usize, timeout))?
         };
-        values::int(deliver_batch(engine, batch) as i64)
+        // The count of events taken (as io_getevents counts them), so that a caller that
+        // drains until a call returns less than `max` never leaves any behind.
+        let taken = batch.len();
+        deliver_batch(engine, batch);
+        values::int(taken as i64)
     })
 }
 
