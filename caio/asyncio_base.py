@@ -135,13 +135,13 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
         self, nbytes: int, fd: int, offset: int, priority: int = 0,
     ) -> Awaitable[bytes]:
         op = self.OPERATION_CLASS.read(nbytes, fd, offset, priority)
-        return self.submit(cast(OperationType, op))
+        return self.submit(op)  # type: ignore[arg-type]
 
     def write(
         self, payload: bytes, fd: int, offset: int, priority: int = 0,
     ) -> Awaitable[int]:
         op = self.OPERATION_CLASS.write(payload, fd, offset, priority)
-        return self.submit(cast(OperationType, op))
+        return self.submit(op)  # type: ignore[arg-type]
 
     def fsync(self, fd: int) -> Awaitable[None]:
         return self.submit(cast(OperationType, self.OPERATION_CLASS.fsync(fd)))
@@ -171,6 +171,7 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
 
     def _watch(self, context: Any) -> None:
         self._inline_streak = 0
+        self._run_inline: Callable[[Any], bool] = context.run_inline
         self.loop.add_reader(context.fileno, self._on_read_event)
 
     def _destroy_context(self) -> None:
@@ -211,9 +212,10 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
             raise RuntimeError("AsyncioContext is closed")
 
     def _complete_inline(self, op: OperationType) -> object:
-        self._check_open()
+        if self._closed:  # _check_open(), inlined: this runs for every operation
+            raise RuntimeError("AsyncioContext is closed")
         # Fast path: a small page-cache read completes right here, synchronously.
-        if not self.context.run_inline(op):  # type: ignore[attr-defined]
+        if not self._run_inline(op):
             return False
         self._inline_streak += 1
         if self._inline_streak == 1:
