@@ -171,7 +171,6 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
 
     def _watch(self, context: Any) -> None:
         self._inline_streak = 0
-        self._run_inline: Callable[[Any], bool] = context.run_inline
         self.loop.add_reader(context.fileno, self._on_read_event)
 
     def _destroy_context(self) -> None:
@@ -215,7 +214,7 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
         if self._closed:  # _check_open(), inlined: this runs for every operation
             raise RuntimeError("AsyncioContext is closed")
         # Fast path: a small page-cache read completes right here, synchronously.
-        if not self._run_inline(op):
+        if not self.context.run_inline(op):  # type: ignore[attr-defined]
             return False
         self._inline_streak += 1
         if self._inline_streak == 1:
