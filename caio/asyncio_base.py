@@ -162,7 +162,7 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
     does at most about ``INLINE_BUDGET`` inline reads plus one per ready task.
     """
 
-    # Completions delivered per process_events() call in the eventfd reader.
+    # Completions delivered per loop iteration by the eventfd reader (see _drain).
     DRAIN_BATCH = 512
 
     # Inline completions per loop iteration before tasks must yield (about 0.5 ms of
