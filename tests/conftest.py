@@ -234,6 +234,21 @@ class Backend:
             ctx.pool.join()
 
 
+class Calls:
+    """A callback recording each argument and the calling thread.
+
+    It references neither the op nor the Context, so it never keeps them alive.
+    """
+
+    def __init__(self):
+        self.results = []
+        self.threads = []
+
+    def __call__(self, result):
+        self.results.append(result)
+        self.threads.append(threading.get_ident())
+
+
 class Tracker:
     """Thread-safe collector of callback invocations."""
 

@@ -29,7 +29,7 @@ import time
 import weakref
 
 import pytest
-from conftest import REPO_ROOT, LoopRunner, closed_fd, run_python
+from conftest import REPO_ROOT, Calls, LoopRunner, closed_fd, run_python
 
 try:
     from caio.linux_aio import Context, Operation
@@ -45,18 +45,6 @@ OFFLOAD_LIMIT = 64 * KiB
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-class Calls:
-    """A callback recording each argument and the calling thread (holds no op/Context)."""
-
-    def __init__(self):
-        self.results = []
-        self.threads = []
-
-    def __call__(self, result):
-        self.results.append(result)
-        self.threads.append(threading.get_ident())
 
 
 def pump_until(ctx, predicate, timeout=10.0):

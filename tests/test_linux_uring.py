@@ -23,7 +23,7 @@ import weakref
 from collections import Counter
 
 import pytest
-from conftest import LoopRunner, closed_fd, run_python
+from conftest import Calls, LoopRunner, closed_fd, run_python
 
 try:
     from caio import linux_uring
@@ -39,21 +39,6 @@ ECANCELED = errno.ECANCELED
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-class Calls:
-    """A callback that records each invocation's argument and thread.
-
-    It references neither the op nor the Context, so it never keeps them alive.
-    """
-
-    def __init__(self):
-        self.results = []
-        self.threads = []
-
-    def __call__(self, result):
-        self.results.append(result)
-        self.threads.append(threading.get_ident())
 
 
 def pump_until(ctx, predicate, timeout=10.0):
