@@ -211,8 +211,7 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
             raise RuntimeError("AsyncioContext is closed")
 
     def _complete_inline(self, op: OperationType) -> object:
-        if self._closed:  # _check_open(), inlined: this runs for every operation
-            raise RuntimeError("AsyncioContext is closed")
+        self._check_open()
         # Fast path: a small page-cache read completes right here, synchronously.
         if not self.context.run_inline(op):  # type: ignore[attr-defined]
             return False
