@@ -131,9 +131,7 @@ impl Engine {
         if let Some(entry) = self.inflight.lock().remove(id) {
             // SAFETY: the registry only holds our Operation objects.
             let op = unsafe { OpPtr::new(entry.op.as_ptr()) };
-            op.set_context(ptr::null_mut());
-            op.set_request_id(RequestId::NONE.0);
-            op.state().rollback();
+            op.unclaim();
         }
     }
 

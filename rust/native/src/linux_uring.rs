@@ -224,9 +224,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             if unsafe { stager.push_request(id, &op.request()) }.is_err() {
                 // Unreachable after the is_full check; undo everything all the same.
                 let held = engine.inflight.lock().remove(id);
-                op.set_context(ptr::null_mut());
-                op.set_request_id(RequestId::NONE.0);
-                op.state().rollback();
+                op.unclaim();
                 drop(held);
                 return Err(ring_full());
             }

@@ -160,6 +160,14 @@ impl OpPtr {
         }
     }
 
+    /// Undoes a claim whose request never started: no Context, no request id, and the op
+    /// can be submitted again.
+    pub(crate) fn unclaim(self) {
+        self.set_context(ptr::null_mut());
+        self.set_request_id(caio_core::RequestId::NONE.0);
+        self.state().rollback();
+    }
+
     /// Sets (or clears, with NULL) the Context this op is in flight on.
     pub(crate) fn set_context(self, ctx: *mut PyObject) {
         // SAFETY: live object, GIL held; the old reference is released after the new one

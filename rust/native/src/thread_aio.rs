@@ -209,8 +209,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             // still referenced by the registry, which the GC cannot see).
             if let Err(err) = unsafe { pool.submit(id, op.request()) } {
                 let held = engine.inflight.lock().remove(id);
-                op.set_context(ptr::null_mut());
-                op.state().rollback();
+                op.unclaim();
                 drop(held);
                 return Err(Error::Runtime(
                     match err {
