@@ -806,7 +806,7 @@ def test_large_buffered_requests_are_refused_at_submit_like_small_ones(files, ca
         ctx.submit(op)  # rolled back: still submittable, and refused again
 
 
-def test_submit_count_is_always_a_prefix_of_its_arguments(files):
+def test_submit_count_is_always_a_prefix_of_the_claimed_ops(files):
     """Helper-thread requests are dispatched only after io_submit: one placed after an
     iocb the kernel refused does not start, and the count names the ops that did."""
     src = files.open(os.urandom(2 * MiB))
