@@ -21,6 +21,11 @@ pub(crate) enum Error {
     WouldBlock,
     /// A failed operation: `SystemError(strerror)` with `errno`/`strerror` attributes.
     Errno(i32),
+    #[allow(dead_code)] // first users: the backends' Context constructors (issue 9)
+    /// `OSError(errno, message)` (the builtin picks the subclass, e.g. `BlockingIOError`
+    /// for `EAGAIN`): a system call failed outside an operation, e.g. a Context could not
+    /// get a kernel resource; the message says which limit and how to raise it.
+    Os(i32, String),
     /// The C-API already set an exception (NULL or -1 came back).
     AlreadySet,
 }
@@ -56,6 +61,7 @@ impl Error {
                     return;
                 }
                 Error::Errno(errno) => return raise_errno(errno),
+                Error::Os(errno, message) => return raise_os_error(errno, &message),
             };
             let text = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
             ffi::PyErr_SetString(kind, text.as_ptr());
@@ -90,6 +96,33 @@ fn raise_errno(errno: i32) {
             return;
         }
         ffi::PyErr_SetObject(ffi::PyExc_SystemError, exc.as_ptr());
+    }
+}
+
+/// `OSError(errno, message)`, so that `exc.errno`, `exc.strerror` and the subclass are
+/// what Python itself would give for that errno.
+#[cold]
+fn raise_os_error(errno: i32, message: &str) {
+    // SAFETY: GIL held at the boundary; the argument objects are owned until the call.
+    unsafe {
+        let Ok(text) = str_object(message) else {
+            return;
+        };
+        let Some(code) = PyOwned::from_new(ffi::PyLong_FromLongLong(errno as i64)) else {
+            return;
+        };
+        let Some(args) = PyOwned::from_new(ffi::PyTuple_New(2)) else {
+            return;
+        };
+        // PyTuple_SetItem steals a reference: hand it new ones.
+        ffi::PyTuple_SetItem(args.as_ptr(), 0, code.into_ptr());
+        ffi::PyTuple_SetItem(args.as_ptr(), 1, text.into_ptr());
+        let Some(exc) =
+            PyOwned::from_new(ffi::PyObject_CallObject(ffi::PyExc_OSError, args.as_ptr()))
+        else {
+            return;
+        };
+        ffi::PyErr_SetObject(ffi::Py_TYPE(exc.as_ptr()).cast(), exc.as_ptr());
     }
 }
 

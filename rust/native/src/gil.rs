@@ -1,7 +1,9 @@
 //! Releasing the GIL around blocking work.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
+use crate::error::{Error, Result};
 use crate::ffi;
 
 /// Runs `f` with the GIL released and takes it back afterwards, even if `f` panics.
@@ -14,4 +16,40 @@ pub(crate) fn without_gil<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: `state` is the thread state saved above, on this same thread.
     unsafe { ffi::PyEval_RestoreThread(state) };
     result.unwrap_or_else(|panic| resume_unwind(panic))
+}
+
+#[allow(dead_code)] // first users: the backends' blocking waits (issue 9)
+/// What one blocking step of a [`wait_interruptibly`] loop ended with.
+pub(crate) enum Waited<T> {
+    /// The wait is over (what it waited for arrived, or its time ran out).
+    Done(T),
+    /// A signal interrupted it (`EINTR`) before it was over.
+    Interrupted,
+}
+
+#[allow(dead_code)]
+/// Blocks in `step` with the GIL released until it reports [`Waited::Done`], giving it the
+/// time left each round (`None`: no limit; `Some(ZERO)`: look once more and finish).
+///
+/// A step interrupted by a signal takes the GIL back and runs Python's signal handlers
+/// (`PyErr_CheckSignals`): an exception they raise (`KeyboardInterrupt` for Ctrl-C) ends
+/// the wait as an error; otherwise the wait resumes for the time that is left. `step` must
+/// not touch Python objects.
+pub(crate) fn wait_interruptibly<T>(
+    timeout: Option<Duration>,
+    mut step: impl FnMut(Option<Duration>) -> Result<Waited<T>>,
+) -> Result<T> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        match without_gil(|| step(left))? {
+            Waited::Done(value) => return Ok(value),
+            Waited::Interrupted => {
+                // SAFETY: the GIL is held again (without_gil restored it).
+                if unsafe { ffi::PyErr_CheckSignals() } < 0 {
+                    return Err(Error::AlreadySet);
+                }
+            }
+        }
+    }
 }
