@@ -1,10 +1,12 @@
 //! `caio.linux_aio`: the Context type over a Linux kernel AIO context.
 //!
 //! `submit` calls `io_submit`, which for ordinary (buffered) files does the whole transfer
-//! right there on the calling thread. So that one large buffered request cannot freeze an
-//! event loop, requests over 64 KiB on descriptors without `O_DIRECT` go to two helper
-//! threads instead; their completions are announced on the same eventfd and delivered by
-//! the same `process_events`.
+//! right there on the calling thread, and on pipes, sockets and terminals waits there for
+//! data (or room) for as long as it takes, with the GIL held. So that no request can freeze
+//! an event loop (or the whole process), requests over 64 KiB on files without `O_DIRECT`
+//! go to two helper threads, and requests on streams each run on a thread of their own (see
+//! [`route`]); their completions are announced on the same eventfd and delivered by the
+//! same `process_events`.
 
 use std::os::fd::AsRawFd;
 use std::os::raw::c_void;
@@ -21,7 +23,7 @@ use crate::args::parse_args;
 use crate::context::{self, ContextSlots, DrainArgs};
 use crate::error::{entry, repr_of, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
-use crate::gil::without_gil;
+use crate::gil::{wait_interruptibly, without_gil, Waited};
 use crate::inflight::InFlight;
 use crate::operation::{self, deliver, Flavor, OpPtr};
 use crate::values;
@@ -34,6 +36,8 @@ const MAX_DRAIN: u32 = 1 << 20;
 /// Buffered requests above this size run on helper threads (see the module docs).
 const OFFLOAD_ABOVE: usize = 64 * 1024;
 const OFFLOAD_THREADS: usize = 2;
+/// Stack of a stream request's thread: it only runs `IoRequest::perform`.
+const STREAM_THREAD_STACK: usize = 64 * 1024;
 
 /// One in-flight request: the engine's reference to the op, and the control block the
 /// kernel may look up again (`io_cancel` matches it by address, so it is boxed).
@@ -53,26 +57,54 @@ struct Engine {
     aio: AioContext,
 }
 
-/// Whether a helper thread can run `request` with the result `io_submit` would give.
-/// Helper threads use positional `pread`/`pwrite`, which only regular files support; and
-/// what `io_submit` refuses up front (a bad descriptor, a write to a read-only one, a
-/// negative offset) stays with the kernel, so that it raises at submit as usual.
-fn offloadable(request: &IoRequest) -> bool {
-    if request.offset < 0 {
-        return false;
+/// Where a request runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// `io_submit` itself: `O_DIRECT` requests (truly asynchronous), small buffered file
+    /// requests (mostly page-cache copies), and whatever `io_submit` refuses up front (a
+    /// bad descriptor, one not open for this direction, a negative offset, a sync or a
+    /// read of a descriptor that supports neither), so that it still raises at submit.
+    Kernel,
+    /// The helper threads: large buffered requests on regular files and block devices.
+    Helpers,
+    /// A thread of its own: requests on streams (pipes, FIFOs, sockets, character devices,
+    /// eventfds...), which may wait for the other side for any length of time, so that a
+    /// waiting one holds up neither the helper threads nor other stream requests.
+    Stream,
+}
+
+/// Decides where `request` runs (see [`Route`]). On a non-seekable descriptor the kernel
+/// ignores the offset; so do the threads: the request then runs at offset 0, which
+/// `IoRequest::perform` reads as "the current position" on such a descriptor.
+fn route(request: &mut IoRequest, direct: bool) -> Route {
+    if request.offset < 0 || !matches!(request.kind, IoKind::Read | IoKind::Write) {
+        return Route::Kernel;
     }
-    // SAFETY: fstat writes into a zeroed struct on our stack; fcntl(F_GETFL) takes no
-    // pointer; a bad fd just makes either fail.
-    unsafe {
+    // SAFETY: fstat writes into a zeroed struct on our stack; fcntl(F_GETFL) and lseek take
+    // no pointer; a bad fd just makes them fail.
+    let (file_type, access, seekable) = unsafe {
         let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(request.fd, &mut st) != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return false;
+        if libc::fstat(request.fd, &mut st) != 0 {
+            return Route::Kernel;
         }
-        let mode = libc::fcntl(request.fd, libc::F_GETFL) & libc::O_ACCMODE;
-        match request.kind {
-            IoKind::Read => mode == libc::O_RDONLY || mode == libc::O_RDWR,
-            IoKind::Write => mode == libc::O_WRONLY || mode == libc::O_RDWR,
-            IoKind::Fsync | IoKind::Fdsync => false,
+        let access = libc::fcntl(request.fd, libc::F_GETFL) & libc::O_ACCMODE;
+        let seekable = || libc::lseek(request.fd, 0, libc::SEEK_CUR) >= 0;
+        (st.st_mode & libc::S_IFMT, access, seekable)
+    };
+    let allowed = match request.kind {
+        IoKind::Read => access == libc::O_RDONLY || access == libc::O_RDWR,
+        _ => access == libc::O_WRONLY || access == libc::O_RDWR,
+    };
+    match file_type {
+        _ if !allowed => Route::Kernel,
+        libc::S_IFREG | libc::S_IFBLK if !direct && request.len > OFFLOAD_ABOVE => Route::Helpers,
+        // Directories have no read or write: io_submit refuses them (EINVAL).
+        libc::S_IFREG | libc::S_IFBLK | libc::S_IFDIR => Route::Kernel,
+        _ => {
+            if !seekable() {
+                request.offset = 0;
+            }
+            Route::Stream
         }
     }
 }
@@ -162,8 +194,50 @@ impl Engine {
         }
     }
 
-    /// Collects up to `max` completions, waiting (GIL released by the caller) until
-    /// `min` are there or `timeout` passes (`None`: forever).
+    /// Takes what has completed (up to `max` in `out`, which may hold some already) and,
+    /// while fewer than `min` are there, waits for more until `left` passes (`None`:
+    /// forever). Runs with the GIL released; a signal ends it as [`Waited::Interrupted`].
+    fn collect_step(
+        &self,
+        min: usize,
+        max: usize,
+        left: Option<Duration>,
+        out: &mut Vec<Completion>,
+    ) -> Result<Waited<()>> {
+        // Completions come from the kernel and from the helper threads, and either may be
+        // the one awaited (a helper request may even be submitted while we wait). Both
+        // signal the eventfd, so sleep on that and look at both after every wake-up.
+        let deadline = left.map(|t| Instant::now() + t);
+        let outcome = loop {
+            self.reap_ready(max - out.len(), out)?;
+            out.extend(self.events.take(max - out.len()));
+            if out.len() >= min || out.len() >= max {
+                break Waited::Done(());
+            }
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => break Waited::Done(()),
+                },
+            };
+            match caio_backends::io::wait_readable(self.events.eventfd().as_raw_fd(), left) {
+                Ok(_) => {
+                    let _ = self.events.eventfd().read();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break Waited::Interrupted,
+                Err(e) => return Err(os_error(e)),
+            }
+        };
+        // We may have eaten a wake-up meant for an event loop watching the eventfd.
+        self.events.eventfd().signal();
+        Ok(outcome)
+    }
+
+    /// Collects up to `max` completions, waiting with the GIL released until `min` are
+    /// there or `timeout` passes (`None`: forever). A signal runs Python's handlers: an
+    /// exception they raise ends the wait (what was taken stays queued for the next call),
+    /// otherwise it goes on for the time left.
     fn collect(
         &self,
         min: usize,
@@ -175,39 +249,14 @@ impl Engine {
             self.reap_ready(max - out.len(), &mut out)?;
             return Ok(out);
         }
-        // Completions come from the kernel and from the helper threads, and either may be
-        // the one awaited (a helper request may even be submitted while we wait). Both
-        // signal the eventfd, so sleep on that and look at both after every wake-up.
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            self.reap_ready(max - out.len(), &mut out)?;
-            out.extend(self.events.take(max - out.len()));
-            if out.len() >= min || out.len() >= max {
-                break;
+        let waited =
+            wait_interruptibly(timeout, |left| self.collect_step(min, max, left, &mut out));
+        if let Err(err) = waited {
+            for completion in out {
+                self.events.complete(completion);
             }
-            let left = match deadline {
-                None => None,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => break,
-                },
-            };
-            // A signal ends the wait with SystemError(EINTR), as io_getevents did in caio,
-            // so that Python gets to run its signal handlers.
-            let woke = caio_backends::io::wait_readable(self.events.eventfd().as_raw_fd(), left);
-            if let Err(e) = woke {
-                self.events.eventfd().signal();
-                // Completions already taken must still be delivered.
-                return if out.is_empty() {
-                    Err(os_error(e))
-                } else {
-                    Ok(out)
-                };
-            }
-            let _ = self.events.eventfd().read();
+            return Err(err);
         }
-        // We may have eaten a wake-up meant for an event loop watching the eventfd.
-        self.events.eventfd().signal();
         Ok(out)
     }
 }
@@ -278,20 +327,20 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             if !op.state().try_claim() {
                 continue;
             }
-            let request = op.request();
+            let mut request = op.request();
             // SAFETY: `obj` is live (borrowed from the args tuple).
             let held = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(obj)) };
             op.set_context(slf);
-            let offload = request.len > OFFLOAD_ABOVE && !op.is_direct() && offloadable(&request);
+            let route = route(&mut request, op.is_direct());
             let mut registry = engine.inflight.lock();
             let id = registry.insert(Entry {
                 op: held,
                 iocb: Box::new(Iocb::default()),
-                offloaded: offload,
+                offloaded: route != Route::Kernel,
             });
             op.set_request_id(id.0);
-            if offload {
-                claimed.push(Claimed::Offload(id, request));
+            if route != Route::Kernel {
+                claimed.push(Claimed::Offload(id, request, route));
             } else {
                 let entry = registry.get_mut(id).expect("just inserted");
                 *entry.iocb = Iocb::new(id, &request, op.priority(), resfd);
@@ -301,7 +350,10 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
         }
         // The helper threads must be running before io_submit: once the kernel has taken
         // a request, nothing submitted with it may be undone.
-        let pool = if claimed.iter().any(|c| matches!(c, Claimed::Offload(..))) {
+        let pool = if claimed
+            .iter()
+            .any(|c| matches!(c, Claimed::Offload(_, _, Route::Helpers)))
+        {
             match engine.helper_pool() {
                 Ok(pool) => Some(pool),
                 Err(err) => {
@@ -347,8 +399,8 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
                         taken += 1;
                     }
                 }
-                Claimed::Offload(id, _) if stopped => engine.roll_back(id),
-                Claimed::Offload(id, request) => {
+                Claimed::Offload(id, ..) if stopped => engine.roll_back(id),
+                Claimed::Offload(id, request, Route::Helpers) => {
                     let helpers = pool.as_ref().and_then(|p| p.as_ref());
                     let helpers = helpers.expect("started before io_submit");
                     // SAFETY: `id` was registered above with the op that owns the buffer;
@@ -365,6 +417,27 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
                     }
                     taken += 1;
                 }
+                Claimed::Offload(id, request, _) => {
+                    let events = engine.events.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("caio-aio-stream".into())
+                        .stack_size(STREAM_THREAD_STACK)
+                        .spawn(move || {
+                            // SAFETY: as for the helper threads above (the thread ends
+                            // with this request).
+                            let res = unsafe { request.perform() };
+                            events.complete(Completion { id, res });
+                        });
+                    if let Err(err) = spawned {
+                        // Out of threads. The requests before this one have started, so
+                        // it fails as a completion, not a rollback.
+                        engine.events.complete(Completion {
+                            id,
+                            res: -i64::from(err.raw_os_error().unwrap_or(libc::EAGAIN)),
+                        });
+                    }
+                    taken += 1;
+                }
             }
         }
         values::int(taken)
@@ -374,13 +447,14 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
 /// A claimed op of one `submit` call.
 enum Claimed {
     Kernel(RequestId),
-    Offload(RequestId, IoRequest),
+    /// Runs on a thread ([`Route::Helpers`] or [`Route::Stream`]).
+    Offload(RequestId, IoRequest, Route),
 }
 
 impl Claimed {
     fn id(&self) -> RequestId {
         match self {
-            Claimed::Kernel(id) | Claimed::Offload(id, _) => *id,
+            Claimed::Kernel(id) | Claimed::Offload(id, ..) => *id,
         }
     }
 }
@@ -416,11 +490,7 @@ unsafe extern "C" fn ctx_process_events(
             )));
         }
         let timeout = drain.timeout();
-        let batch = if min == 0 {
-            engine.collect(0, max as usize, timeout)?
-        } else {
-            without_gil(|| engine.collect(min as usize, max as usize, timeout))?
-        };
+        let batch = engine.collect(min as usize, max as usize, timeout)?;
         // The count of events taken (as io_getevents counts them), so that a caller that
         // drains until a call returns less than `max` never leaves any behind.
         let taken = batch.len();
@@ -567,7 +637,7 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
                 c"submit",
                 ctx_submit,
                 ffi::METH_VARARGS,
-                c"submit(*operations) -> int: io_submit them (buffered files: the transfer happens here, except large requests, which go to helper threads).",
+                c"submit(*operations) -> int: io_submit them (buffered files: the transfer happens here, except large requests, which go to helper threads; requests on pipes, sockets and other streams each run on a thread of their own).",
             ),
             method_kw(
                 c"cancel",
