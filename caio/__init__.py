@@ -7,16 +7,25 @@ choice can be overridden with the ``CAIO_IMPL`` environment variable (``uring``,
 ``linux``, ``thread`` or ``python``) or, when that is unset, by the first valid line of
 a ``default_implementation`` file next to this module. Run ``python -m caio`` to see
 what is available here and why.
+
+``caio.AsyncioContext`` is the selected backend's adapter, made to degrade: when a kernel
+or process limit stops that backend (``fs.aio-max-nr``, ``RLIMIT_NOFILE``, locked memory,
+io_uring disabled at run time...), it uses the next one in the order above and warns with
+a ``ResourceLimitWarning`` that names the limit and how to raise it. The backends' own
+adapters (``caio.linux_aio_asyncio.AsyncioContext``...) raise instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import warnings
 from collections.abc import Mapping
 from importlib.metadata import Distribution
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from . import python_aio, python_aio_asyncio
 from .abstract import AbstractContext, AbstractOperation
@@ -134,7 +143,96 @@ __select_implementation()
 
 Context = preferred.Context
 Operation = preferred.Operation
-AsyncioContext = preferred_asyncio.AsyncioContext
+
+
+class ResourceLimitWarning(RuntimeWarning):
+    """``caio.AsyncioContext()`` runs on a lower backend because a kernel or process limit
+    stopped the preferred one; the message names the limit and how to raise it."""
+
+
+# What a Context constructor fails with when a limit is hit (not a bad argument).
+_LIMIT_ERRNOS = frozenset({
+    errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EPERM, errno.EACCES,
+    errno.ENOSYS,
+})
+
+
+def _hit_a_limit(exc: BaseException) -> bool:
+    return getattr(exc, "errno", None) in _LIMIT_ERRNOS
+
+
+def _backend_name(adapter: ModuleType) -> str:
+    return adapter.__name__.rpartition(".")[2].removesuffix("_asyncio")
+
+
+_Preferred: Any = preferred_asyncio.AsyncioContext
+
+
+class AsyncioContext(_Preferred):
+    __doc__ = (preferred_asyncio.AsyncioContext.__doc__ or "") + """
+    Created with no backend-specific arguments, it falls back to the next backend (with a
+    ``ResourceLimitWarning``) when a kernel or process limit stops this one; the instance
+    is then the lower backend's adapter, still an instance of ``caio.AsyncioContext``.
+    Subclasses do not fall back.
+    """
+
+    def __init__(
+        self,
+        max_requests: int | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        deferred: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            super().__init__(max_requests, loop, deferred, **kwargs)
+        except Exception as exc:
+            # Backend arguments (sqpoll=...) or overridden behaviour of a subclass may
+            # not suit another backend: only the plain class falls back.
+            if type(self) is not AsyncioContext or kwargs or not _hit_a_limit(exc):
+                raise
+            _fall_back(self, exc, max_requests, loop, deferred)
+
+
+def _fallback_class(adapter: ModuleType) -> Any:
+    name = _backend_name(adapter)
+    cls = type("AsyncioContext", (adapter.AsyncioContext,), {
+        "__module__": __name__,
+        "__qualname__": f"AsyncioContext[{name}]",
+        "__doc__": f"caio.AsyncioContext falling back to {adapter.__name__}.",
+        "_backend_name": name,
+    })
+    AsyncioContext.register(cls)
+    return cls
+
+
+# The lower backends' adapters, in order, as seen by isinstance(ctx, caio.AsyncioContext).
+_FALLBACKS = tuple(
+    _fallback_class(m)
+    for m in variants_asyncio[variants_asyncio.index(preferred_asyncio) + 1:]
+)
+
+
+def _fall_back(ctx: Any, exc: Exception, *args: Any) -> None:
+    """Re-initialises ``ctx`` as the first lower backend's adapter that no limit stops,
+    warning with what stopped the others; raises the last error if every one is stopped."""
+    failed = [f"{_backend_name(preferred_asyncio)}: {exc}"]
+    for cls in _FALLBACKS:
+        ctx.__class__ = cls  # the same plain-Python layout: only the behaviour changes
+        try:
+            cls.__init__(ctx, *args)
+        except Exception as next_exc:
+            if not _hit_a_limit(next_exc):
+                raise
+            failed.append(f"{cls._backend_name}: {next_exc}")
+            exc = next_exc
+            continue
+        warnings.warn(ResourceLimitWarning(
+            f"caio.AsyncioContext runs on {cls._backend_name}, as a limit stopped the "
+            f"backends before it: {'; '.join(failed)}",
+        ), stacklevel=3)
+        return
+    raise exc
+
 
 __all__ = (
     "AbstractContext",
@@ -142,6 +240,7 @@ __all__ = (
     "AsyncioContext",
     "Context",
     "Operation",
+    "ResourceLimitWarning",
     "__author__",
     "__version__",
     "linux_aio",

@@ -25,7 +25,8 @@ for name in ("linux_uring", "linux_aio", "thread_aio", "python_aio"):
 adapter = None
 for name in ("linux_uring", "linux_aio", "thread_aio", "python_aio"):
     module = getattr(caio, name + "_asyncio", None)
-    if module is not None and caio.AsyncioContext is module.AsyncioContext:
+    # caio.AsyncioContext is the selected adapter with a fallback for resource limits
+    if module is not None and caio.AsyncioContext.__mro__[1] is module.AsyncioContext:
         adapter = module.__name__
 print(json.dumps({
     "doc": caio.Context.__doc__,

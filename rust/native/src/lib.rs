@@ -10,6 +10,7 @@ mod error;
 mod ffi;
 mod gil;
 mod inflight;
+mod limits;
 mod linux_aio;
 mod linux_uring;
 mod operation;

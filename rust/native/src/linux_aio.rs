@@ -25,6 +25,7 @@ use crate::error::{entry, repr_of, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::{wait_interruptibly, without_gil, Waited};
 use crate::inflight::InFlight;
+use crate::limits::{explain, setup_error, Resource};
 use crate::operation::{self, deliver, Flavor, OpPtr};
 use crate::values;
 
@@ -279,7 +280,7 @@ unsafe extern "C" fn ctx_new(
     kwargs: *mut PyObject,
 ) -> *mut PyObject {
     entry(|| {
-        let events = Arc::new(EventQueue::new().map_err(os_error)?);
+        let events = Arc::new(EventQueue::new().map_err(|e| setup_error(Resource::EventFd, e))?);
         let mut max_requests: u32 = 0;
         parse_args!(
             args,
@@ -293,7 +294,14 @@ unsafe extern "C" fn ctx_new(
         } else {
             max_requests
         };
-        let aio = AioContext::new(max_requests).map_err(os_error)?;
+        let aio = AioContext::new(max_requests).map_err(|e| {
+            setup_error(
+                Resource::AioContext {
+                    events: max_requests,
+                },
+                e,
+            )
+        })?;
         let engine = Box::new(Engine {
             max_requests,
             inflight: InFlight::new(),
@@ -611,12 +619,19 @@ pub(crate) fn probe() -> Option<String> {
     }
     match caio_backends::aio::probe() {
         Ok(()) => None,
-        Err(e) => Some(format!(
-            "Error on io_setup with code {} ({}; kernel {release}; a seccomp filter or an \
-             exhausted fs.aio-max-nr can cause this)",
-            e.raw_os_error().unwrap_or(0),
-            e.to_string().split(" (os error").next().unwrap_or_default()
-        )),
+        Err(e) => {
+            let errno = e.raw_os_error().unwrap_or(0);
+            let why = explain(Resource::AioContext { events: 1 }, errno).unwrap_or_else(|| {
+                let text = e.to_string();
+                text.split(" (os error")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            });
+            Some(format!(
+                "Error on io_setup with code {errno} ({why}; kernel {release})"
+            ))
+        }
     }
 }
 

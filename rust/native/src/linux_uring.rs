@@ -22,6 +22,7 @@ use crate::error::{entry, repr_of, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::without_gil;
 use crate::inflight::InFlight;
+use crate::limits::{setup_error, Resource};
 use crate::operation::{self, deliver, Flavor, OpPtr};
 use crate::values;
 
@@ -165,12 +166,13 @@ unsafe extern "C" fn ctx_new(
         } else {
             max_requests
         };
-        let eventfd = EventFd::new().map_err(os_error)?;
+        let eventfd = EventFd::new().map_err(|e| setup_error(Resource::EventFd, e))?;
         // One slot of headroom, as caio: the kernel rounds up to a power of two anyway.
         let entries = max_requests
             .checked_add(1)
             .ok_or(Error::Errno(libc::EINVAL))?;
-        let ring = Ring::new(entries, sqpoll != 0, eventfd.as_raw_fd()).map_err(os_error)?;
+        let ring = Ring::new(entries, sqpoll != 0, eventfd.as_raw_fd())
+            .map_err(|e| setup_error(Resource::Ring, e))?;
         let engine = Box::new(Engine {
             max_requests,
             sqpoll: ring.sqpoll(),
