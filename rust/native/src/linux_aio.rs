@@ -81,32 +81,38 @@ fn route(request: &mut IoRequest, direct: bool) -> Route {
     if request.offset < 0 || !matches!(request.kind, IoKind::Read | IoKind::Write) {
         return Route::Kernel;
     }
-    // SAFETY: fstat writes into a zeroed struct on our stack; fcntl(F_GETFL) and lseek take
-    // no pointer; a bad fd just makes them fail.
+    let fd = request.fd;
+    // SAFETY: fstat writes into a zeroed struct on our stack; fcntl(F_GETFL) and lseek
+    // (called below, only when needed) take no pointer; a bad fd just makes them fail.
     let (file_type, access, seekable) = unsafe {
         let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(request.fd, &mut st) != 0 {
+        if libc::fstat(fd, &mut st) != 0 {
             return Route::Kernel;
         }
-        let access = libc::fcntl(request.fd, libc::F_GETFL) & libc::O_ACCMODE;
-        let seekable = || libc::lseek(request.fd, 0, libc::SEEK_CUR) >= 0;
+        let access = move || libc::fcntl(fd, libc::F_GETFL) & libc::O_ACCMODE;
+        let seekable = move || libc::lseek(fd, 0, libc::SEEK_CUR) >= 0;
         (st.st_mode & libc::S_IFMT, access, seekable)
     };
+    let files = matches!(file_type, libc::S_IFREG | libc::S_IFBLK);
+    // The common case costs one fstat: small or O_DIRECT file requests, and directories
+    // (no read or write: io_submit refuses them with EINVAL).
+    if files && (direct || request.len <= OFFLOAD_ABOVE) || file_type == libc::S_IFDIR {
+        return Route::Kernel;
+    }
+    let access = access();
     let allowed = match request.kind {
         IoKind::Read => access == libc::O_RDONLY || access == libc::O_RDWR,
         _ => access == libc::O_WRONLY || access == libc::O_RDWR,
     };
-    match file_type {
-        _ if !allowed => Route::Kernel,
-        libc::S_IFREG | libc::S_IFBLK if !direct && request.len > OFFLOAD_ABOVE => Route::Helpers,
-        // Directories have no read or write: io_submit refuses them (EINVAL).
-        libc::S_IFREG | libc::S_IFBLK | libc::S_IFDIR => Route::Kernel,
-        _ => {
-            if !seekable() {
-                request.offset = 0;
-            }
-            Route::Stream
+    if !allowed {
+        Route::Kernel
+    } else if files {
+        Route::Helpers
+    } else {
+        if !seekable() {
+            request.offset = 0;
         }
+        Route::Stream
     }
 }
 
