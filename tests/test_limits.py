@@ -186,16 +186,22 @@ def test_an_exhausted_aio_max_nr_degrades(files):
     result = child(f"""
         fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT, 0o600)
         from caio.linux_aio import Context
-        held, size = [], 1 << 16
-        while size:  # take what is left, whatever other processes hold meanwhile
-            try:
-                held.append(Context(max_requests=size))
-            except BlockingIOError:
-                size //= 2
-        report(
-            raw=attempt(lambda: Context()),
-            auto=adapter(caio.AsyncioContext, fd),
-        )
+        held = []
+
+        def take_all():  # what is left, whatever other processes free meanwhile
+            size = 1 << 16
+            while size:
+                try:
+                    held.append(Context(max_requests=size))
+                except BlockingIOError:
+                    size //= 2
+
+        def auto():
+            take_all()
+            return caio.AsyncioContext()
+
+        take_all()
+        report(raw=attempt(Context), auto=adapter(auto, fd))
     """, env_updates={"CAIO_IMPL": "linux"})
     raw = result["raw"]
     assert raw["oserror"] and raw["errno"] == errno.EAGAIN, raw
