@@ -9,6 +9,7 @@ fsync/fdsync) or ``None`` on failure; the failure itself is re-raised by
 from __future__ import annotations
 
 import contextlib
+import errno
 import operator
 import os
 import threading
@@ -47,6 +48,12 @@ def _describe(obj: object) -> str:
     if isinstance(obj, (bytes, bytearray, memoryview, str)) and len(obj) > 64:
         return f"<{type(obj).__name__} of length {len(obj)}>"
     return repr(obj)
+
+
+def _is_stream(exc: OSError, offset: int) -> bool:
+    """Whether a positional call failed only because the descriptor has no position and
+    the request, at offset 0, can run as a plain read/write."""
+    return exc.errno == errno.ESPIPE and offset == 0
 
 
 def _report_callback_error(exc: BaseException) -> None:
@@ -186,19 +193,33 @@ class Context(AbstractContext):
                 lock = self._fd_locks[fd] = threading.RLock()
             return lock
 
+    # A descriptor without a file position (pipe, FIFO, socket) refuses pread/pwrite and
+    # lseek with ESPIPE; at offset 0 the request then means "the next bytes", as io_uring
+    # and kernel AIO treat it, and runs as a plain read/write.
+
     def _pread(self, fd: int, size: int, offset: int) -> bytes:
-        if NATIVE_PREAD_PWRITE:
-            return os.pread(fd, size, offset)
-        with self._fd_lock(fd):
-            os.lseek(fd, offset, os.SEEK_SET)
-            return os.read(fd, size)
+        try:
+            if NATIVE_PREAD_PWRITE:
+                return os.pread(fd, size, offset)
+            with self._fd_lock(fd):
+                os.lseek(fd, offset, os.SEEK_SET)
+                return os.read(fd, size)
+        except OSError as exc:
+            if not _is_stream(exc, offset):
+                raise
+        return os.read(fd, size)
 
     def _pwrite(self, fd: int, data: bytes, offset: int) -> int:
-        if NATIVE_PREAD_PWRITE:
-            return os.pwrite(fd, data, offset)
-        with self._fd_lock(fd):
-            os.lseek(fd, offset, os.SEEK_SET)
-            return os.write(fd, data)
+        try:
+            if NATIVE_PREAD_PWRITE:
+                return os.pwrite(fd, data, offset)
+            with self._fd_lock(fd):
+                os.lseek(fd, offset, os.SEEK_SET)
+                return os.write(fd, data)
+        except OSError as exc:
+            if not _is_stream(exc, offset):
+                raise
+        return os.write(fd, data)
 
     def _handle_read(self, operation: Operation) -> int:
         data = self._pread(operation.fileno, operation.nbytes, operation.offset)

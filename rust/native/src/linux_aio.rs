@@ -18,7 +18,7 @@ use caio_backends::{CompletionSink, EventQueue, IoKind, IoRequest, ThreadPool};
 use caio_core::{Completion, Phase, RequestId};
 
 use crate::args::parse_args;
-use crate::context::{self, ContextSlots, DrainArgs};
+use crate::context::{self, CompletionMethods, ContextSlots, DrainArgs};
 use crate::error::{entry, repr_of, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::without_gil;
@@ -590,9 +590,11 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
             dealloc: ctx_dealloc,
             repr: ctx_repr,
             methods,
-            process_events: ctx_process_events,
-            poll: ctx_poll,
-            run_inline: ctx_run_inline,
+            completion: Some(CompletionMethods {
+                process_events: ctx_process_events,
+                poll: ctx_poll,
+                run_inline: ctx_run_inline,
+            }),
             getsets,
         };
         let ty = context::create_type::<Engine>(c"caio.linux_aio.Context", slots)?;

@@ -52,14 +52,14 @@ pub(crate) struct OperationObject {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Flavor {
-    /// thread_aio: signed offsets; `result` and the callback get -1 on failure; a write's
+    /// thread_aio: offsets 0 ..= 2**63 - 1; `result` and the callback get -1 on failure; a write's
     /// payload is dropped on completion; a read's `payload` is a memoryview.
     Thread = 0,
-    /// linux_uring: offsets are masked u64 (-1 = current position); `result` and the
+    /// linux_uring: offsets 0 ..= 2**63 - 1 or -1 (= 2**64 - 1: the file position); `result` and the
     /// callback get the negated errno; reads up to 4 GiB - 1; a read's `payload` is the
     /// bytes object itself.
     Uring = 1,
-    /// linux_aio: signed offsets and priority (kept); the negated errno on failure; a
+    /// linux_aio: offsets as thread_aio, signed priority (kept); the negated errno on failure; a
     /// write's `nbytes` becomes the bytes written; a read's `payload` is a memoryview.
     Aio = 2,
 }
@@ -363,21 +363,74 @@ fn new_op(cls: *mut PyTypeObject, new: NewOp) -> Result<*mut PyObject> {
     }
 }
 
-/// Argument formats as each caio backend parsed them: `offset` range-checked i64 (`L`) or
-/// masked u64 (`K`, uring: -1 means "current position"); `priority` masked u16 (`H`) or
-/// range-checked i16 (`h`, linux_aio, which keeps it).
+/// Argument formats as each caio backend parsed them: `priority` masked u16 (`H`) or
+/// range-checked i16 (`h`, linux_aio, which keeps it). `offset` is taken as an object and
+/// converted by [`offset_arg`].
 fn format(flavor: Flavor, kind: IoKind) -> &'static CStr {
     match (flavor, kind) {
-        (Flavor::Thread, IoKind::Read) => c"KI|LH:read",
-        (Flavor::Uring, IoKind::Read) => c"KI|KH:read",
-        (Flavor::Aio, IoKind::Read) => c"KI|Lh:read",
-        (Flavor::Thread, IoKind::Write) => c"OI|LH:write",
-        (Flavor::Uring, IoKind::Write) => c"OI|KH:write",
-        (Flavor::Aio, IoKind::Write) => c"OI|Lh:write",
+        (Flavor::Aio, IoKind::Read) => c"KI|Oh:read",
+        (_, IoKind::Read) => c"KI|OH:read",
+        (Flavor::Aio, IoKind::Write) => c"OI|Oh:write",
+        (_, IoKind::Write) => c"OI|OH:write",
         (Flavor::Aio, IoKind::Fsync) => c"I|h:fsync",
         (Flavor::Aio, IoKind::Fdsync) => c"I|h:fdsync",
         (_, IoKind::Fsync) => c"I|H:fsync",
         (_, IoKind::Fdsync) => c"I|H:fdsync",
+    }
+}
+
+/// io_uring's "use the file position" offset (for pipes and other streams): `-1` as an
+/// `loff_t`, also accepted as `2**64 - 1`, which is what caio's unsigned parsing made of it.
+const FILE_POSITION: i64 = -1;
+
+/// The `offset` of `read`/`write` (omitted: 0). Every backend takes an `loff_t`,
+/// 0 ..= 2**63 - 1; above it `OverflowError`, as caio's range-checked parsing gave (its
+/// uring backend masked to 64 bits instead, so `2**64 + 5` wrote at offset 5).
+///
+/// Below 0: linux_uring keeps [`FILE_POSITION`] and refuses anything else with
+/// `OverflowError` (its offset is unsigned, with that one alias). The other backends are
+/// positional and refuse every negative offset with `ValueError` (the type kernel AIO's
+/// refusal had in caio), so none reaches a call that reads -1 as "the current position"
+/// (`preadv2`).
+fn offset_arg(flavor: Flavor, obj: *mut PyObject) -> Result<i64> {
+    if obj.is_null() {
+        return Ok(0);
+    }
+    let mut overflow: c_int = 0;
+    // SAFETY: `obj` is a live argument and `index` a new int reference we own; GIL held.
+    // For an int, PyLong_AsLongLongAndOverflow reports overflow in the flag, never raises.
+    let (index, value, is_u64_max) = unsafe {
+        let index = PyOwned::from_new(ffi::PyNumber_Index(obj)).ok_or(Error::AlreadySet)?;
+        let value = ffi::PyLong_AsLongLongAndOverflow(index.as_ptr(), &mut overflow);
+        let is_u64_max = if flavor == Flavor::Uring && overflow > 0 {
+            let max = PyOwned::from_new(uint(u64::MAX)?).ok_or(Error::AlreadySet)?;
+            match ffi::PyObject_RichCompareBool(index.as_ptr(), max.as_ptr(), ffi::Py_EQ) {
+                -1 => return Err(Error::AlreadySet),
+                r => r == 1,
+            }
+        } else {
+            false
+        };
+        (index, value, is_u64_max)
+    };
+    let shown = || repr_of(index.as_ptr());
+    match (overflow, flavor) {
+        (0, _) if value >= 0 => Ok(value),
+        (0, Flavor::Uring) if value == FILE_POSITION => Ok(FILE_POSITION),
+        _ if is_u64_max => Ok(FILE_POSITION),
+        (0, Flavor::Thread | Flavor::Aio) => Err(Error::Value(format!(
+            "offset must not be negative (got {})",
+            shown()
+        ))),
+        (_, Flavor::Uring) => Err(Error::Overflow(format!(
+            "offset {} does not fit loff_t (0 to 2**63 - 1); -1 or 2**64 - 1 means the \
+             file position",
+            shown()
+        ))),
+        _ => Err(Error::Overflow(format!(
+            "offset {} does not fit loff_t (0 to 2**63 - 1)",
+            shown()
+        ))),
     }
 }
 
@@ -415,7 +468,8 @@ unsafe extern "C" fn op_read<const FLAVOR: u8>(
 ) -> *mut PyObject {
     entry(|| {
         let flavor = Flavor::from_u8(FLAVOR);
-        let (mut nbytes, mut fd, mut offset, mut priority): (u64, u32, i64, i16) = (0, 0, 0, 0);
+        let (mut nbytes, mut fd, mut priority): (u64, u32, i16) = (0, 0, 0);
+        let mut offset: *mut PyObject = ptr::null_mut();
         parse_args!(
             args,
             kwargs,
@@ -426,6 +480,7 @@ unsafe extern "C" fn op_read<const FLAVOR: u8>(
             &mut offset,
             &mut priority
         )?;
+        let offset = offset_arg(flavor, offset)?;
         if flavor == Flavor::Uring && nbytes > u32::MAX as u64 {
             return Err(Error::Overflow(format!(
                 "nbytes exceeds the io_uring read limit of 4294967295 (got {nbytes}; negative sizes wrap)"
@@ -470,7 +525,8 @@ unsafe extern "C" fn op_write<const FLAVOR: u8>(
     entry(|| {
         let flavor = Flavor::from_u8(FLAVOR);
         let mut payload: *mut PyObject = ptr::null_mut();
-        let (mut fd, mut offset, mut priority): (u32, i64, i16) = (0, 0, 0);
+        let (mut fd, mut priority): (u32, i16) = (0, 0);
+        let mut offset: *mut PyObject = ptr::null_mut();
         parse_args!(
             args,
             kwargs,
@@ -481,6 +537,7 @@ unsafe extern "C" fn op_write<const FLAVOR: u8>(
             &mut offset,
             &mut priority
         )?;
+        let offset = offset_arg(flavor, offset)?;
         // SAFETY: `payload` is a borrowed, live argument; GIL held.
         if unsafe { ffi::PyBytes_Check(payload) } == 0 {
             return Err(Error::Value(format!(

@@ -29,6 +29,11 @@ pub(crate) use pyo3_ffi::{
     Py_tp_repr, Py_tp_traverse, METH_CLASS, METH_KEYWORDS, METH_NOARGS, METH_O, METH_VARARGS,
 };
 
+// Integer conversions that no PyArg_Parse format expresses (operation offsets).
+pub(crate) use pyo3_ffi::{
+    PyLong_AsLongLongAndOverflow, PyNumber_Index, PyObject_RichCompareBool, Py_EQ,
+};
+
 #[cfg(Py_3_13)]
 pub(crate) use pyo3_ffi::{Py_MOD_GIL_USED, Py_mod_gil};
 #[cfg(Py_3_12)]
