@@ -14,7 +14,11 @@ thread_aio part of 8):
 
 import errno
 import os
+import re
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -372,3 +376,17 @@ def test_thread_context_whose_workers_cannot_start_raises_os_error(type_name):
     for limit in ("RLIMIT_NPROC", "threads-max", "memory"):
         assert limit in proc.stdout, proc.stdout
     assert proc.stdout.rstrip().endswith("ok"), proc.stdout
+
+
+@needs_thread_aio
+def test_readme_eventfd_context_example_runs_as_written(workdir):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    code = next(b for b in blocks if "caio.thread_aio import EventfdContext" in b)
+    (workdir / "test.file").write_bytes(b"e" * 5000)
+    code += "\nassert data == b'e' * 4096, len(data)\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
