@@ -281,6 +281,9 @@ unsafe fn run_callback(raw: *mut OperationObject, res: i64) {
 /// Runs `op` on the calling thread if it is an unclaimed small read whose data is in the
 /// page cache (`preadv2(RWF_NOWAIT)`), completing it (callback included). Returns whether
 /// it completed; `false` leaves the op untouched for a normal submit. GIL held.
+///
+/// Only a linux_uring op can have a negative offset, and only -1 ([`offset_arg`]): there
+/// `preadv2`'s "current position" is what io_uring does with it too.
 pub(crate) fn run_inline(op: OpPtr) -> bool {
     // SAFETY: live op; plain field read under the GIL.
     let direct = unsafe { (*op.raw()).direct.is_some() };
