@@ -237,6 +237,24 @@ def test_adapter_negative_offset_never_uses_the_file_position(loop_runner, adapt
     assert os.pread(fd, 100, 0) == b"0123456789"
 
 
+@pytest.mark.parametrize("offset", [2**63, 2**64 + 5])
+@pytest.mark.parametrize("kind", ["read", "write"])
+def test_adapter_offset_beyond_loff_t_is_overflow_error(loop_runner, adapter, files, offset,
+                                                        kind):
+    fd = files.open(b"0123456789")
+
+    async def body():
+        async with adapter.AsyncioContext() as ctx:
+            with pytest.raises(OverflowError):
+                if kind == "read":
+                    await ctx.read(4, fd, offset)
+                else:
+                    await ctx.write(b"XY", fd, offset)
+
+    loop_runner.run(body)
+    assert os.pread(fd, 100, 0) == b"0123456789"
+
+
 # ---------------------------------------------------------------------------------------------
 # item 3: pipes and FIFOs at offset 0
 
