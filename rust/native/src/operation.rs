@@ -52,15 +52,16 @@ pub(crate) struct OperationObject {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Flavor {
-    /// thread_aio: offsets 0 ..= 2**63 - 1; `result` and the callback get -1 on failure; a write's
-    /// payload is dropped on completion; a read's `payload` is a memoryview.
+    /// thread_aio: offsets 0 ..= 2**63 - 1; `result` and the callback get -1 on failure;
+    /// a write's payload is dropped on completion; a read's `payload` is a memoryview.
     Thread = 0,
-    /// linux_uring: offsets 0 ..= 2**63 - 1 or -1 (= 2**64 - 1: the file position); `result` and the
-    /// callback get the negated errno; reads up to 4 GiB - 1; a read's `payload` is the
-    /// bytes object itself.
+    /// linux_uring: offsets 0 ..= 2**63 - 1 or -1 (= 2**64 - 1: the file position);
+    /// `result` and the callback get the negated errno; reads up to 4 GiB - 1; a read's
+    /// `payload` is the bytes object itself.
     Uring = 1,
-    /// linux_aio: offsets as thread_aio, signed priority (kept); the negated errno on failure; a
-    /// write's `nbytes` becomes the bytes written; a read's `payload` is a memoryview.
+    /// linux_aio: offsets as thread_aio, signed priority (kept); the negated errno on
+    /// failure; a write's `nbytes` becomes the bytes written; a read's `payload` is a
+    /// memoryview.
     Aio = 2,
 }
 

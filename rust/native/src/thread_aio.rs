@@ -150,70 +150,64 @@ unsafe extern "C" fn ctx_new(
     args: *mut PyObject,
     kwargs: *mut PyObject,
 ) -> *mut PyObject {
-    entry(|| new_context(cls, args, kwargs))
-}
-
-fn new_context(
-    cls: *mut PyTypeObject,
-    args: *mut PyObject,
-    kwargs: *mut PyObject,
-) -> Result<*mut PyObject> {
-    let eventfd = cls == EVENTFD_CONTEXT_TYPE.load(Ordering::Acquire);
-    let format = if eventfd {
-        c"|HH:EventfdContext"
-    } else {
-        c"|HH:Context"
-    };
-    let (mut max_requests, mut pool_size): (u16, u16) = (0, 0);
-    parse_args!(
-        args,
-        kwargs,
-        format,
-        [c"max_requests", c"pool_size"],
-        &mut max_requests,
-        &mut pool_size
-    )?;
-    let max_requests = if max_requests == 0 {
-        DEFAULT_MAX_REQUESTS
-    } else {
-        max_requests
-    };
-    let pool_size = if pool_size == 0 {
-        DEFAULT_POOL_SIZE
-    } else {
-        pool_size
-    };
-    if pool_size > MAX_POOL_SIZE {
-        return Err(Error::Value(format!(
-            "pool_size too large. Allowed lower then {MAX_POOL_SIZE} (got {pool_size})"
-        )));
-    }
-    if max_requests == u16::MAX {
-        return Err(Error::Value(
-            "max_requests too large. Allowed lower then 65535".into(),
-        ));
-    }
-    let inflight = Arc::new(InFlight::new());
-    let (events, sink): (Option<Arc<EventQueue>>, Arc<dyn CompletionSink>) = if eventfd {
-        let events = Arc::new(EventQueue::new().map_err(eventfd_error)?);
-        (Some(events.clone()), events)
-    } else {
-        let sink = GilSink {
-            inflight: inflight.clone(),
+    entry(|| {
+        let eventfd = cls == EVENTFD_CONTEXT_TYPE.load(Ordering::Acquire);
+        let format = if eventfd {
+            c"|HH:EventfdContext"
+        } else {
+            c"|HH:Context"
         };
-        (None, Arc::new(sink))
-    };
-    let pool = ThreadPool::new(pool_size as usize, max_requests as usize, sink)
-        .map_err(|e| pool_start_error(e, pool_size))?;
-    let engine = Box::new(Engine {
-        max_requests,
-        pool_size,
-        pool: Mutex::new(Some(pool)),
-        inflight,
-        events,
-    });
-    // Idle workers (thread_aio) need no GIL to stop if allocation fails.
-    context::alloc(cls, engine)
+        let (mut max_requests, mut pool_size): (u16, u16) = (0, 0);
+        parse_args!(
+            args,
+            kwargs,
+            format,
+            [c"max_requests", c"pool_size"],
+            &mut max_requests,
+            &mut pool_size
+        )?;
+        let max_requests = if max_requests == 0 {
+            DEFAULT_MAX_REQUESTS
+        } else {
+            max_requests
+        };
+        let pool_size = if pool_size == 0 {
+            DEFAULT_POOL_SIZE
+        } else {
+            pool_size
+        };
+        if pool_size > MAX_POOL_SIZE {
+            return Err(Error::Value(format!(
+                "pool_size too large. Allowed lower then {MAX_POOL_SIZE} (got {pool_size})"
+            )));
+        }
+        if max_requests == u16::MAX {
+            return Err(Error::Value(
+                "max_requests too large. Allowed lower then 65535".into(),
+            ));
+        }
+        let inflight = Arc::new(InFlight::new());
+        let (events, sink): (Option<Arc<EventQueue>>, Arc<dyn CompletionSink>) = if eventfd {
+            let events = Arc::new(EventQueue::new().map_err(eventfd_error)?);
+            (Some(events.clone()), events)
+        } else {
+            let sink = GilSink {
+                inflight: inflight.clone(),
+            };
+            (None, Arc::new(sink))
+        };
+        let pool = ThreadPool::new(pool_size as usize, max_requests as usize, sink)
+            .map_err(|e| pool_start_error(e, pool_size))?;
+        let engine = Box::new(Engine {
+            max_requests,
+            pool_size,
+            pool: Mutex::new(Some(pool)),
+            inflight,
+            events,
+        });
+        // Idle workers (thread_aio) need no GIL to stop if allocation fails.
+        context::alloc(cls, engine)
+    })
 }
 
 unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut PyObject {
