@@ -29,6 +29,11 @@ pub(crate) use pyo3_ffi::{
     Py_tp_repr, Py_tp_traverse, METH_CLASS, METH_KEYWORDS, METH_NOARGS, METH_O, METH_VARARGS,
 };
 
+// Used by the error mapping and the read buffers.
+pub(crate) use pyo3_ffi::{
+    _PyBytes_Resize, PyErr_Clear, PyImport_ImportModule, PyObject_GetAttrString, Py_REFCNT,
+};
+
 #[cfg(Py_3_13)]
 pub(crate) use pyo3_ffi::{Py_MOD_GIL_USED, Py_mod_gil};
 #[cfg(Py_3_12)]
