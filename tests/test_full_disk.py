@@ -66,7 +66,7 @@ def payload_of(size):
 
 
 def test_raw_write_reports_the_kernels_short_count(backend, small_fs):
-    mount_point, open_file = small_fs
+    _, open_file = small_fs
     fd = open_file("data")
     payload = payload_of(2 * FS_SIZE)
     ctx = backend.Context()
