@@ -16,7 +16,6 @@ pub(crate) enum Error {
     Overflow(String),
     Attribute(String),
     Memory(String),
-    System(String),
     NotImplemented(String),
     /// `BlockingIOError()` with no arguments (as caio's `poll()` raises it).
     WouldBlock,
@@ -60,7 +59,6 @@ impl Error {
                 Error::Overflow(m) => (ffi::PyExc_OverflowError, m),
                 Error::Attribute(m) => (ffi::PyExc_AttributeError, m),
                 Error::Memory(m) => (ffi::PyExc_MemoryError, m),
-                Error::System(m) => (ffi::PyExc_SystemError, m),
                 Error::NotImplemented(m) => (ffi::PyExc_NotImplementedError, m),
                 Error::WouldBlock => {
                     ffi::PyErr_SetObject(ffi::PyExc_BlockingIOError, ptr::null_mut());
@@ -119,14 +117,14 @@ fn strerror(errno: i32) -> String {
 /// [`init`], then plain `OSError`) or `OSError`, which both pick the errno's subclass.
 #[cold]
 fn raise_os_error(class: *mut PyObject, errno: i32, message: &str) {
-    let class = if class.is_null() {
-        // SAFETY: a static exception object.
-        unsafe { ffi::PyExc_OSError }
-    } else {
-        class
-    };
-    // SAFETY: GIL held at the boundary; the argument objects are owned until the call.
+    // SAFETY: GIL held at the boundary; the argument objects are owned until the call;
+    // `PyExc_OSError` is a static exception object.
     unsafe {
+        let class = if class.is_null() {
+            ffi::PyExc_OSError
+        } else {
+            class
+        };
         let Ok(text) = str_object(message) else {
             return;
         };
