@@ -20,6 +20,7 @@ from types import ModuleType
 
 from . import python_aio, python_aio_asyncio
 from .abstract import AbstractContext, AbstractOperation
+from .errors import OperationError, SubmitError
 
 __version__ = Distribution.from_name("caio").version
 __author__ = "caio-rs developers"
@@ -142,6 +143,8 @@ __all__ = (
     "AsyncioContext",
     "Context",
     "Operation",
+    "OperationError",
+    "SubmitError",
     "__author__",
     "__version__",
     "linux_aio",

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import errno
+import operator
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
 from .abstract import AbstractContext, AbstractOperation
+from .errors import OperationError
 
 ContextType = TypeVar("ContextType", bound=AbstractContext)
 OperationType = TypeVar("OperationType", bound=AbstractOperation)
@@ -134,14 +138,43 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
     def read(
         self, nbytes: int, fd: int, offset: int, priority: int = 0,
     ) -> Awaitable[bytes]:
+        if type(offset) is not int or offset < 0:
+            _check_offset(offset)
         op = self.OPERATION_CLASS.read(nbytes, fd, offset, priority)
         return self.submit(op)  # type: ignore[arg-type]
 
     def write(
         self, payload: bytes, fd: int, offset: int, priority: int = 0,
     ) -> Awaitable[int]:
-        op = self.OPERATION_CLASS.write(payload, fd, offset, priority)
-        return self.submit(op)  # type: ignore[arg-type]
+        """Writes all of ``payload`` at ``offset`` and returns its length, or raises the
+        error that stopped it (e.g. ``ENOSPC``): a short write is continued, never
+        reported as done."""
+        if type(offset) is not int or offset < 0:
+            _check_offset(offset)
+        op = cast(OperationType, self.OPERATION_CLASS.write(payload, fd, offset, priority))
+        return self._write_all(op, payload, fd, offset, priority)
+
+    async def _write_all(
+        self, op: OperationType, payload: bytes, fd: int, offset: int, priority: int,
+    ) -> int:
+        size = len(payload)
+        written = await self.submit(op)
+        done = 0
+        stream: bool | None = None
+        while True:
+            if written <= 0 and size:
+                raise OperationError(
+                    errno.EIO, f"write made no progress after {done} of {size} bytes",
+                )
+            done += written
+            if done >= size:
+                return done
+            if stream is None:
+                stream = _is_stream(fd)
+            # A stream has no offsets: the rest goes where the first part went.
+            at = offset if stream else offset + done
+            rest = self.OPERATION_CLASS.write(payload[done:], fd, at, priority)
+            written = await self.submit(rest)  # type: ignore[arg-type]
 
     def fsync(self, fd: int) -> Awaitable[None]:
         return self.submit(cast(OperationType, self.OPERATION_CLASS.fsync(fd)))
@@ -225,6 +258,26 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
 
 
 _YIELD_FIRST = object()
+
+
+def _check_offset(offset: Any) -> None:
+    """Refuses a negative file offset before anything is submitted: some kernel
+    interfaces read -1 as "the file's current position" and would misplace the data."""
+    try:
+        value = operator.index(offset)
+    except TypeError:
+        return  # the Operation constructor reports the wrong type
+    if value < 0:
+        raise ValueError(f"offset must be a non-negative file offset, got offset={value}")
+
+
+def _is_stream(fd: int) -> bool:
+    """True for a descriptor without a file position (pipe, socket, FIFO)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError as exc:
+        return exc.errno == errno.ESPIPE
+    return False
 
 
 def _resolve(future: asyncio.Future[Any]) -> None:

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, SupportsIndex
 
 from .abstract import AbstractContext, AbstractOperation
+from .errors import operation_error
 
 fdsync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 NATIVE_PREAD_PWRITE: bool = hasattr(os, "pread") and hasattr(os, "pwrite")
@@ -167,7 +168,8 @@ class Context(AbstractContext):
     def _on_error(self, operation: Operation, exc: BaseException) -> None:
         with self._lock:
             self._in_progress -= 1
-        operation.exception = exc
+        # A failed system call raises the same exception as on the native backends.
+        operation.exception = operation_error(exc) if isinstance(exc, OSError) else exc
         operation.written = 0
         self._invoke_callback(operation, None)
 
@@ -328,7 +330,8 @@ class Operation(AbstractOperation):
     def get_value(self) -> bytes | int | None:
         """bytes for a read, bytes written for a write, None for the rest.
 
-        Re-raises the ``OSError`` of a failed operation. Not gated while in flight.
+        A failed operation raises ``caio.OperationError`` (an ``OSError`` with the errno,
+        also a ``SystemError``, as on the native backends). Not gated while in flight.
         """
         if self.exception is not None:
             raise self.exception

@@ -31,6 +31,8 @@ import weakref
 import pytest
 from conftest import REPO_ROOT, Calls, LoopRunner, closed_fd, run_python
 
+from caio.errors import SubmitError
+
 try:
     from caio.linux_aio import Context, Operation
     from caio.linux_aio_asyncio import AsyncioContext
@@ -1161,7 +1163,8 @@ def test_adapter_deferred_submit_errors_reach_the_batch(loop_runner, files):
             results = await asyncio.gather(
                 ctx.write(b"x", bad, 0), ctx.write(b"AB", fd, 0), return_exceptions=True,
             )
-            assert [type(r) for r in results] == [ValueError, ValueError]
+            assert [type(r) for r in results] == [SubmitError, SubmitError]
+            assert isinstance(results[0], ValueError)
             assert results[0] is results[1]
             # a later iocb is refused: the first one is accepted, the rest is not submitted
             results = await asyncio.gather(

@@ -30,6 +30,8 @@ pub(crate) struct OperationObject {
     pub(crate) offset: i64,
     /// Requested size; for a completed read, the bytes actually read.
     pub(crate) nbytes: usize,
+    /// The size the op was built with (a completed read's buffer holds only what was read).
+    requested: usize,
     /// The syscall's return value: bytes transferred, 0, or -1 on failure.
     pub(crate) result: i64,
     /// errno of a failed op, else 0.
@@ -197,7 +199,7 @@ pub(crate) fn deliver(op: PyOwned, res: i64) {
     unsafe {
         let ptr = OpPtr::new(op.as_ptr());
         let raw = ptr.raw();
-        finish_fields(raw, res);
+        let res = finish_fields(raw, res);
         ptr.set_context(ptr::null_mut());
         (*raw).state.finish();
         run_callback(raw, res);
@@ -205,13 +207,40 @@ pub(crate) fn deliver(op: PyOwned, res: i64) {
     drop(op);
 }
 
-/// Records `res` in the op's fields (not yet published).
+/// Records `res` in the op's fields (not yet published) and returns the result to report:
+/// `res`, or `-ENOMEM` if a read's data could not be kept.
 ///
 /// # Safety
-/// `raw` is a live, claimed op no backend touches any more; GIL held.
-unsafe fn finish_fields(raw: *mut OperationObject, res: i64) {
+/// `raw` is a live, claimed op no backend touches any more; GIL held. A read's buffer is a
+/// bytes object only this op holds (Python is never handed it before the op is done).
+unsafe fn finish_fields(raw: *mut OperationObject, mut res: i64) -> i64 {
     // SAFETY: see the function's contract.
     unsafe {
+        if (*raw).kind == IoKind::Read {
+            // The buffer is left holding exactly the bytes the kernel wrote (none on
+            // failure): the O_DIRECT bounce buffer is copied in, then the bytes object is
+            // cut to that length. So Python only ever sees defined bytes, and the unused
+            // part of a generous bound is neither zero-filled here, on the thread that
+            // delivers completions, nor kept: its untouched pages go back to the OS.
+            let len = ffi::PyBytes_Size((*raw).buffer) as usize;
+            let got = (res.max(0) as usize).min(len);
+            if let Some(direct) = (*raw).direct.take() {
+                let base = ffi::PyBytes_AsString((*raw).buffer).cast::<u8>();
+                ptr::copy_nonoverlapping(direct.as_mut_ptr(), base, got);
+            }
+            let buffer = ptr::addr_of_mut!((*raw).buffer);
+            if got < len && ffi::Py_REFCNT(*buffer) != 1 {
+                // Not ours alone (never expected), so it cannot be resized: zero the tail.
+                let base = ffi::PyBytes_AsString(*buffer).cast::<u8>();
+                ptr::write_bytes(base.add(got), 0, len - got);
+            } else if got < len && ffi::_PyBytes_Resize(buffer, got as ffi::Py_ssize_t) != 0 {
+                // The resize freed the buffer and raised MemoryError. No exception can
+                // surface here: the op fails with ENOMEM instead, over an empty buffer.
+                ffi::PyErr_Clear();
+                *buffer = ffi::PyBytes_FromStringAndSize(ptr::null(), 0);
+                res = -(libc::ENOMEM as i64);
+            }
+        }
         let flavor = (*raw).flavor;
         (*raw).request_id = caio_core::RequestId::NONE.0;
         if res >= 0 {
@@ -223,20 +252,8 @@ unsafe fn finish_fields(raw: *mut OperationObject, res: i64) {
         }
         match (*raw).kind {
             IoKind::Read => {
-                let len = ffi::PyBytes_Size((*raw).buffer) as usize;
-                let got = (res.max(0) as usize).min(len);
-                if let Some(direct) = (*raw).direct.take() {
-                    let base = ffi::PyBytes_AsString((*raw).buffer).cast::<u8>();
-                    ptr::copy_nonoverlapping(direct.as_mut_ptr(), base, got);
-                }
-                // The buffer was never initialised beyond what the kernel wrote: zero the
-                // rest so Python can only ever see defined bytes.
-                if got < len {
-                    let base = ffi::PyBytes_AsString((*raw).buffer).cast::<u8>();
-                    ptr::write_bytes(base.add(got), 0, len - got);
-                }
                 if res >= 0 {
-                    (*raw).nbytes = got;
+                    (*raw).nbytes = (res as usize).min((*raw).requested);
                 }
             }
             IoKind::Write => {
@@ -251,6 +268,7 @@ unsafe fn finish_fields(raw: *mut OperationObject, res: i64) {
             }
             IoKind::Fsync | IoKind::Fdsync => {}
         }
+        res
     }
 }
 
@@ -311,7 +329,7 @@ fn complete_inline(op: OpPtr, res: i64) -> bool {
     }
     // SAFETY: we hold the claim, nothing else touches the op; GIL held by the caller.
     unsafe {
-        finish_fields(op.raw(), res);
+        let res = finish_fields(op.raw(), res);
         op.state().finish();
         run_callback(op.raw(), res);
     }
@@ -362,6 +380,7 @@ fn new_op(cls: *mut PyTypeObject, new: NewOp) -> Result<*mut PyObject> {
         (*op).fd = fd;
         (*op).offset = offset;
         (*op).nbytes = nbytes;
+        (*op).requested = nbytes;
         (*op).buffer = buffer.map_or(ptr::null_mut(), PyOwned::into_ptr);
         Ok(obj)
     }
@@ -762,15 +781,24 @@ unsafe extern "C" fn get_payload(slf: *mut PyObject, _: *mut c_void) -> *mut PyO
             let raw = op.raw();
             match (*raw).kind {
                 IoKind::Read => {
-                    let view_of = if op.phase() == Phase::Done {
-                        let b = (*raw).buffer;
-                        ffi::Py_IncRef(b);
-                        PyOwned::from_new(b)
+                    let buf = (*raw).buffer;
+                    let kept = ffi::PyBytes_Size(buf) as usize;
+                    let done = op.phase() == Phase::Done;
+                    let view_of = if done && kept == (*raw).requested {
+                        ffi::Py_IncRef(buf);
+                        PyOwned::from_new(buf).ok_or(Error::AlreadySet)?
                     } else {
-                        // Never run: the buffer is still uninitialised, show zeros.
-                        PyOwned::from_new(zeroed_bytes((*raw).nbytes)?)
-                    }
-                    .ok_or(Error::AlreadySet)?;
+                        // caio's payload is the whole requested buffer: the data read (none
+                        // if never run: the buffer is uninitialised) and a zeroed tail,
+                        // built only for a caller who asks for it.
+                        let whole = PyOwned::from_new(zeroed_bytes((*raw).requested)?)
+                            .ok_or(Error::AlreadySet)?;
+                        if done {
+                            let dst = ffi::PyBytes_AsString(whole.as_ptr());
+                            ptr::copy_nonoverlapping(ffi::PyBytes_AsString(buf), dst, kept);
+                        }
+                        whole
+                    };
                     if (*raw).flavor == Flavor::Uring {
                         // io_uring's payload is the bytes object itself, zero tail included.
                         return Ok(view_of.into_ptr());
