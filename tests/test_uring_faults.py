@@ -10,6 +10,7 @@ signals during a blocking wait (item 6, linux_uring part).
 """
 
 import asyncio
+import errno
 import os
 import select
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -192,3 +194,113 @@ def test_a_wait_on_an_overflowed_ring_sleeps(pipes, sqpoll):
     spent = time.thread_time() - spent
     assert spent < 0.3, f"a 1 s wait with nothing to come used {spent:.2f} s of CPU"
     check_delivered_once(ops, calls)
+
+
+# --------------------------------------------------------------------------------------------
+# item 14: cancel on a full SQ
+
+
+def threads():
+    """{tid: (name, state)} of this process's threads."""
+    found = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        found[tid] = (comm, stat.rsplit(")", 1)[1].split()[0])
+    return found
+
+
+def fill_the_sq(ctx, pipes, count):
+    """Stages ``count`` reads on pipes with no data; submit() makes no syscall, so without
+    SQPOLL (or with its thread asleep) they all stay in the SQ."""
+    ends = pipes(count)
+    ops = [Operation.read(8, r, CURRENT_POSITION) for r, _ in ends]
+    calls = [Calls() for _ in ops]
+    for op, cb in zip(ops, calls):
+        op.set_callback(cb)
+    assert ctx.submit(*ops) == count
+    return ops, calls, ends
+
+
+def check_cancel_on_a_full_sq(ctx, ops, calls, ends):
+    assert ctx.cancel(ops[0]) == 0  # the SQ is full: cancel makes room for itself
+    ctx.flush()
+    deadline = time.monotonic() + 10
+    while not calls[0].results:
+        assert time.monotonic() < deadline, "the cancelled read did not complete"
+        ctx.process_events(512, 1, 1)
+    assert calls[0].results == [-errno.ECANCELED]
+    # The others were handed to the kernel intact: they complete with their data.
+    for i, (_, w) in enumerate(ends[1:], 1):
+        os.write(w, b"%08d" % i)
+    while not all(cb.results for cb in calls):
+        assert time.monotonic() < deadline, "the other reads did not complete"
+        ctx.process_events(512, 1, 1)
+    assert [cb.results for cb in calls[1:]] == [[8]] * (len(ops) - 1)
+    assert [op.get_value() for op in ops[1:]] == [b"%08d" % i for i in range(1, len(ops))]
+
+
+def test_cancel_on_a_full_sq_without_sqpoll(pipes):
+    ctx = Context(max_requests=7)  # 8 SQ slots
+    ops, calls, ends = fill_the_sq(ctx, pipes, 8)
+    with pytest.raises(OverflowError, match="SQ ring full"):
+        ctx.submit(Operation.read(8, ends[0][0], CURRENT_POSITION))
+    check_cancel_on_a_full_sq(ctx, ops, calls, ends)
+
+
+@pytest.mark.skipif(not SQPOLL_ALLOWED, reason="SQPOLL not allowed here")
+def test_cancel_on_a_full_sq_with_the_sqpoll_thread_asleep(pipes):
+    before = set(threads())
+    ctx = Context(max_requests=7, sqpoll=True)
+    assert ctx.sqpoll
+
+    def polling_thread_asleep():
+        # The new thread takes its name (iou-sqp-<pid>) once it runs. Asleep (state S),
+        # it takes no entries until something wakes it, so the reads staged next fill
+        # the SQ for sure.
+        ours = [state for tid, (name, state) in threads().items()
+                if tid not in before and name.startswith("iou-sqp-")]
+        return ours == ["S"]
+
+    wait_until(polling_thread_asleep, timeout=10,
+               message="the SQPOLL thread never went to sleep")
+    ops, calls, ends = fill_the_sq(ctx, pipes, 8)
+    check_cancel_on_a_full_sq(ctx, ops, calls, ends)
+
+
+@pytest.mark.parametrize("sqpoll", SQPOLL_MODES)
+def test_cancelled_tasks_on_a_busy_ring_end_cancelled(loop_runner, files, sqpoll):
+    """Many tasks on a small ring cancelled over and over: every one ends with
+    CancelledError (never the cancel's own failure), and the ring works afterwards."""
+    size = 128 * KiB  # above the inline limit: every read goes through the ring
+    data = os.urandom(size)
+    fd = files.open(data)
+
+    async def body():
+        ctx = AsyncioContext(max_requests=4, sqpoll=sqpoll)
+        try:
+            async def reader():
+                while True:
+                    assert await ctx.read(size, fd, 0) == data
+
+            outcomes = Counter()
+            for _ in range(40):
+                tasks = [asyncio.ensure_future(reader()) for _ in range(16)]
+                for step in range(8):
+                    await asyncio.sleep(0)
+                    # Cancel a few at a time: their slots go to waiting tasks, which submit
+                    # while the cancels are still in the SQ.
+                    for task in tasks[step * 2:step * 2 + 2]:
+                        task.cancel()
+                for result in await asyncio.gather(*tasks, return_exceptions=True):
+                    outcomes[type(result).__name__] += 1
+            assert outcomes == {"CancelledError": 40 * 16}
+            for _ in range(8):
+                assert await ctx.read(size, fd, 0) == data
+        finally:
+            ctx.close()
+
+    loop_runner.run(body)

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use caio_core::{Completion, RequestId};
 use io_uring::{opcode, squeue, types, IoUring};
@@ -199,11 +199,28 @@ impl Ring {
         Ok(())
     }
 
-    /// [`try_cancel`](Self::try_cancel) that does not fail because the SQ is momentarily
-    /// full: it makes room ([`make_room`](Self::make_room)) and retries, a bounded number of
-    /// times. May block (SQPOLL) until the polling thread took entries: call it without
-    /// the GIL.
+    /// Cancels `target` without failing because the SQ is momentarily full. May block
+    /// (SQPOLL: until the polling thread took entries): call it without the GIL.
+    ///
+    /// With SQPOLL, whose thread frees SQ slots only when it gets to run, a cancel must
+    /// leave the SQ no fuller than it found it, or the next submission finds no room (an
+    /// adapter reuses a cancelled op's place at once): once the thread has taken every
+    /// staged entry, the target included, it is cancelled with no entry at all
+    /// ([`sync_cancel`](Self::sync_cancel)). Otherwise (no SQPOLL, the thread did not get
+    /// there in time, or a kernel before 6.0) it is a queued `ASYNC_CANCEL`: when the SQ is
+    /// full, room is made ([`make_room`](Self::make_room)) and the push retried, a bounded
+    /// number of times.
     pub fn cancel(&mut self, target: RequestId) -> Result<(), RingFull> {
+        if self.sqpoll && self.wait_sq_taken() {
+            match self.sync_cancel(target).map_err(|e| e.raw_os_error()) {
+                // Cancelled, still running (asked to stop), or completed already: either
+                // way its own completion follows (or came) through the CQ.
+                Ok(()) | Err(Some(libc::EALREADY | libc::ETIME | libc::ENOENT)) => {
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
         for _ in 0..CANCEL_TRIES {
             if self.try_cancel(target).is_ok() {
                 return Ok(());
@@ -212,6 +229,63 @@ impl Ring {
             let _ = self.make_room();
         }
         self.try_cancel(target)
+    }
+
+    /// SQPOLL: waits, at most [`SQ_TAKE_LIMIT`], until the polling thread has taken every
+    /// staged entry (it publishes the SQ head only after issuing them), waking it if it
+    /// sleeps. The caller holds the ring, so nothing is staged meanwhile. The kernel has
+    /// no wake-up for "SQ empty" (only `SQ_WAIT`, for "not full"), so this naps: the
+    /// thread does not sleep while entries wait, so it takes them within microseconds
+    /// unless the CPUs are busy.
+    fn wait_sq_taken(&mut self) -> bool {
+        let deadline = Instant::now() + SQ_TAKE_LIMIT;
+        let mut nap = Duration::from_micros(10);
+        while self.pending() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // Wakes the thread if it sleeps; waits in the kernel while the SQ is full.
+            let _ = self.make_room();
+            if self.pending() > 0 {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(1));
+            }
+        }
+        true
+    }
+
+    /// `IORING_REGISTER_SYNC_CANCEL` of `target`, not waiting for a running request (zero
+    /// timeout: `ETIME`). `ENOENT` if the kernel holds no such request.
+    fn sync_cancel(&self, target: RequestId) -> io::Result<()> {
+        let reg = SyncCancelReg {
+            addr: target.0,
+            fd: -1,
+            flags: 0, // match by user_data
+            timeout: KernelTimespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            opcode: 0,
+            pad: [0; 7],
+            pad2: [0; 3],
+        };
+        // SAFETY: `reg` is a complete, zero-padded `io_uring_sync_cancel_reg` that lives on
+        // our stack for the whole call; the kernel only reads it (nr_args = 1), and the fd
+        // is this ring's own.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                self.fd(),
+                IORING_REGISTER_SYNC_CANCEL,
+                &reg as *const SyncCancelReg,
+                1u32,
+            )
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// Frees SQ slots: hands the staged entries to the kernel, which without SQPOLL takes
@@ -234,6 +308,34 @@ impl Ring {
         wait_readable(self.fd(), timeout)
     }
 }
+
+/// How long [`Ring::cancel`] waits for the SQPOLL thread to take the staged entries
+/// before it queues the cancel as an entry of its own instead.
+const SQ_TAKE_LIMIT: Duration = Duration::from_millis(100);
+
+/// `IORING_REGISTER_SYNC_CANCEL` (Linux 6.0; older kernels answer `EINVAL`).
+const IORING_REGISTER_SYNC_CANCEL: libc::c_uint = 24;
+
+/// `struct __kernel_timespec`.
+#[repr(C)]
+struct KernelTimespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+/// `struct io_uring_sync_cancel_reg` (include/uapi/linux/io_uring.h); the pads must be 0.
+#[repr(C)]
+struct SyncCancelReg {
+    addr: u64,
+    fd: i32,
+    flags: u32,
+    timeout: KernelTimespec,
+    opcode: u8,
+    pad: [u8; 7],
+    pad2: [u64; 3],
+}
+
+const _: () = assert!(std::mem::size_of::<SyncCancelReg>() == 64);
 
 /// Attempts [`Ring::cancel`] makes at freeing an SQ slot. Each attempt without SQPOLL
 /// empties the SQ and with SQPOLL waits for the polling thread, so one is nearly always

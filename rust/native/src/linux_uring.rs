@@ -337,12 +337,12 @@ unsafe extern "C" fn ctx_cancel(
         } else {
             RequestId::NONE
         };
-        // The cancel needs an SQ slot of its own. If the ring is momentarily full (its
-        // entries not yet taken by the kernel or the SQPOLL thread), make room and retry,
-        // without the GIL since that may wait: a cancel never fails for a busy ring. The
-        // op stays in the registry (and its buffer owned) until its completion either way.
-        // The cancel's own completion is a sentinel: never counted, never a callback.
-        if engine.lock().ring.try_cancel(target).is_err() {
+        // A cancel must not fail because the ring is busy: Ring::cancel makes room for it
+        // or (SQPOLL) needs none, and may wait, so it runs without the GIL. Without SQPOLL
+        // the common case (a free slot) is tried first, with the GIL held. The op stays in
+        // the registry (and its buffer owned) until its own completion either way. A
+        // cancel's own completion is a sentinel: never counted, never a callback.
+        if engine.sqpoll || engine.lock().ring.try_cancel(target).is_err() {
             without_gil(|| engine.lock().ring.cancel(target)).map_err(|_| ring_full())?;
         }
         values::int(0)
