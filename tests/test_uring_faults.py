@@ -304,3 +304,139 @@ def test_cancelled_tasks_on_a_busy_ring_end_cancelled(loop_runner, files, sqpoll
             ctx.close()
 
     loop_runner.run(body)
+
+
+# --------------------------------------------------------------------------------------------
+# item 6: signals during a blocking wait
+
+
+class Child:
+    """A Python child process speaking in lines on its stdout; ``stdin`` is a pipe the
+    child can read with io_uring."""
+
+    def __init__(self, code):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=str(Path(__file__).resolve().parent.parent.parent),  # the installed package
+        )
+        self.buffer = b""
+
+    def line(self, timeout=10.0):
+        """The next line (without its newline), or None if none came within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+    def blocked(self):
+        """Whether the child's main thread sleeps in the kernel (state S)."""
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] == "S"
+
+    def wait_blocked(self):
+        wait_until(self.blocked, timeout=10, message="the child never blocked")
+
+    def close(self, timeout=10.0):
+        """Waits for the child to end (killing it after ``timeout``); (returncode, stderr)."""
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+        return self.proc.returncode, err.decode()
+
+
+@pytest.fixture
+def child():
+    made = []
+
+    def start(code):
+        made.append(Child(code))
+        return made[-1]
+
+    yield start
+    for c in made:
+        c.close(timeout=0)
+
+
+def test_sigint_interrupts_an_endless_wait(child):
+    c = child("""
+        import os
+        from caio.linux_uring import Context, Operation
+        ctx = Context()
+        try:
+            os.write(1, b"blocking\\n")
+            ctx.process_events(1, 1, -1)
+            os.write(1, b"returned\\n")
+        except KeyboardInterrupt:
+            os.write(1, b"KeyboardInterrupt\\n")
+        # The thread no longer counts as parked: a drain without waiting reaps again.
+        r, w = os.pipe()
+        os.write(w, b"x")
+        op = Operation.read(1, r, 2**64 - 1)
+        ctx.submit(op)
+        ctx.flush()
+        import select, time
+        deadline = time.monotonic() + 10
+        while op.context is not None and time.monotonic() < deadline:
+            select.select([ctx.fileno], [], [], 1)
+            ctx.process_events()
+        os.write(1, b"after: %r\\n" % (op.get_value(),))
+    """)
+    assert c.line() == "blocking"
+    c.wait_blocked()
+    # "About to block" is not "blocked": resend until the child reacts, within a bound.
+    line = None
+    for _ in range(20):
+        c.proc.send_signal(signal.SIGINT)
+        line = c.line(timeout=0.5)
+        if line is not None:
+            break
+    assert line == "KeyboardInterrupt", "SIGINT did not interrupt process_events(1, 1, -1)"
+    assert c.line() == "after: b'x'"
+    rc, err = c.close()
+    assert rc == 0, err
+
+
+def test_a_handler_that_returns_lets_the_wait_go_on(child):
+    c = child("""
+        import os, signal
+        from caio.linux_uring import Context, Operation
+        signal.signal(signal.SIGUSR1, lambda *_: os.write(1, b"handled\\n"))
+        ctx = Context()
+        op = Operation.read(4, 0, 2**64 - 1)  # stdin: the parent's pipe
+        ctx.submit(op)
+        ctx.flush()
+        os.write(1, b"blocking\\n")
+        n = ctx.process_events(1, 1, -1)
+        os.write(1, b"returned %d %r\\n" % (n, op.get_value()))
+    """)
+    assert c.line() == "blocking"
+    c.wait_blocked()
+    line = None
+    for _ in range(20):
+        c.proc.send_signal(signal.SIGUSR1)
+        line = c.line(timeout=0.5)
+        if line is not None:
+            break
+    # The handler ran while the child waited, and the wait went on.
+    assert line == "handled", "the signal handler did not run during the wait"
+    assert c.line(timeout=0.3) is None
+    assert c.proc.poll() is None
+    c.wait_blocked()
+    c.proc.stdin.write(b"data")
+    c.proc.stdin.flush()
+    assert c.line() == "returned 1 b'data'"
+    rc, err = c.close()
+    assert rc == 0, err
