@@ -88,20 +88,22 @@ impl Engine {
         self.parked.fetch_add(1, Ordering::SeqCst);
         let result = wait_interruptibly(timeout, |left| self.wait_step(min, left));
         let others_parked = self.parked.fetch_sub(1, Ordering::SeqCst) > 1;
-        without_gil(|| {
-            let mut state = self.lock();
-            if result.is_err() && !state.ready.is_empty() {
-                // Reaped but not delivered: whoever drains next must hear of them.
-                self.eventfd.signal();
-            }
-            if others_parked {
-                // Other threads are parked on the ring; what we reaped may include theirs.
-                // A no-op completion makes them look again.
-                if state.ring.stager().push_wakeup().is_ok() {
-                    let _ = state.ring.submit();
+        if others_parked || result.is_err() {
+            without_gil(|| {
+                let mut state = self.lock();
+                if result.is_err() && !state.ready.is_empty() {
+                    // Reaped but not delivered: whoever drains next must hear of them.
+                    self.eventfd.signal();
                 }
-            }
-        });
+                if others_parked {
+                    // Other threads are parked on the ring; what we reaped may include
+                    // theirs. A no-op completion makes them look again.
+                    if state.ring.stager().push_wakeup().is_ok() {
+                        let _ = state.ring.submit();
+                    }
+                }
+            });
+        }
         result
     }
 
