@@ -262,6 +262,52 @@ def test_cancel_on_a_full_sq_with_the_sqpoll_thread_asleep(pipes):
 
 
 @pytest.mark.parametrize("sqpoll", SQPOLL_MODES)
+def test_cancel_of_ops_not_in_flight_on_the_ring_touches_nothing(files, pipes, sqpoll):
+    """A cancel that finds nothing (finished, never submitted, another ring's op) returns
+    0, calls no callback and leaves the rings working."""
+    fd = files.open(b"done")
+    ctx = Context(max_requests=7, sqpoll=sqpoll)
+    other = Context(max_requests=7, sqpoll=sqpoll)
+    finished = Operation.read(4, fd, 0)
+    calls = Calls()
+    finished.set_callback(calls)
+    assert ctx.submit(finished) == 1
+    deadline = time.monotonic() + 10
+    ctx.flush()
+    while not calls.results:
+        assert time.monotonic() < deadline
+        ctx.process_events(512, 1, 1)
+    (r, w), = pipes(1)
+    elsewhere = Operation.read(8, r, CURRENT_POSITION)
+    elsewhere_calls = Calls()
+    elsewhere.set_callback(elsewhere_calls)
+    assert other.submit(elsewhere) == 1
+    other.flush()
+
+    assert ctx.cancel(finished) == 0
+    assert ctx.cancel(Operation.read(4, fd, 0)) == 0
+    assert ctx.cancel(elsewhere) == 0
+    assert ctx.process_events(512, 0, 0) == 0
+    assert calls.results == [4]
+    assert finished.get_value() == b"done"
+    os.write(w, b"elsewhr!")
+    while not elsewhere_calls.results:
+        assert time.monotonic() < deadline
+        other.process_events(512, 1, 1)
+    assert elsewhere_calls.results == [8]
+    assert elsewhere.get_value() == b"elsewhr!"
+    again = Operation.read(4, fd, 0)
+    again_calls = Calls()
+    again.set_callback(again_calls)
+    assert ctx.submit(again) == 1
+    ctx.flush()
+    while not again_calls.results:
+        assert time.monotonic() < deadline
+        ctx.process_events(512, 1, 1)
+    assert again.get_value() == b"done"
+
+
+@pytest.mark.parametrize("sqpoll", SQPOLL_MODES)
 def test_cancelled_tasks_on_a_busy_ring_end_cancelled(loop_runner, files, sqpoll):
     """Many tasks on a small ring cancelled over and over: every one ends with
     CancelledError (never the cancel's own failure), and the ring works afterwards."""
