@@ -21,7 +21,6 @@ pub(crate) enum Error {
     WouldBlock,
     /// A failed operation: `SystemError(strerror)` with `errno`/`strerror` attributes.
     Errno(i32),
-    #[allow(dead_code)] // first users: the backends' Context constructors (issue 9)
     /// `OSError(errno, message)` (the builtin picks the subclass, e.g. `BlockingIOError`
     /// for `EAGAIN`): a system call failed outside an operation, e.g. a Context could not
     /// get a kernel resource; the message says which limit and how to raise it.

@@ -18,7 +18,6 @@ pub(crate) fn without_gil<T>(f: impl FnOnce() -> T) -> T {
     result.unwrap_or_else(|panic| resume_unwind(panic))
 }
 
-#[allow(dead_code)] // first users: the backends' blocking waits (issue 9)
 /// What one blocking step of a [`wait_interruptibly`] loop ended with.
 pub(crate) enum Waited<T> {
     /// The wait is over (what it waited for arrived, or its time ran out).
@@ -27,7 +26,6 @@ pub(crate) enum Waited<T> {
     Interrupted,
 }
 
-#[allow(dead_code)]
 /// Blocks in `step` with the GIL released until it reports [`Waited::Done`], giving it the
 /// time left each round (`None`: no limit; `Some(ZERO)`: look once more and finish).
 ///
