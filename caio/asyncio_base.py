@@ -117,7 +117,7 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
         # acquire/release rather than `async with`: one coroutine frame less per operation.
         semaphore = self.semaphore
         await semaphore.acquire()
-        slot: _Slot | None = _Slot(semaphore)
+        slot_follows_op = False
         try:
             self._check_open()  # again: close() may have come while this task waited
             self._submit_op(op, future)
@@ -133,13 +133,13 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
                 # counts against the backend's capacity until it completes: its slot
                 # goes back only then, or an uncancelled task would meet "queue full".
                 if _in_backend(op):
-                    _release_on_completion(op, on_done, slot, self.loop)
-                    slot = None
+                    _release_on_completion(op, on_done, _Slot(semaphore), self.loop)
+                    slot_follows_op = True
                 raise
             return op.get_value()
         finally:
-            if slot is not None:
-                slot.release()
+            if not slot_follows_op:
+                semaphore.release()
 
     def read(
         self, nbytes: int, fd: int, offset: int, priority: int = 0,

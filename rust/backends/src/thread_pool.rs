@@ -94,14 +94,13 @@ impl ThreadPool {
             workers: Mutex::new(Vec::with_capacity(size)),
             size,
         };
+        // Workers inherit this mask from their first instruction on.
+        let _blocked = SignalsBlocked::new();
         for i in 0..size {
             let shared = pool.shared.clone();
             let handle = thread::Builder::new()
                 .name(format!("caio-worker-{i}"))
-                .spawn(move || {
-                    block_signals();
-                    worker(&shared)
-                })?; // Drop of `pool` stops the started ones.
+                .spawn(move || worker(&shared))?; // Drop of `pool` stops the started ones.
             pool.lock_workers().push(handle);
         }
         Ok(pool)
@@ -176,17 +175,33 @@ impl Drop for ThreadPool {
     }
 }
 
-/// Blocks every signal on the calling (new worker) thread, so that the kernel delivers a
-/// process-directed signal (Ctrl-C, a timer) to a thread that can act on it: Python runs
-/// its handlers on the main thread only, and a worker could not even interrupt itself.
-fn block_signals() {
-    // SAFETY: `set` is a local the calls initialise before use; sigfillset and
-    // pthread_sigmask only touch it and this thread's mask. They cannot fail with these
-    // arguments (valid `how`, valid pointers).
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+/// Every signal blocked on the calling thread until dropped (the old mask comes back). A
+/// thread spawned meanwhile inherits the full mask, so the kernel never delivers a
+/// process-directed signal (Ctrl-C, a timer) to a worker: Python runs its handlers on the
+/// main thread only, and a worker could not even interrupt itself.
+struct SignalsBlocked(libc::sigset_t);
+
+impl SignalsBlocked {
+    fn new() -> Self {
+        // SAFETY: both sets are locals the calls initialise; sigfillset and pthread_sigmask
+        // only touch them and this thread's mask, and cannot fail with valid arguments.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            Self(old)
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask `new` saved; the guard lives and dies inside
+        // `ThreadPool::new`, on one thread.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
+        }
     }
 }
 
