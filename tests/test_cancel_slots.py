@@ -19,6 +19,7 @@ thread_aio's default mode, by a callback that waits on an Event (it runs on the 
 import asyncio
 import errno
 import os
+import platform
 import threading
 import time
 
@@ -76,6 +77,24 @@ def kmsg():
         yield k
     finally:
         k.close()
+
+
+PREAD64 = {"x86_64": "17", "aarch64": "67"}.get(platform.machine())
+
+
+def blocked_in_pread(fd):
+    """Whether a thread of this process sleeps in pread() on ``fd`` (/proc/<tid>/syscall)."""
+    if PREAD64 is None:
+        pytest.skip(f"pread64's syscall number is unknown on {platform.machine()}")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/syscall") as f:
+                fields = f.read().split()
+        except OSError:
+            continue
+        if fields[:2] == [PREAD64, hex(fd)]:
+            return True
+    return False
 
 
 def submit_when_room(ctx, op, deadline):
@@ -269,6 +288,34 @@ def test_bursts_of_cancellations_never_make_other_tasks_fail(
             deadline = time.monotonic() + WAIT
             while ctx.semaphore._value != 8:
                 assert time.monotonic() < deadline, f"{8 - ctx.semaphore._value} slots lost"
+                await asyncio.sleep(0.001)
+
+    loop_runner.run(body)
+
+
+@pytest.mark.parametrize("name", BURST_ADAPTERS)
+def test_a_cancelled_task_ends_at_once_but_its_running_op_keeps_the_slot(
+    name, loop_runner, kmsg,
+):
+    (adapter,) = (m for m in caio.variants_asyncio if short_name(m) == name)
+
+    async def body():
+        async with adapter.AsyncioContext(max_requests=2, pool_size=1) as ctx:
+            kfd = kmsg.blocking_fd()
+            task = asyncio.ensure_future(ctx.read(8192, kfd, 0))
+            deadline = time.monotonic() + WAIT
+            while not blocked_in_pread(kfd):  # a worker really runs it (not just queued)
+                assert time.monotonic() < deadline, "no worker picked the read up"
+                await asyncio.sleep(0.001)
+            assert ctx.semaphore._value == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, WAIT)  # wait_for: a hang guard only
+            assert ctx.semaphore._value == 1, "the op still runs: its slot stays taken"
+            kmsg.release()
+            deadline = time.monotonic() + WAIT
+            while ctx.semaphore._value != 2:
+                assert time.monotonic() < deadline, "the slot never came back"
                 await asyncio.sleep(0.001)
 
     loop_runner.run(body)

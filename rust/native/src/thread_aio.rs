@@ -212,11 +212,12 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             let held = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(obj)) };
             op.set_context(slf);
             let id = engine.inflight.lock().insert(held);
-            op.set_request_id(id.0); // what a cancel targets
-                                     // SAFETY: the op's buffer stays valid until its completion is delivered: the
-                                     // registry holds a strong reference to the op, the op holds the buffer, and
-                                     // nothing releases either before `deliver` (a dropped or collected op is
-                                     // still referenced by the registry, which the GC cannot see).
+            // What a cancel targets.
+            op.set_request_id(id.0);
+            // SAFETY: the op's buffer stays valid until its completion is delivered: the
+            // registry holds a strong reference to the op, the op holds the buffer, and
+            // nothing releases either before `deliver` (a dropped or collected op is
+            // still referenced by the registry, which the GC cannot see).
             if let Err(err) = unsafe { pool.submit(id, op.request()) } {
                 let held = engine.inflight.lock().remove(id);
                 op.unclaim();
