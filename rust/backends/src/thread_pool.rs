@@ -183,25 +183,28 @@ struct SignalsBlocked(libc::sigset_t);
 
 impl SignalsBlocked {
     fn new() -> Self {
-        // SAFETY: both sets are locals the calls initialise; sigfillset and pthread_sigmask
-        // only touch them and this thread's mask, and cannot fail with valid arguments.
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-            Self(old)
-        }
+        Self(set_signal_mask(None))
     }
 }
 
 impl Drop for SignalsBlocked {
     fn drop(&mut self) {
-        // SAFETY: restores the mask `new` saved; the guard lives and dies inside
-        // `ThreadPool::new`, on one thread.
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
-        }
+        // The guard lives and dies inside `ThreadPool::new`, on one thread.
+        set_signal_mask(Some(&self.0));
+    }
+}
+
+/// Sets the calling thread's signal mask to `mask` (`None`: every signal); returns the
+/// previous one.
+fn set_signal_mask(mask: Option<&libc::sigset_t>) -> libc::sigset_t {
+    // SAFETY: every pointer is to a live local or to `mask`; sigfillset and pthread_sigmask
+    // only write those locals and this thread's mask, and cannot fail with valid arguments.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, mask.unwrap_or(&all), &mut old);
+        old
     }
 }
 
