@@ -22,6 +22,7 @@ import os
 import platform
 import threading
 import time
+import uuid
 
 import pytest
 from conftest import (
@@ -47,6 +48,7 @@ class Kmsg:
 
     def __init__(self):
         self.fds = []
+        self.marker = f"caio test suite: releasing blocked workers {uuid.uuid4()}".encode()
         try:
             self.wfd = os.open("/dev/kmsg", os.O_WRONLY)
         except OSError as e:
@@ -62,7 +64,7 @@ class Kmsg:
         return fd
 
     def release(self):
-        os.write(self.wfd, b"caio test suite: releasing blocked workers\n")
+        os.write(self.wfd, self.marker + b"\n")
 
     def close(self):
         for fd in self.fds:
@@ -252,38 +254,48 @@ def test_bursts_of_cancellations_never_make_other_tasks_fail(
     fd = files.open(data)
     rounds, per_round, workers = 6, 60, 2
 
+    async def block(ctx, fd):
+        # Until our own message: another kernel message only makes it read again.
+        while kmsg.marker not in await ctx.read(8192, fd, 0):
+            pass
+
+    async def one_round(ctx):
+        # Both workers park in pread(/dev/kmsg): every other read stays queued.
+        blockers = [
+            asyncio.ensure_future(block(ctx, kmsg.blocking_fd())) for _ in range(workers)
+        ]
+        readers = [
+            asyncio.ensure_future(ctx.read(CHUNK, fd, (i % CHUNKS) * CHUNK))
+            for i in range(per_round)
+        ]
+        cancelled = set()
+        # Waves: let tasks take the freed slots and submit, cancel a quarter of the doomed
+        # ones (4 in 5 readers), again and again.
+        for wave in range(4):
+            for _ in range(3):
+                await asyncio.sleep(0)
+            for i, task in enumerate(readers):
+                if i % 5 and i % 4 == wave and task.cancel():
+                    cancelled.add(i)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        kmsg.release()
+        results = await asyncio.gather(*readers, return_exceptions=True)
+        await asyncio.gather(*blockers)
+        for i, (task, result) in enumerate(zip(readers, results)):
+            if i in cancelled:
+                assert task.cancelled(), result
+            else:
+                assert result == bytes([i % CHUNKS]) * CHUNK, (i, result)
+        assert len(cancelled) > per_round // 2
+
     async def body():
         async with adapter.AsyncioContext(max_requests=8, pool_size=workers) as ctx:
-            for _ in range(rounds):
-                # Both workers park in pread(/dev/kmsg): every other read stays queued.
-                blockers = [
-                    asyncio.ensure_future(ctx.read(8192, kmsg.blocking_fd(), 0))
-                    for _ in range(workers)
-                ]
-                readers = [
-                    asyncio.ensure_future(ctx.read(CHUNK, fd, (i % CHUNKS) * CHUNK))
-                    for i in range(per_round)
-                ]
-                cancelled = set()
-                # Waves: let tasks take the freed slots and submit, cancel a quarter of
-                # the doomed ones (4 in 5 readers), again and again.
-                for wave in range(4):
-                    for _ in range(3):
-                        await asyncio.sleep(0)
-                    for i, task in enumerate(readers):
-                        if i % 5 and i % 4 == wave and task.cancel():
-                            cancelled.add(i)
-                for _ in range(3):
-                    await asyncio.sleep(0)
-                kmsg.release()
-                results = await asyncio.gather(*readers, return_exceptions=True)
-                await asyncio.gather(*blockers)
-                for i, (task, result) in enumerate(zip(readers, results)):
-                    if i in cancelled:
-                        assert task.cancelled(), result
-                    else:
-                        assert result == bytes([i % CHUNKS]) * CHUNK, (i, result)
-                assert len(cancelled) > per_round // 2
+            try:
+                for _ in range(rounds):
+                    await one_round(ctx)
+            finally:
+                kmsg.release()  # else close() would wait for the parked workers
             # Every slot comes back once the last cancelled op is over.
             deadline = time.monotonic() + WAIT
             while ctx.semaphore._value != 8:
@@ -307,12 +319,14 @@ def test_a_cancelled_task_ends_at_once_but_its_running_op_keeps_the_slot(
             while not blocked_in_pread(kfd):  # a worker really runs it (not just queued)
                 assert time.monotonic() < deadline, "no worker picked the read up"
                 await asyncio.sleep(0.001)
-            assert ctx.semaphore._value == 1
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await asyncio.wait_for(task, WAIT)  # wait_for: a hang guard only
-            assert ctx.semaphore._value == 1, "the op still runs: its slot stays taken"
-            kmsg.release()
+            try:
+                assert ctx.semaphore._value == 1
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(task, WAIT)  # wait_for: a hang guard only
+                assert ctx.semaphore._value == 1, "the op still runs: its slot stays taken"
+            finally:
+                kmsg.release()  # else close() would wait for the parked worker
             deadline = time.monotonic() + WAIT
             while ctx.semaphore._value != 2:
                 assert time.monotonic() < deadline, "the slot never came back"
