@@ -202,9 +202,12 @@ def test_a_waiter_for_three_is_woken_by_completions_arriving_one_by_one(files):
         thread.start()
         t0 = time.monotonic()
         delivered = ctx.process_events(min_requests=3, timeout=20)
+        elapsed = time.monotonic() - t0
         thread.join()
         assert errors == []
-        assert delivered == 3, f"woke with {delivered} of 3 after {time.monotonic() - t0:.1f} s"
+        # A lost wake-up shows as a wait that only the timeout ends (then all 3 are there).
+        assert elapsed < 10, f"woke only at the timeout, with {delivered} of 3"
+        assert delivered == 3
         assert [op.get_value() for op in ops] == [1, 1, 1]
         ctx.close()
 
