@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import errno
 import operator
 import os
@@ -115,10 +116,12 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
             return op.get_value()
 
         future = self.loop.create_future()
-        op.set_callback(partial(self._on_done, future))
+        on_done = partial(self._on_done, future)
+        op.set_callback(on_done)
         # acquire/release rather than `async with`: one coroutine frame less per operation.
         semaphore = self.semaphore
         await semaphore.acquire()
+        slot_follows_op = False
         try:
             self._check_open()  # again: close() may have come while this task waited
             self._submit_op(op, future)
@@ -130,10 +133,17 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
                     self.context.cancel(op)
                 except ValueError:
                     pass
+                # The task ends now, but an op the cancel could not take back still
+                # counts against the backend's capacity until it completes: its slot
+                # goes back only then, or an uncancelled task would meet "queue full".
+                if _in_backend(op):
+                    _release_on_completion(op, on_done, _Slot(semaphore), self.loop)
+                    slot_follows_op = True
                 raise
             return op.get_value()
         finally:
-            semaphore.release()
+            if not slot_follows_op:
+                semaphore.release()
 
     def read(
         self, nbytes: int, fd: int, offset: int, priority: int = 0,
@@ -278,6 +288,52 @@ def _is_stream(fd: int) -> bool:
     except OSError as exc:
         return exc.errno == errno.ESPIPE
     return False
+
+
+class _Slot:
+    """One semaphore slot, given back exactly once (on the loop thread)."""
+
+    __slots__ = ("_semaphore",)
+
+    def __init__(self, semaphore: asyncio.BoundedSemaphore) -> None:
+        self._semaphore: asyncio.BoundedSemaphore | None = semaphore
+
+    def release(self) -> None:
+        semaphore, self._semaphore = self._semaphore, None
+        if semaphore is not None:
+            semaphore.release()
+
+
+def _in_backend(op: AbstractOperation) -> bool:
+    # Every backend's Operation names the Context it is in flight on (None before it
+    # was submitted, e.g. still batched by the adapter, and once it has completed).
+    return getattr(op, "context", None) is not None
+
+
+def _release_on_completion(
+    op: AbstractOperation,
+    on_done: Callable[[Any], Any],
+    slot: _Slot,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    op.set_callback(partial(_done_then_release, on_done, slot, loop))
+    if not _in_backend(op):
+        # It completed meanwhile, maybe still through the old callback.
+        slot.release()
+
+
+def _done_then_release(
+    on_done: Callable[[Any], Any],
+    slot: _Slot,
+    loop: asyncio.AbstractEventLoop,
+    result: Any,
+) -> None:
+    # A completion callback: any thread.
+    try:
+        on_done(result)
+    finally:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(slot.release)
 
 
 def _resolve(future: asyncio.Future[Any]) -> None:

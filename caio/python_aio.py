@@ -137,12 +137,13 @@ class Context(AbstractContext):
             if self._in_progress >= self.__max_requests:
                 raise RuntimeError("Maximum simultaneous requests have been reached")
             operation.in_progress = True
+            operation.context = self
             self._in_progress += 1
 
         try:
             self.pool.apply_async(
-                handler,
-                (self, operation),
+                _run_unless_cancelled,
+                (handler, self, operation),
                 callback=partial(self._on_success, operation),
                 error_callback=partial(self._on_error, operation),
             )
@@ -155,14 +156,19 @@ class Context(AbstractContext):
         """Undo a claim for an operation that never reached the pool."""
         with operation._lock, self._lock:
             operation.in_progress = False
+            operation.context = None
             self._in_progress -= 1
 
     # --- completion (ThreadPool result-handler thread) ---------------------------
+
+    # The operation's slot (``_in_progress``) is freed only here, once its task has really
+    # ended, cancelled or not: until then the pool still holds it.
 
     def _on_success(self, operation: Operation, result: Any) -> None:
         with self._lock:
             self._in_progress -= 1
         operation.written = result
+        operation.context = None
         self._invoke_callback(operation, result)
 
     def _on_error(self, operation: Operation, exc: BaseException) -> None:
@@ -171,6 +177,7 @@ class Context(AbstractContext):
         # A failed system call raises the same exception as on the native backends.
         operation.exception = operation_error(exc) if isinstance(exc, OSError) else exc
         operation.written = 0
+        operation.context = None
         self._invoke_callback(operation, None)
 
     def _invoke_callback(self, operation: Operation, result: Any) -> None:
@@ -251,7 +258,27 @@ class Context(AbstractContext):
     # --- the rest of the Context API ----------------------------------------------
 
     def cancel(self, *aio_operations: Any) -> int:
-        return 0
+        """Cancel operations of this Context that no pool thread has started yet.
+
+        A cancelled operation never runs: when the pool reaches it, it completes with
+        ``OSError(ECANCELED)`` (its callback gets None, ``get_value()`` raises) and only
+        then gives its place in ``max_requests`` back. A running one cannot be stopped and
+        completes normally. Accepts anything, as caio does (other objects are ignored);
+        returns how many operations were cancelled.
+        """
+        cancelled = 0
+        for operation in aio_operations:
+            if not isinstance(operation, Operation):
+                continue
+            with operation._lock:
+                if (
+                    operation.context is self
+                    and not operation._started
+                    and not operation._cancelled
+                ):
+                    operation._cancelled = True
+                    cancelled += 1
+        return cancelled
 
     def close(self) -> None:
         """Stop accepting operations. Already queued ones still run (no join)."""
@@ -266,6 +293,17 @@ class Context(AbstractContext):
 
     def __del__(self) -> None:
         self.close()
+
+
+def _run_unless_cancelled(
+    handler: Callable[[Context, Operation], Any], context: Context, operation: Operation,
+) -> Any:
+    """Runs on a pool thread: the handler, unless the operation was cancelled first."""
+    with operation._lock:
+        if operation._cancelled:
+            raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED))
+        operation._started = True
+    return handler(context, operation)
 
 
 class Operation(AbstractOperation):
@@ -287,6 +325,11 @@ class Operation(AbstractOperation):
         self._lock = threading.Lock()
         self.callback: Callable[[Any], Any] | None = None
         self.in_progress = False
+        # The Context this operation is in flight on, else None (as on the native
+        # backends); cancel() targets only those.
+        self.context: Context | None = None
+        self._started = False
+        self._cancelled = False
         self.exception: BaseException | None = None
         self.written: Any = 0
 

@@ -40,7 +40,13 @@ class EventfdContext(AbstractContext):
         """The eventfd signalled when completions are queued."""
     def submit(self, *aio_operations: Operation) -> int: ...
     def cancel(self, *aio_operations: Any) -> int:
-        """Always 0: queued work cannot be cancelled."""
+        """Take back operations of this Context that no worker has started.
+
+        Each completes with ``ECANCELED`` (callback mode: its callback runs here; eventfd
+        mode: from ``process_events()``). A running syscall cannot be interrupted and
+        completes normally. Anything else is ignored, as in caio. Returns how many were
+        taken back.
+        """
     def close(self) -> None: ...
     def poll(self) -> int:
         """Read and reset the eventfd counter; BlockingIOError when it is 0."""

@@ -26,7 +26,6 @@ from conftest import (
     module_by_short_name,
     needs_thread_aio,
     run_python,
-    short_name,
 )
 
 thread_aio = module_by_short_name("thread_aio")
@@ -218,9 +217,6 @@ def test_negative_offset_is_refused_when_the_op_is_built(files, name, offset, ki
 
 @pytest.mark.parametrize("kind", ["read", "write"])
 def test_adapter_negative_offset_never_uses_the_file_position(loop_runner, adapter, files, kind):
-    if short_name(adapter) == "linux_uring":
-        pytest.skip("raw linux_uring takes -1 as the file position; the linux_uring adapter "
-                    "refuses it in asyncio_base (issue 9 item 2, adapter part)")
     fd = files.open(b"0123456789")
     os.lseek(fd, 2, os.SEEK_SET)
 

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use caio_backends::{CompletionSink, EventQueue, SubmitError, ThreadPool};
-use caio_core::Completion;
+use caio_core::{Completion, Phase, RequestId};
 
 use crate::args::parse_args;
 use crate::context::{self, CompletionMethods, ContextSlots, DrainArgs};
 use crate::error::{entry, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
-use crate::gil::without_gil;
+use crate::gil::{wait_interruptibly, without_gil, Waited};
 use crate::inflight::InFlight;
 use crate::operation::{self, deliver, OpPtr};
 use crate::values;
@@ -82,6 +82,15 @@ impl Engine {
         if self.events.is_some() {
             self.drain(usize::MAX);
         }
+    }
+
+    /// Takes request `id` out of the pool's queue if no worker has started it, and reports
+    /// it as cancelled like any completion: in callback mode its callback runs right here,
+    /// in eventfd mode it waits in the queue for `process_events()`. GIL held.
+    fn cancel(&self, id: RequestId) -> bool {
+        let cancelled = self.lock_pool().as_ref().and_then(|pool| pool.cancel(id));
+        // Reported with the pool lock released: the callback may submit or close.
+        cancelled.map(|cancelled| cancelled.complete()).is_some()
     }
 
     /// Delivers up to `max` queued completions on this thread. GIL held.
@@ -231,6 +240,8 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             let held = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(obj)) };
             op.set_context(slf);
             let id = engine.inflight.lock().insert(held);
+            // What a cancel targets.
+            op.set_request_id(id.0);
             // SAFETY: the op's buffer stays valid until its completion is delivered: the
             // registry holds a strong reference to the op, the op holds the buffer, and
             // nothing releases either before `deliver` (a dropped or collected op is
@@ -255,12 +266,31 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
 }
 
 unsafe extern "C" fn ctx_cancel(
-    _slf: *mut PyObject,
-    _args: *mut PyObject,
+    slf: *mut PyObject,
+    args: *mut PyObject,
     _kwargs: *mut PyObject,
 ) -> *mut PyObject {
-    // Worker-thread syscalls cannot be interrupted; like caio, cancel is a no-op.
-    entry(|| values::int(0))
+    // Accepts anything, as caio did; only ops in flight on this Context are looked at. A
+    // syscall a worker already runs cannot be interrupted: that op completes normally.
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        let mut cancelled: i64 = 0;
+        for obj in context::arguments(args) {
+            if !is_operation(obj) {
+                continue;
+            }
+            // SAFETY: type-checked just above.
+            let op = unsafe { OpPtr::new(obj) };
+            if op.phase() == Phase::InFlight
+                && op.context() == slf
+                && engine.cancel(RequestId(op.request_id()))
+            {
+                cancelled += 1;
+            }
+        }
+        values::int(cancelled)
+    })
 }
 
 unsafe extern "C" fn ctx_close(slf: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
@@ -291,9 +321,20 @@ unsafe extern "C" fn ctx_process_events(
         let (max, min) = (drain.max, drain.min);
         let events = events_of(engine)?;
         if min > 0 && drain.timeout != 0 && events.len() < min as usize {
-            let wait = drain.timeout();
-            let events = events.clone();
-            without_gil(move || events.wait(min as usize, wait));
+            // Sleeps in poll(), so Ctrl-C or another signal wakes it to run Python's
+            // handlers; their exception ends the wait, else it resumes for the time left.
+            wait_interruptibly(drain.timeout(), |left| {
+                match events.wait(min as usize, left) {
+                    Ok(_) => Ok(Waited::Done(())),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                        Ok(Waited::Interrupted)
+                    }
+                    Err(e) => Err(Error::Os(
+                        e.raw_os_error().unwrap_or(0),
+                        format!("waiting for completions on the Context's eventfd failed: {e}"),
+                    )),
+                }
+            })?;
         }
         values::int(engine.drain(max as usize) as i64)
     })
@@ -390,7 +431,9 @@ fn shared_slots(doc: &'static CStr, completion: Option<CompletionMethods>) -> Co
             c"cancel",
             ctx_cancel,
             0,
-            c"cancel(*args) -> 0: worker syscalls cannot be cancelled.",
+            c"cancel(*operations) -> int: how many queued operations were taken out \
+              before a worker started them (they complete with ECANCELED); a running \
+              syscall cannot be interrupted and completes normally.",
         ),
         method(
             c"close",
