@@ -29,6 +29,7 @@ from typing import Any
 
 from . import python_aio, python_aio_asyncio
 from .abstract import AbstractContext, AbstractOperation
+from .errors import OperationError, SubmitError
 
 __version__ = Distribution.from_name("caio").version
 __author__ = "caio-rs developers"
@@ -240,7 +241,9 @@ __all__ = (
     "AsyncioContext",
     "Context",
     "Operation",
+    "OperationError",
     "ResourceLimitWarning",
+    "SubmitError",
     "__author__",
     "__version__",
     "linux_aio",

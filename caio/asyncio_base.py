@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
+import errno
+import operator
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
 from .abstract import AbstractContext, AbstractOperation
+from .errors import OperationError
 
 ContextType = TypeVar("ContextType", bound=AbstractContext)
 OperationType = TypeVar("OperationType", bound=AbstractOperation)
@@ -111,10 +116,12 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
             return op.get_value()
 
         future = self.loop.create_future()
-        op.set_callback(partial(self._on_done, future))
+        on_done = partial(self._on_done, future)
+        op.set_callback(on_done)
         # acquire/release rather than `async with`: one coroutine frame less per operation.
         semaphore = self.semaphore
         await semaphore.acquire()
+        slot_follows_op = False
         try:
             self._check_open()  # again: close() may have come while this task waited
             self._submit_op(op, future)
@@ -126,22 +133,58 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
                     self.context.cancel(op)
                 except ValueError:
                     pass
+                # The task ends now, but an op the cancel could not take back still
+                # counts against the backend's capacity until it completes: its slot
+                # goes back only then, or an uncancelled task would meet "queue full".
+                if _in_backend(op):
+                    _release_on_completion(op, on_done, _Slot(semaphore), self.loop)
+                    slot_follows_op = True
                 raise
             return op.get_value()
         finally:
-            semaphore.release()
+            if not slot_follows_op:
+                semaphore.release()
 
     def read(
         self, nbytes: int, fd: int, offset: int, priority: int = 0,
     ) -> Awaitable[bytes]:
+        if type(offset) is not int or offset < 0:
+            _check_offset(offset)
         op = self.OPERATION_CLASS.read(nbytes, fd, offset, priority)
         return self.submit(op)  # type: ignore[arg-type]
 
     def write(
         self, payload: bytes, fd: int, offset: int, priority: int = 0,
     ) -> Awaitable[int]:
-        op = self.OPERATION_CLASS.write(payload, fd, offset, priority)
-        return self.submit(op)  # type: ignore[arg-type]
+        """Writes all of ``payload`` at ``offset`` and returns its length, or raises the
+        error that stopped it (e.g. ``ENOSPC``): a short write is continued, never
+        reported as done."""
+        if type(offset) is not int or offset < 0:
+            _check_offset(offset)
+        op = cast(OperationType, self.OPERATION_CLASS.write(payload, fd, offset, priority))
+        return self._write_all(op, payload, fd, offset, priority)
+
+    async def _write_all(
+        self, op: OperationType, payload: bytes, fd: int, offset: int, priority: int,
+    ) -> int:
+        size = len(payload)
+        written = await self.submit(op)
+        done = 0
+        stream: bool | None = None
+        while True:
+            if written <= 0 and size:
+                raise OperationError(
+                    errno.EIO, f"write made no progress after {done} of {size} bytes",
+                )
+            done += written
+            if done >= size:
+                return done
+            if stream is None:
+                stream = _is_stream(fd)
+            # A stream has no offsets: the rest goes where the first part went.
+            at = offset if stream else offset + done
+            rest = self.OPERATION_CLASS.write(payload[done:], fd, at, priority)
+            written = await self.submit(rest)  # type: ignore[arg-type]
 
     def fsync(self, fd: int) -> Awaitable[None]:
         return self.submit(cast(OperationType, self.OPERATION_CLASS.fsync(fd)))
@@ -225,6 +268,72 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
 
 
 _YIELD_FIRST = object()
+
+
+def _check_offset(offset: Any) -> None:
+    """Refuses a negative file offset before anything is submitted: some kernel
+    interfaces read -1 as "the file's current position" and would misplace the data."""
+    try:
+        value = operator.index(offset)
+    except TypeError:
+        return  # the Operation constructor reports the wrong type
+    if value < 0:
+        raise ValueError(f"offset must be a non-negative file offset, got offset={value}")
+
+
+def _is_stream(fd: int) -> bool:
+    """True for a descriptor without a file position (pipe, socket, FIFO)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError as exc:
+        return exc.errno == errno.ESPIPE
+    return False
+
+
+class _Slot:
+    """One semaphore slot, given back exactly once (on the loop thread)."""
+
+    __slots__ = ("_semaphore",)
+
+    def __init__(self, semaphore: asyncio.BoundedSemaphore) -> None:
+        self._semaphore: asyncio.BoundedSemaphore | None = semaphore
+
+    def release(self) -> None:
+        semaphore, self._semaphore = self._semaphore, None
+        if semaphore is not None:
+            semaphore.release()
+
+
+def _in_backend(op: AbstractOperation) -> bool:
+    # Every backend's Operation names the Context it is in flight on (None before it
+    # was submitted, e.g. still batched by the adapter, and once it has completed).
+    return getattr(op, "context", None) is not None
+
+
+def _release_on_completion(
+    op: AbstractOperation,
+    on_done: Callable[[Any], Any],
+    slot: _Slot,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    op.set_callback(partial(_done_then_release, on_done, slot, loop))
+    if not _in_backend(op):
+        # It completed meanwhile, maybe still through the old callback.
+        slot.release()
+
+
+def _done_then_release(
+    on_done: Callable[[Any], Any],
+    slot: _Slot,
+    loop: asyncio.AbstractEventLoop,
+    result: Any,
+) -> None:
+    # A completion callback: any thread.
+    try:
+        on_done(result)
+    finally:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(slot.release)
 
 
 def _resolve(future: asyncio.Future[Any]) -> None:

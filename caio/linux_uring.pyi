@@ -39,11 +39,16 @@ class Operation(AbstractOperation):
     @classmethod
     def read(
         cls, nbytes: int, fd: int, offset: int = 0, priority: int = 0,
-    ) -> Operation: ...
+    ) -> Operation:
+        """``offset``: 0 to 2**63 - 1, or -1 (also spelt 2**64 - 1, as ``op.offset`` shows
+        it): io_uring's "use the file position", for pipes and other streams, which
+        reads at the descriptor's current position and moves it. Any other value raises
+        OverflowError."""
     @classmethod
     def write(
         cls, payload_bytes: bytes, fd: int, offset: int = 0, priority: int = 0,
-    ) -> Operation: ...
+    ) -> Operation:
+        """``offset`` as for ``read``: -1 writes at the file position."""
     @classmethod
     def fsync(cls, fd: int, priority: int = 0) -> Operation: ...
     @classmethod

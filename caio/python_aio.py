@@ -9,6 +9,7 @@ fsync/fdsync) or ``None`` on failure; the failure itself is re-raised by
 from __future__ import annotations
 
 import contextlib
+import errno
 import operator
 import os
 import threading
@@ -21,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, SupportsIndex
 
 from .abstract import AbstractContext, AbstractOperation
+from .errors import operation_error
 
 fdsync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 NATIVE_PREAD_PWRITE: bool = hasattr(os, "pread") and hasattr(os, "pwrite")
@@ -47,6 +49,12 @@ def _describe(obj: object) -> str:
     if isinstance(obj, (bytes, bytearray, memoryview, str)) and len(obj) > 64:
         return f"<{type(obj).__name__} of length {len(obj)}>"
     return repr(obj)
+
+
+def _is_stream(exc: OSError, offset: int) -> bool:
+    """Whether a positional call failed only because the descriptor has no position and
+    the request, at offset 0, can run as a plain read/write."""
+    return exc.errno == errno.ESPIPE and offset == 0
 
 
 def _report_callback_error(exc: BaseException) -> None:
@@ -129,12 +137,13 @@ class Context(AbstractContext):
             if self._in_progress >= self.__max_requests:
                 raise RuntimeError("Maximum simultaneous requests have been reached")
             operation.in_progress = True
+            operation.context = self
             self._in_progress += 1
 
         try:
             self.pool.apply_async(
-                handler,
-                (self, operation),
+                _run_unless_cancelled,
+                (handler, self, operation),
                 callback=partial(self._on_success, operation),
                 error_callback=partial(self._on_error, operation),
             )
@@ -147,21 +156,28 @@ class Context(AbstractContext):
         """Undo a claim for an operation that never reached the pool."""
         with operation._lock, self._lock:
             operation.in_progress = False
+            operation.context = None
             self._in_progress -= 1
 
     # --- completion (ThreadPool result-handler thread) ---------------------------
+
+    # The operation's slot (``_in_progress``) is freed only here, once its task has really
+    # ended, cancelled or not: until then the pool still holds it.
 
     def _on_success(self, operation: Operation, result: Any) -> None:
         with self._lock:
             self._in_progress -= 1
         operation.written = result
+        operation.context = None
         self._invoke_callback(operation, result)
 
     def _on_error(self, operation: Operation, exc: BaseException) -> None:
         with self._lock:
             self._in_progress -= 1
-        operation.exception = exc
+        # A failed system call raises the same exception as on the native backends.
+        operation.exception = operation_error(exc) if isinstance(exc, OSError) else exc
         operation.written = 0
+        operation.context = None
         self._invoke_callback(operation, None)
 
     def _invoke_callback(self, operation: Operation, result: Any) -> None:
@@ -186,19 +202,33 @@ class Context(AbstractContext):
                 lock = self._fd_locks[fd] = threading.RLock()
             return lock
 
+    # A descriptor without a file position (pipe, FIFO, socket) refuses pread/pwrite and
+    # lseek with ESPIPE; at offset 0 the request then means "the next bytes", as io_uring
+    # and kernel AIO treat it, and runs as a plain read/write.
+
     def _pread(self, fd: int, size: int, offset: int) -> bytes:
-        if NATIVE_PREAD_PWRITE:
-            return os.pread(fd, size, offset)
-        with self._fd_lock(fd):
-            os.lseek(fd, offset, os.SEEK_SET)
-            return os.read(fd, size)
+        try:
+            if NATIVE_PREAD_PWRITE:
+                return os.pread(fd, size, offset)
+            with self._fd_lock(fd):
+                os.lseek(fd, offset, os.SEEK_SET)
+                return os.read(fd, size)
+        except OSError as exc:
+            if not _is_stream(exc, offset):
+                raise
+        return os.read(fd, size)
 
     def _pwrite(self, fd: int, data: bytes, offset: int) -> int:
-        if NATIVE_PREAD_PWRITE:
-            return os.pwrite(fd, data, offset)
-        with self._fd_lock(fd):
-            os.lseek(fd, offset, os.SEEK_SET)
-            return os.write(fd, data)
+        try:
+            if NATIVE_PREAD_PWRITE:
+                return os.pwrite(fd, data, offset)
+            with self._fd_lock(fd):
+                os.lseek(fd, offset, os.SEEK_SET)
+                return os.write(fd, data)
+        except OSError as exc:
+            if not _is_stream(exc, offset):
+                raise
+        return os.write(fd, data)
 
     def _handle_read(self, operation: Operation) -> int:
         data = self._pread(operation.fileno, operation.nbytes, operation.offset)
@@ -228,7 +258,27 @@ class Context(AbstractContext):
     # --- the rest of the Context API ----------------------------------------------
 
     def cancel(self, *aio_operations: Any) -> int:
-        return 0
+        """Cancel operations of this Context that no pool thread has started yet.
+
+        A cancelled operation never runs: when the pool reaches it, it completes with
+        ``OSError(ECANCELED)`` (its callback gets None, ``get_value()`` raises) and only
+        then gives its place in ``max_requests`` back. A running one cannot be stopped and
+        completes normally. Accepts anything, as caio does (other objects are ignored);
+        returns how many operations were cancelled.
+        """
+        cancelled = 0
+        for operation in aio_operations:
+            if not isinstance(operation, Operation):
+                continue
+            with operation._lock:
+                if (
+                    operation.context is self
+                    and not operation._started
+                    and not operation._cancelled
+                ):
+                    operation._cancelled = True
+                    cancelled += 1
+        return cancelled
 
     def close(self) -> None:
         """Stop accepting operations. Already queued ones still run (no join)."""
@@ -243,6 +293,17 @@ class Context(AbstractContext):
 
     def __del__(self) -> None:
         self.close()
+
+
+def _run_unless_cancelled(
+    handler: Callable[[Context, Operation], Any], context: Context, operation: Operation,
+) -> Any:
+    """Runs on a pool thread: the handler, unless the operation was cancelled first."""
+    with operation._lock:
+        if operation._cancelled:
+            raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED))
+        operation._started = True
+    return handler(context, operation)
 
 
 class Operation(AbstractOperation):
@@ -264,6 +325,11 @@ class Operation(AbstractOperation):
         self._lock = threading.Lock()
         self.callback: Callable[[Any], Any] | None = None
         self.in_progress = False
+        # The Context this operation is in flight on, else None (as on the native
+        # backends); cancel() targets only those.
+        self.context: Context | None = None
+        self._started = False
+        self._cancelled = False
         self.exception: BaseException | None = None
         self.written: Any = 0
 
@@ -307,7 +373,8 @@ class Operation(AbstractOperation):
     def get_value(self) -> bytes | int | None:
         """bytes for a read, bytes written for a write, None for the rest.
 
-        Re-raises the ``OSError`` of a failed operation. Not gated while in flight.
+        A failed operation raises ``caio.OperationError`` (an ``OSError`` with the errno,
+        also a ``SystemError``, as on the native backends). Not gated while in flight.
         """
         if self.exception is not None:
             raise self.exception

@@ -7,24 +7,46 @@ from .abstract import AbstractContext, AbstractOperation
 class Context(AbstractContext):
     """thread aio context: a fixed pool of native worker threads.
 
-    With ``eventfd=False`` (default) callbacks run on a worker thread holding the GIL.
-    With ``eventfd=True`` workers never take the GIL; completions are queued, announced
-    on ``fileno`` and delivered by ``process_events()`` on the calling thread.
+    Each callback runs on the worker thread that did the I/O, holding the GIL (caio's
+    behaviour). For delivery on your own thread use ``EventfdContext``.
     """
 
-    def __new__(
-        cls, max_requests: int = 512, pool_size: int = 8, *, eventfd: bool = False,
-    ) -> Context: ...
+    def __new__(cls, max_requests: int = 512, pool_size: int = 8) -> Context: ...
+    @property
+    def max_requests(self) -> int: ...
+    @property
+    def pool_size(self) -> int: ...
+    def submit(self, *aio_operations: Operation) -> int: ...
+    def cancel(self, *aio_operations: Any) -> int:
+        """Always 0: queued work cannot be cancelled."""
+    def close(self) -> None: ...
+
+@final
+class EventfdContext(AbstractContext):
+    """thread aio context delivering completions on the caller's thread.
+
+    Workers never take the GIL: completions are queued and announced on the eventfd
+    ``fileno``; ``process_events()`` runs their callbacks on the calling thread. This is
+    what ``caio.thread_aio_asyncio`` uses.
+    """
+
+    def __new__(cls, max_requests: int = 512, pool_size: int = 8) -> EventfdContext: ...
     @property
     def max_requests(self) -> int: ...
     @property
     def pool_size(self) -> int: ...
     @property
     def fileno(self) -> int:
-        """The eventfd (``eventfd=True`` only; AttributeError otherwise)."""
+        """The eventfd signalled when completions are queued."""
     def submit(self, *aio_operations: Operation) -> int: ...
     def cancel(self, *aio_operations: Any) -> int:
-        """Always 0: queued work cannot be cancelled."""
+        """Take back operations of this Context that no worker has started.
+
+        Each completes with ``ECANCELED`` (callback mode: its callback runs here; eventfd
+        mode: from ``process_events()``). A running syscall cannot be interrupted and
+        completes normally. Anything else is ignored, as in caio. Returns how many were
+        taken back.
+        """
     def close(self) -> None: ...
     def poll(self) -> int:
         """Read and reset the eventfd counter; BlockingIOError when it is 0."""
@@ -42,11 +64,14 @@ class Context(AbstractContext):
 @final
 class Operation(AbstractOperation):
     @classmethod
-    def read(cls, nbytes: int, fd: int, offset: int = 0, priority: int = 0) -> Operation: ...
+    def read(cls, nbytes: int, fd: int, offset: int = 0, priority: int = 0) -> Operation:
+        """``offset`` is a file offset, 0 to 2**63 - 1 (negative: ValueError). On a pipe,
+        FIFO or socket, offset 0 reads the next bytes."""
     @classmethod
     def write(
         cls, payload_bytes: bytes, fd: int, offset: int = 0, priority: int = 0,
-    ) -> Operation: ...
+    ) -> Operation:
+        """``offset`` as for ``read``; on a pipe, FIFO or socket offset 0 just writes."""
     @classmethod
     def fsync(cls, fd: int, priority: int = 0) -> Operation: ...
     @classmethod
@@ -66,4 +91,4 @@ class Operation(AbstractOperation):
     def error(self) -> int: ...
     def set_callback(self, callback: Callable[[int], Any]) -> bool: ...
 
-__all__ = ("Context", "Operation")
+__all__ = ("Context", "EventfdContext", "Operation")

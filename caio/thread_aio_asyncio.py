@@ -1,12 +1,12 @@
 """asyncio adapter for the thread-pool backend (``caio.thread_aio``).
 
-The Context runs in eventfd mode: worker threads never take the GIL, they queue
+It runs on a ``thread_aio.EventfdContext``: worker threads never take the GIL, they queue
 completions and signal an eventfd that the event loop watches. Completions are then
 delivered in batches by ``process_events()`` on the loop thread, so callbacks resolve
 their futures directly instead of going through ``call_soon_threadsafe``.
 
 Small reads whose data is already in the page cache are completed inside ``submit``
-by ``Context.run_inline()`` and return without a future or a loop round trip.
+by ``EventfdContext.run_inline()`` and return without a future or a loop round trip.
 """
 
 from __future__ import annotations
@@ -15,21 +15,21 @@ import asyncio
 from typing import Any
 
 from .asyncio_base import EventfdAsyncioContextBase, _resolve
-from .thread_aio import Context, Operation
+from .thread_aio import Context, EventfdContext, Operation
 
 
-class AsyncioContext(EventfdAsyncioContextBase[Context, Operation]):
-    """asyncio front end of ``caio.thread_aio.Context``.
+class AsyncioContext(EventfdAsyncioContextBase[EventfdContext, Operation]):
+    """asyncio front end of ``caio.thread_aio`` (on an ``EventfdContext``).
 
     ``deferred`` is accepted and ignored; extra keyword arguments (``pool_size``)
     go to the Context.
     """
 
     OPERATION_CLASS = Operation
-    CONTEXT_CLASS = Context
+    CONTEXT_CLASS = EventfdContext
 
-    def _create_context(self, max_requests: int, **kwargs: Any) -> Context:
-        context = self.CONTEXT_CLASS(max_requests=max_requests, eventfd=True, **kwargs)
+    def _create_context(self, max_requests: int, **kwargs: Any) -> EventfdContext:
+        context = self.CONTEXT_CLASS(max_requests=max_requests, **kwargs)
         try:
             self._watch(context)
         except BaseException:
@@ -61,4 +61,4 @@ class AsyncioContext(EventfdAsyncioContextBase[Context, Operation]):
             self.loop.call_soon_threadsafe(_resolve, future)
 
 
-__all__ = ("AsyncioContext", "Context", "Operation")
+__all__ = ("AsyncioContext", "Context", "EventfdContext", "Operation")

@@ -180,7 +180,7 @@ class Backend:
 
     def Context(self, *args, **kwargs):
         if self.eventfd:
-            kwargs.setdefault("eventfd", True)
+            return self.module.EventfdContext(*args, **kwargs)
         return self.module.Context(*args, **kwargs)
 
     @property

@@ -170,32 +170,6 @@ def test_thread_aio_offset_out_of_int64_range(offset, files):
 
 
 @needs_thread_aio
-@pytest.mark.parametrize("eventfd", [False, True], ids=["default", "eventfd"])
-def test_thread_aio_negative_offset_fails_at_completion(eventfd, files):
-    import errno
-
-    thread_aio = module_by_short_name("thread_aio")
-    fd = files.open(b"abc")
-    ctx = thread_aio.Context(eventfd=eventfd)
-    op = thread_aio.Operation.read(4, fd, -1)
-    tracker = Tracker(1)
-    op.set_callback(tracker.callback(0))
-    assert ctx.submit(op) == 1
-    if eventfd:
-        while not tracker.event.is_set():
-            ctx.process_events(min_requests=1, timeout=1)
-    else:
-        assert tracker.event.wait(10)
-    ctx.close()
-    assert tracker.ordered() == [-1]
-    assert op.error == errno.EINVAL
-    with pytest.raises((OSError, SystemError)) as exc_info:
-        op.get_value()
-    if isinstance(exc_info.value, OSError):
-        assert exc_info.value.errno == errno.EINVAL
-
-
-@needs_thread_aio
 @pytest.mark.parametrize("kwargs", [
     {"max_requests": 65535}, {"max_requests": -1}, {"pool_size": 200}, {"pool_size": 129},
 ])

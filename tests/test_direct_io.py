@@ -181,10 +181,9 @@ def test_misaligned_request_is_refused_at_construction(native_backend, direct, k
             else:
                 native_backend.write(b"m" * size, direct.fd, offset)
         check_message(excinfo.value, alignment)
-    # a negative offset is never aligned
-    with pytest.raises(ValueError) as excinfo:
+    # a negative offset is refused before alignment matters (linux_uring: outside loff_t)
+    with pytest.raises((ValueError, OverflowError), match="offset"):
         native_backend.read(alignment or 4096, direct.fd, -(alignment or 4096))
-    check_message(excinfo.value, alignment)
     # nothing reached the file
     assert os.fstat(direct.plain).st_size == 0
 

@@ -1101,10 +1101,9 @@ def test_run_inline_completes_a_cached_read(files):
     assert eof.get_value() == b""
 
     bad = Operation.read(6, closed_fd(), 0)
-    bad_calls = Calls()
-    bad.set_callback(bad_calls)
-    assert ctx.run_inline(bad) is True  # the failure is final, like the ring's
-    assert bad_calls.results == [-errno.EBADF]
+    assert ctx.run_inline(bad) is False  # errors are left to the ring, which reports them
+    assert bad.context is None
+    assert run(ctx, bad) == [[-errno.EBADF]]
     with pytest.raises(SystemError):
         bad.get_value()
 

@@ -14,8 +14,7 @@ SCRIPT = textwrap.dedent(
     path = {path!r}
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     os.pwrite(fd, b"x" * 65536, 0)
-    kwargs = {kwargs!r}
-    ctx = mod.Context(**kwargs)
+    ctx = getattr(mod, {context_type!r})()
     calls = []
     ops = [mod.Operation.read(4096, fd, i * 4096) for i in range(16)]
     ops.append(mod.Operation.write(b"y" * 1024, fd, 0))
@@ -39,7 +38,7 @@ def test_exit_with_operations_in_flight(native, workdir):
     code = SCRIPT.format(
         module=module,
         path=str(workdir / "f"),
-        kwargs={"eventfd": True} if native.eventfd else {},
+        context_type="EventfdContext" if native.eventfd else "Context",
         pipe_read=module == "caio.linux_uring",
     )
     proc = run_python(code, timeout=60)

@@ -1,10 +1,10 @@
 """caio.thread_aio specifics, in both completion-delivery modes:
 
-* default (``eventfd=False``): callbacks run on a pool worker thread holding the GIL;
-* ``eventfd=True``: completions are queued and delivered by ``process_events()`` on the caller.
+* ``Context`` (``eventfd=False`` here): callbacks run on a pool worker thread holding the GIL;
+* ``EventfdContext`` (``eventfd=True``): completions are queued and delivered by
+  ``process_events()`` on the caller.
 
-Making the pool busy deterministically: workers use positional pread/pwrite, so pipes, FIFOs,
-sockets and eventfds fail at once with ESPIPE and cannot block a worker.  Instead:
+Making the pool busy deterministically (a file that blocks a worker until the test says so):
 
 * default mode: the only worker (pool_size=1) is parked inside a callback waiting on a
   ``threading.Event`` (``CallbackBlocker``);
@@ -31,7 +31,13 @@ pytestmark = needs_thread_aio
 thread_aio = module_by_short_name("thread_aio")
 if thread_aio is not None:
     Context = thread_aio.Context
+    EventfdContext = thread_aio.EventfdContext
     Operation = thread_aio.Operation
+
+
+def make_context(*args, eventfd=False, **kwargs):
+    """The default Context, or an EventfdContext when ``eventfd``."""
+    return (EventfdContext if eventfd else Context)(*args, **kwargs)
 
 WAIT = 10  # seconds; hang guards only
 
@@ -106,16 +112,16 @@ class KmsgBlocker:
 
 
 def test_context_defaults_and_properties(eventfd):
-    ctx = Context(eventfd=eventfd)
+    ctx = make_context(eventfd=eventfd)
     assert ctx.max_requests == 512
     assert ctx.pool_size == 8
     assert isinstance(repr(ctx), str)
     ctx.close()
-    ctx = Context(max_requests=0, pool_size=0, eventfd=eventfd)
+    ctx = make_context(max_requests=0, pool_size=0, eventfd=eventfd)
     assert ctx.max_requests == 512
     assert ctx.pool_size == 8
     ctx.close()
-    ctx = Context(16, 2, eventfd=eventfd)
+    ctx = make_context(16, 2, eventfd=eventfd)
     assert (ctx.max_requests, ctx.pool_size) == (16, 2)
     with pytest.raises(AttributeError):
         ctx.max_requests = 3
@@ -152,7 +158,7 @@ def test_fileno_only_in_eventfd_mode():
     with pytest.raises(AttributeError):
         _ = ctx.fileno
     ctx.close()
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     assert isinstance(ctx.fileno, int) and ctx.fileno >= 0
     os.fstat(ctx.fileno)
     ctx.close()
@@ -210,7 +216,7 @@ def test_queue_full_rolls_back_and_stays_retryable_default_mode(files):
 
 def test_queue_full_rolls_back_and_stays_retryable_eventfd_mode(files):
     fd = files.open(b"0123456789")
-    ctx = Context(max_requests=1, pool_size=1, eventfd=True)
+    ctx = EventfdContext(max_requests=1, pool_size=1)
     blocker = KmsgBlocker()
     a = Operation.read(4, fd, 0)
     b = Operation.read(4, fd, 4)
@@ -285,7 +291,7 @@ def test_in_flight_gating_and_refcount_default_mode(files):
 
 def test_in_flight_until_process_events_eventfd_mode(files):
     fd = files.open(b"abcdef")
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     r = Operation.read(6, fd, 0)
     tracker = Tracker(1)
     r.set_callback(tracker.callback(0))
@@ -329,7 +335,7 @@ def test_dropped_op_still_completes_default_mode(files):
 
 def test_dropped_op_still_completes_eventfd_mode(files):
     fd = files.open(b"payload!")
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     tracker = Tracker(1)
     op = Operation.read(8, fd, 0)
     op.set_callback(tracker.callback(0))
@@ -374,7 +380,7 @@ def test_context_kept_alive_by_in_flight_ops_default_mode(files):
 
 def test_callback_thread(eventfd, files):
     fd = files.open(b"t")
-    ctx = Context(eventfd=eventfd)
+    ctx = make_context(eventfd=eventfd)
     tracker = Tracker(1)
     op = Operation.read(1, fd, 0)
     op.set_callback(tracker.callback(0))
@@ -391,7 +397,7 @@ def test_callback_thread(eventfd, files):
 
 def test_callback_runs_exactly_once(eventfd, files):
     fd = files.open(b"once")
-    ctx = Context(eventfd=eventfd)
+    ctx = make_context(eventfd=eventfd)
     ops = [Operation.read(4, fd, 0) for _ in range(20)]
     tracker = Tracker(20)
     for i, op in enumerate(ops):
@@ -408,7 +414,7 @@ def test_callback_exception_goes_to_unraisablehook(eventfd, files, monkeypatch):
     fd = files.open(b"abc")
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
-    ctx = Context(pool_size=1, eventfd=eventfd)
+    ctx = make_context(pool_size=1, eventfd=eventfd)
     tracker = Tracker(1)
 
     def bad(result):
@@ -450,7 +456,7 @@ def test_set_callback_keyword(files):
 
 def test_write_payload_released_after_completion(eventfd, files):
     fd = files.open()
-    ctx = Context(eventfd=eventfd)
+    ctx = make_context(eventfd=eventfd)
     payload = b"payload-" + os.urandom(8)
     refs = sys.getrefcount(payload)
     op = Operation.write(payload, fd, 0)
@@ -470,7 +476,7 @@ def test_write_payload_released_after_completion(eventfd, files):
 
 def test_read_payload_is_readonly_view_with_zero_tail(eventfd, files):
     fd = files.open(b"AB")
-    ctx = Context(eventfd=eventfd)
+    ctx = make_context(eventfd=eventfd)
     op = Operation.read(256, fd, 0)
     before = op.payload
     assert isinstance(before, memoryview)
@@ -495,7 +501,7 @@ def test_read_payload_is_readonly_view_with_zero_tail(eventfd, files):
 
 
 def test_failed_read_reports_errno(eventfd, files):
-    ctx = Context(eventfd=eventfd)
+    ctx = make_context(eventfd=eventfd)
     fd = closed_fd()
     op = Operation.read(4, fd, 0)
     tracker = Tracker(1)
@@ -533,14 +539,14 @@ def test_properties_are_read_only(files):
 
 def test_close_idempotent_and_submit_after_close(eventfd, files):
     fd = files.open()
-    ctx = Context(eventfd=eventfd)
+    ctx = make_context(eventfd=eventfd)
     ctx.close()
     ctx.close()
     op = Operation.write(b"x", fd, 0)
     with pytest.raises(RuntimeError):
         ctx.submit(op)
     # the refused op was not claimed: another context takes it
-    other = Context(eventfd=eventfd)
+    other = make_context(eventfd=eventfd)
     tracker = Tracker(1)
     op.set_callback(tracker.callback(0))
     assert other.submit(op) == 1
@@ -551,7 +557,7 @@ def test_close_idempotent_and_submit_after_close(eventfd, files):
 
 def test_close_delivers_remaining_completions_eventfd_mode(files):
     fd = files.open(b"abc")
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     ops = [Operation.read(3, fd, 0) for _ in range(5)]
     tracker = Tracker(5)
     for i, op in enumerate(ops):
@@ -581,7 +587,7 @@ def test_close_waits_for_queued_tasks_default_mode(files):
 
 
 def test_poll_without_pending_raises_blocking_io_error():
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     with pytest.raises(BlockingIOError):
         ctx.poll()
     ctx.close()
@@ -589,7 +595,7 @@ def test_poll_without_pending_raises_blocking_io_error():
 
 def test_poll_counts_signals_then_resets(files):
     fd = files.open(b"p")
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     op = Operation.read(1, fd, 0)
     tracker = Tracker(1)
     op.set_callback(tracker.callback(0))
@@ -608,7 +614,7 @@ def test_poll_counts_signals_then_resets(files):
 
 def test_process_events_max_and_min(files):
     fd = files.open(b"12345")
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     ops = [Operation.read(1, fd, i) for i in range(5)]
     tracker = Tracker(5)
     for i, op in enumerate(ops):
@@ -626,7 +632,7 @@ def test_process_events_max_and_min(files):
 
 
 def test_process_events_min_greater_than_max():
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     with pytest.raises(ValueError):
         ctx.process_events(max_requests=1, min_requests=2)
     with pytest.raises(ValueError):
@@ -636,7 +642,7 @@ def test_process_events_min_greater_than_max():
 
 def test_process_events_reentrant_from_callback(files):
     fd = files.open(b"r")
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     ops = [Operation.read(1, fd, 0) for _ in range(6)]
     tracker = Tracker(6)
     nested = []
@@ -664,8 +670,8 @@ def test_process_events_reentrant_from_callback(files):
 
 PROCESS_EVENTS_TIMEOUT_PROBE = r"""
 import json, threading, time
-from caio.thread_aio import Context
-ctx = Context(eventfd=True)
+from caio.thread_aio import EventfdContext
+ctx = EventfdContext()
 ticks = 0
 stop = threading.Event()
 def side():
@@ -696,9 +702,9 @@ def test_process_events_timeout_returns_zero_and_releases_gil():
 
 PROCESS_EVENTS_FOREVER_PROBE = r"""
 import os, sys, threading
-from caio.thread_aio import Context, Operation
+from caio.thread_aio import EventfdContext, Operation
 fd = os.open(sys.executable, os.O_RDONLY)
-ctx = Context(eventfd=True)
+ctx = EventfdContext()
 got = []
 op = Operation.fsync(fd)
 op.set_callback(got.append)
@@ -718,7 +724,7 @@ def test_run_inline_small_cached_read(files):
     data = os.urandom(4096)
     fd = files.open(data)
     assert os.pread(fd, 4096, 0) == data  # make sure the pages are cached
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     op = Operation.read(4096, fd, 0)
     tracker = Tracker(1)
     op.set_callback(tracker.callback(0))
@@ -738,7 +744,7 @@ def test_run_inline_small_cached_read(files):
 def test_run_inline_short_read_at_eof(files):
     fd = files.open(b"tiny")
     os.pread(fd, 4, 0)
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     op = Operation.read(100, fd, 0)
     assert ctx.run_inline(op) is True
     assert op.get_value() == b"tiny"
@@ -749,7 +755,7 @@ def test_run_inline_large_read_is_left_untouched(files):
     size = 1024 * 1024
     data = os.urandom(size)
     fd = files.open(data)
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     op = Operation.read(size, fd, 0)
     tracker = Tracker(1)
     op.set_callback(tracker.callback(0))
@@ -764,7 +770,7 @@ def test_run_inline_large_read_is_left_untouched(files):
 
 def test_run_inline_errors(files):
     fd = files.open(b"abc")
-    ctx = Context(eventfd=True)
+    ctx = EventfdContext()
     with pytest.raises(TypeError):
         ctx.run_inline("not an operation")
     # only reads qualify

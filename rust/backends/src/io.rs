@@ -51,6 +51,10 @@ impl IoRequest {
     /// or a negated errno. A short transfer is returned as it is (no retry), except that a
     /// transfer capped by the kernel's per-call limit continues.
     ///
+    /// A descriptor without a file position (pipe, FIFO, socket, terminal) refuses
+    /// `pread`/`pwrite` with `ESPIPE`; at offset 0 the request then means "the next
+    /// bytes" and runs as a plain `read`/`write`, as io_uring and kernel AIO treat it.
+    ///
     /// # Safety
     /// `buf` must be valid for `len` bytes (writable for reads) until this returns, and no
     /// one else may access it meanwhile.
@@ -62,6 +66,7 @@ impl IoRequest {
             IoKind::Fdsync => Self::status(unsafe { libc::fdatasync(self.fd) }),
             IoKind::Read | IoKind::Write => {
                 let mut done = 0usize;
+                let mut positional = true;
                 loop {
                     let rest = self.len - done;
                     // SAFETY: `buf + done .. buf + len` lies inside the buffer the caller
@@ -69,14 +74,20 @@ impl IoRequest {
                     let ret = unsafe {
                         let at = self.buf.add(done);
                         let offset = self.offset.saturating_add(done as i64);
-                        if self.kind == IoKind::Read {
-                            libc::pread(self.fd, at.cast(), rest, offset)
-                        } else {
-                            libc::pwrite(self.fd, at.cast(), rest, offset)
+                        match (self.kind == IoKind::Read, positional) {
+                            (true, true) => libc::pread(self.fd, at.cast(), rest, offset),
+                            (false, true) => libc::pwrite(self.fd, at.cast(), rest, offset),
+                            (true, false) => libc::read(self.fd, at.cast(), rest),
+                            (false, false) => libc::write(self.fd, at.cast(), rest),
                         }
                     };
                     if ret < 0 {
-                        return if done > 0 { done as i64 } else { -errno() };
+                        let err = errno();
+                        if err == libc::ESPIPE as i64 && positional && self.offset == 0 {
+                            positional = false;
+                            continue;
+                        }
+                        return if done > 0 { done as i64 } else { -err };
                     }
                     done += ret as usize;
                     if ret as usize != MAX_RW_COUNT || done == self.len {
@@ -96,14 +107,21 @@ impl IoRequest {
     }
 
     /// Tries a read without blocking (`preadv2` with `RWF_NOWAIT`): succeeds when the data
-    /// is in the page cache. Returns `None` when the read would block or the file does not
-    /// support non-blocking reads; the buffer may then hold partial data and the request
-    /// must be run again from the start. `Some(res)` is final, as from [`Self::perform`].
+    /// is in the page cache. Returns `None` whenever the answer may not be this request's
+    /// own: it would block, the file has no non-blocking reads (`EOPNOTSUPP`, or `EINVAL`
+    /// on older kernels), a pipe or socket refuses an offset (`ESPIPE`, where the normal
+    /// path reads it), or any other error (the normal path reports it as usual). The
+    /// buffer may then hold partial data and the request must be run again from the start.
+    /// `Some(res)` is final, as from [`Self::perform`].
+    ///
+    /// An offset of -1 is `preadv2`'s "at the current position": only io_uring's
+    /// "use the file position" request may have it, which is what it asks for.
     ///
     /// # Safety
     /// As for [`Self::perform`]; the request must be a read.
     pub unsafe fn read_nowait(&self) -> Option<i64> {
         debug_assert_eq!(self.kind, IoKind::Read);
+        debug_assert!(self.offset >= -1);
         let mut done = 0usize;
         loop {
             let iov = libc::iovec {
@@ -122,13 +140,7 @@ impl IoRequest {
                 )
             };
             if ret < 0 {
-                return match errno() as i32 {
-                    // Would block, or no NOWAIT support here (EINVAL also covers a kernel
-                    // without the flag): let a worker run it and report the real result.
-                    libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL => None,
-                    e if done == 0 => Some(-(e as i64)),
-                    _ => None,
-                };
+                return None;
             }
             done += ret as usize;
             // Zero bytes means end of file; a full buffer means done. A short read in
@@ -168,7 +180,7 @@ pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> std::io::Result<bo
 mod tests {
     use super::*;
     use crate::test_util::temp_file;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd};
 
     fn read_req(fd: RawFd, buf: &mut [u8], offset: i64) -> IoRequest {
         IoRequest {
@@ -201,6 +213,69 @@ mod tests {
         let res = unsafe { read_req(f.as_raw_fd(), &mut buf, 4096).read_nowait() };
         assert_eq!(res, Some(4096));
         assert!(buf.iter().all(|&b| b == 7));
+    }
+
+    fn pipe() -> (std::fs::File, std::fs::File) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe() writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors are fresh and owned by nothing else.
+        let [r, w] = fds.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
+        (r, w)
+    }
+
+    #[test]
+    fn a_pipe_at_offset_zero_is_read_and_written_like_a_stream() {
+        let (r, w) = pipe();
+        let mut data = *b"through a pipe";
+        let write = IoRequest {
+            kind: IoKind::Write,
+            fd: w.as_raw_fd(),
+            offset: 0,
+            buf: data.as_mut_ptr(),
+            len: data.len(),
+        };
+        // SAFETY: `data` outlives the call and is not shared.
+        assert_eq!(unsafe { write.perform() }, 14);
+        let mut buf = [0u8; 32];
+        // SAFETY: `buf` outlives the call and is not shared.
+        let res = unsafe { read_req(r.as_raw_fd(), &mut buf, 0).perform() };
+        assert_eq!(res, 14);
+        assert_eq!(&buf[..14], b"through a pipe");
+    }
+
+    #[test]
+    fn a_pipe_at_another_offset_is_espipe() {
+        let (r, mut w) = pipe();
+        std::io::Write::write_all(&mut w, b"kept").unwrap();
+        let mut buf = [0u8; 8];
+        // SAFETY: `buf` outlives the call and is not shared.
+        let res = unsafe { read_req(r.as_raw_fd(), &mut buf, 3).perform() };
+        assert_eq!(res, -(libc::ESPIPE as i64));
+        // SAFETY: as above.
+        let res = unsafe { read_req(r.as_raw_fd(), &mut buf, 0).perform() };
+        assert_eq!(res, 4);
+        assert_eq!(&buf[..4], b"kept");
+    }
+
+    #[test]
+    fn a_nowait_read_leaves_anything_but_an_answer_to_the_normal_path() {
+        let (r, mut w) = pipe();
+        std::io::Write::write_all(&mut w, b"data").unwrap();
+        let mut buf = [0u8; 8];
+        // ESPIPE at offset 0: not this request's answer (perform reads the pipe).
+        // SAFETY: `buf` outlives the call and is not shared.
+        let res = unsafe { read_req(r.as_raw_fd(), &mut buf, 0).read_nowait() };
+        assert_eq!(res, None);
+        // A bad descriptor too: the normal path reports it.
+        // SAFETY: as above.
+        let res = unsafe { read_req(-1, &mut buf, 0).read_nowait() };
+        assert_eq!(res, None);
+        // io_uring's "file position" request (-1) reads the pipe.
+        // SAFETY: as above.
+        let res = unsafe { read_req(r.as_raw_fd(), &mut buf, -1).read_nowait() };
+        assert_eq!(res, Some(4));
+        assert_eq!(&buf[..4], b"data");
     }
 
     #[test]

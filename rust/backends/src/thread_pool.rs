@@ -50,6 +50,25 @@ impl Shared {
     }
 }
 
+/// A request taken out of the queue by [`ThreadPool::cancel`] whose completion has not been
+/// reported yet.
+#[must_use = "the cancelled request's completion must be delivered"]
+pub struct Cancelled {
+    id: RequestId,
+    sink: Arc<dyn CompletionSink>,
+}
+
+impl Cancelled {
+    /// Hands the completion (`-ECANCELED`) to the pool's sink on this thread, like any
+    /// other completion.
+    pub fn complete(self) {
+        self.sink.complete(Completion {
+            id: self.id,
+            res: -i64::from(libc::ECANCELED),
+        });
+    }
+}
+
 /// Worker threads fed from a bounded FIFO. Only queued (not running) requests count
 /// against `queue_limit`, as in caio.
 pub struct ThreadPool {
@@ -75,6 +94,8 @@ impl ThreadPool {
             workers: Mutex::new(Vec::with_capacity(size)),
             size,
         };
+        // Workers inherit this mask from their first instruction on.
+        let _blocked = SignalsBlocked::new();
         for i in 0..size {
             let shared = pool.shared.clone();
             let handle = thread::Builder::new()
@@ -114,6 +135,21 @@ impl ThreadPool {
         Ok(())
     }
 
+    /// Takes the request `id` out of the queue if no worker has started it. Its completion
+    /// (`-ECANCELED`) is then the caller's to report with [`Cancelled::complete`], once
+    /// it holds no lock the sink may need. `None` for a request already running or done
+    /// (those complete normally) and for an unknown id. No worker ever saw a cancelled
+    /// request, so its buffer is free again as soon as its completion is delivered.
+    pub fn cancel(&self, id: RequestId) -> Option<Cancelled> {
+        let mut queue = self.shared.lock();
+        let at = queue.tasks.iter().position(|task| task.id == id)?;
+        queue.tasks.remove(at);
+        Some(Cancelled {
+            id,
+            sink: self.shared.sink.clone(),
+        })
+    }
+
     /// Stops accepting requests, lets every queued one run, and joins the workers.
     /// Idempotent. Safe to call from a worker thread (that worker is left to exit on its
     /// own instead of joining itself). It blocks: callers holding locks a sink needs
@@ -136,6 +172,39 @@ impl ThreadPool {
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Every signal blocked on the calling thread until dropped (the old mask comes back). A
+/// thread spawned meanwhile inherits the full mask, so the kernel never delivers a
+/// process-directed signal (Ctrl-C, a timer) to a worker: Python runs its handlers on the
+/// main thread only, and a worker could not even interrupt itself.
+struct SignalsBlocked(libc::sigset_t);
+
+impl SignalsBlocked {
+    fn new() -> Self {
+        Self(set_signal_mask(None))
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // The guard lives and dies inside `ThreadPool::new`, on one thread.
+        set_signal_mask(Some(&self.0));
+    }
+}
+
+/// Sets the calling thread's signal mask to `mask` (`None`: every signal); returns the
+/// previous one.
+fn set_signal_mask(mask: Option<&libc::sigset_t>) -> libc::sigset_t {
+    // SAFETY: every pointer is to a live local or to `mask`; sigfillset and pthread_sigmask
+    // only write those locals and this thread's mask, and cannot fail with valid arguments.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, mask.unwrap_or(&all), &mut old);
+        old
     }
 }
 
@@ -222,6 +291,95 @@ mod tests {
             unsafe { pool.submit(RequestId(100), SYNC) },
             Err(SubmitError::Shutdown)
         );
+    }
+
+    /// Holds the first completion (so its worker stays busy) until `gate` opens, after
+    /// telling `entered`; forwards every completion to `out`.
+    struct HoldFirst {
+        entered: Mutex<mpsc::Sender<()>>,
+        gate: Mutex<Option<mpsc::Receiver<()>>>,
+        out: Mutex<mpsc::Sender<Completion>>,
+    }
+
+    impl CompletionSink for HoldFirst {
+        fn complete(&self, completion: Completion) {
+            let gate = self.gate.lock().unwrap().take();
+            if let Some(gate) = gate {
+                self.entered.lock().unwrap().send(()).unwrap();
+                gate.recv().unwrap();
+            }
+            self.out.lock().unwrap().send(completion).unwrap();
+        }
+    }
+
+    #[test]
+    fn cancel_takes_a_queued_request_out_and_frees_its_queue_place() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (open_gate, gate) = mpsc::channel();
+        let (out, done) = mpsc::channel();
+        let sink = HoldFirst {
+            entered: Mutex::new(entered_tx),
+            gate: Mutex::new(Some(gate)),
+            out: Mutex::new(out),
+        };
+        let pool = ThreadPool::new(1, 2, Arc::new(sink)).unwrap();
+        let submit = |id| {
+            // SAFETY: syncs touch no buffer.
+            unsafe { pool.submit(RequestId(id), SYNC) }
+        };
+        submit(1).unwrap();
+        entered.recv().unwrap(); // the only worker now holds request 1
+        submit(2).unwrap();
+        submit(3).unwrap();
+        assert_eq!(submit(9), Err(SubmitError::QueueFull));
+
+        let cancelled = pool.cancel(RequestId(2)).expect("queued, so cancellable");
+        assert!(done.try_recv().is_err(), "reported only by complete()");
+        cancelled.complete();
+        let first = done.try_recv().expect("delivered on the cancelling thread");
+        assert_eq!(
+            first,
+            Completion {
+                id: RequestId(2),
+                res: -i64::from(libc::ECANCELED)
+            }
+        );
+        assert!(pool.cancel(RequestId(2)).is_none(), "at most once");
+        assert!(
+            pool.cancel(RequestId(1)).is_none(),
+            "a running request is not touched"
+        );
+        assert!(pool.cancel(RequestId(77)).is_none());
+
+        submit(4).expect("its queue place is free again");
+        open_gate.send(()).unwrap();
+        pool.shutdown();
+        let rest: Vec<Completion> = done.try_iter().collect();
+        assert_eq!(rest.iter().map(|c| c.id.0).collect::<Vec<_>>(), [1, 3, 4]);
+        assert!(rest.iter().all(|c| c.res != -i64::from(libc::ECANCELED)));
+    }
+
+    #[test]
+    fn workers_block_every_signal() {
+        struct MaskSink(Mutex<mpsc::Sender<[bool; 3]>>);
+        impl CompletionSink for MaskSink {
+            fn complete(&self, _: Completion) {
+                // SAFETY: queries this thread's mask into a zeroed local set.
+                let blocked = unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+                    [libc::SIGINT, libc::SIGUSR1, libc::SIGTERM]
+                        .map(|sig| libc::sigismember(&set, sig) == 1)
+                };
+                self.0.lock().unwrap().send(blocked).unwrap();
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let pool = ThreadPool::new(1, 1, Arc::new(MaskSink(Mutex::new(tx)))).unwrap();
+        // SAFETY: syncs touch no buffer.
+        unsafe { pool.submit(RequestId(1), SYNC) }.unwrap();
+        let blocked = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(blocked, [true; 3]);
     }
 
     #[test]

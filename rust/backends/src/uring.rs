@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use caio_core::{Completion, RequestId};
 use io_uring::{opcode, squeue, types, IoUring};
@@ -139,6 +139,7 @@ impl Ring {
     }
 
     /// Asks the kernel to post whatever it has (task work, overflowed CQEs) without waiting.
+    /// Like any `io_uring_enter`, it also hands over entries staged but not yet submitted.
     pub fn get_events(&self) -> io::Result<()> {
         match self.ring.submitter().submit_and_wait(0) {
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
@@ -146,10 +147,35 @@ impl Ring {
         }
     }
 
-    /// Moves every completion in the CQ to `out` (sentinels are consumed, not moved) and
-    /// commits the CQ head. Returns how many real completions were moved.
+    /// Whether the kernel holds completions that did not fit in the CQ (its overflow list,
+    /// `IORING_SQ_CQ_OVERFLOW`). They reach the CQ only through an `io_uring_enter` with
+    /// `GETEVENTS`; until then the ring's fd polls readable while the CQ looks empty.
+    pub fn cq_overflow(&mut self) -> bool {
+        self.ring.submission().cq_overflow()
+    }
+
+    /// Moves every completion to `out` (sentinels are consumed, not moved) and commits the
+    /// CQ head, including those the kernel kept on its overflow list: while it reports one,
+    /// the CQ is emptied, the kernel asked to refill it from the list, and the CQ read again.
+    /// Returns how many real completions were moved.
     pub fn reap(&mut self, out: &mut VecDeque<Completion>) -> usize {
         let before = out.len();
+        loop {
+            self.reap_cq(out);
+            if !self.cq_overflow() {
+                break;
+            }
+            // Stop if the kernel refused the refill or moved nothing: the next reap tries
+            // again, and no loop here spins on a ring that makes no progress.
+            if self.get_events().is_err() || self.ring.completion().is_empty() {
+                break;
+            }
+        }
+        out.len() - before
+    }
+
+    /// One pass over the CQ as it is now.
+    fn reap_cq(&mut self, out: &mut VecDeque<Completion>) {
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in &mut cq {
@@ -161,7 +187,120 @@ impl Ring {
             }
         }
         drop(cq); // publishes the new head
-        out.len() - before
+    }
+
+    /// Stages an `ASYNC_CANCEL` of `target` (its own completion is a sentinel) and hands it
+    /// to the kernel; `RingFull` if the SQ has no free slot right now.
+    pub fn try_cancel(&mut self, target: RequestId) -> Result<(), RingFull> {
+        self.stager().push_cancel(target)?;
+        // Best effort, as caio: a staged cancel reaches the kernel at the latest with the
+        // next submit or wait.
+        let _ = self.submit();
+        Ok(())
+    }
+
+    /// Cancels `target` without failing because the SQ is momentarily full. May block
+    /// (SQPOLL: until the polling thread took entries): call it without the GIL.
+    ///
+    /// With SQPOLL, whose thread frees SQ slots only when it gets to run, a cancel must
+    /// leave the SQ no fuller than it found it, or the next submission finds no room (an
+    /// adapter reuses a cancelled op's place at once): once the thread has taken every
+    /// staged entry, the target included, it is cancelled with no entry at all
+    /// ([`sync_cancel`](Self::sync_cancel)). Otherwise (no SQPOLL, the thread did not get
+    /// there in time, or a kernel before 6.0) it is a queued `ASYNC_CANCEL`: when the SQ is
+    /// full, room is made ([`make_room`](Self::make_room)) and the push retried, a bounded
+    /// number of times.
+    pub fn cancel(&mut self, target: RequestId) -> Result<(), RingFull> {
+        if self.sqpoll && self.wait_sq_taken() {
+            match self.sync_cancel(target).map_err(|e| e.raw_os_error()) {
+                // Cancelled, still running (asked to stop), or completed already: either
+                // way its own completion follows (or came) through the CQ.
+                Ok(()) | Err(Some(libc::EALREADY | libc::ETIME | libc::ENOENT)) => {
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        for _ in 0..CANCEL_TRIES {
+            if self.try_cancel(target).is_ok() {
+                return Ok(());
+            }
+            // A failed attempt to make room still counts as a try; the bound ends the loop.
+            let _ = self.make_room();
+        }
+        self.try_cancel(target)
+    }
+
+    /// SQPOLL: waits, at most [`SQ_TAKE_LIMIT`], until the polling thread has taken every
+    /// staged entry (it publishes the SQ head only after issuing them), waking it if it
+    /// sleeps. The caller holds the ring, so nothing is staged meanwhile. The kernel has
+    /// no wake-up for "SQ empty" (only `SQ_WAIT`, for "not full"), so this naps: the
+    /// thread does not sleep while entries wait, so it takes them within microseconds
+    /// unless the CPUs are busy.
+    fn wait_sq_taken(&mut self) -> bool {
+        let deadline = Instant::now() + SQ_TAKE_LIMIT;
+        let mut nap = Duration::from_micros(10);
+        while self.pending() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // Wakes the thread if it sleeps; waits in the kernel while the SQ is full.
+            let _ = self.make_room();
+            if self.pending() > 0 {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(1));
+            }
+        }
+        true
+    }
+
+    /// `IORING_REGISTER_SYNC_CANCEL` of `target`, not waiting for a running request (zero
+    /// timeout: `ETIME`). `ENOENT` if the kernel holds no such request.
+    fn sync_cancel(&self, target: RequestId) -> io::Result<()> {
+        let reg = SyncCancelReg {
+            addr: target.0,
+            fd: -1,
+            flags: 0, // match by user_data
+            timeout: KernelTimespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            opcode: 0,
+            pad: [0; 7],
+            pad2: [0; 3],
+        };
+        // SAFETY: `reg` is a complete, zero-padded `io_uring_sync_cancel_reg` that lives on
+        // our stack for the whole call; the kernel only reads it (nr_args = 1), and the fd
+        // is this ring's own.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                self.fd(),
+                IORING_REGISTER_SYNC_CANCEL,
+                &reg as *const SyncCancelReg,
+                1u32,
+            )
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Frees SQ slots: hands the staged entries to the kernel, which without SQPOLL takes
+    /// them all; with SQPOLL it wakes the polling thread if it sleeps, then waits
+    /// (`IORING_ENTER_SQ_WAIT`) until the thread has taken some.
+    pub fn make_room(&mut self) -> io::Result<()> {
+        self.submit()?;
+        if self.sqpoll && self.ring.submission().is_full() {
+            if let Err(e) = self.ring.submitter().squeue_wait() {
+                // Kernels before 5.10 have no SQ_WAIT (EINVAL): let the thread run instead.
+                std::thread::yield_now();
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Blocks until the CQ is non-empty or `timeout` passes; see [`wait_readable`].
@@ -170,16 +309,47 @@ impl Ring {
     }
 }
 
-/// Blocks until the CQ of the ring `ring_fd` is non-empty or `timeout` passes (`None`:
-/// forever); `false` on timeout. Polling the ring's fd consumes nothing, so other waiters
-/// and the eventfd are unaffected, and it needs no access to the ring's queues (callers
-/// may wait without holding the ring's lock). A signal (EINTR) also returns `true`: callers
-/// re-check and loop, as caio's wait paths ignore EINTR.
+/// How long [`Ring::cancel`] waits for the SQPOLL thread to take the staged entries
+/// before it queues the cancel as an entry of its own instead.
+const SQ_TAKE_LIMIT: Duration = Duration::from_millis(100);
+
+/// `IORING_REGISTER_SYNC_CANCEL` (Linux 6.0; older kernels answer `EINVAL`).
+const IORING_REGISTER_SYNC_CANCEL: libc::c_uint = 24;
+
+/// `struct __kernel_timespec`.
+#[repr(C)]
+struct KernelTimespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+/// `struct io_uring_sync_cancel_reg` (include/uapi/linux/io_uring.h); the pads must be 0.
+#[repr(C)]
+struct SyncCancelReg {
+    addr: u64,
+    fd: i32,
+    flags: u32,
+    timeout: KernelTimespec,
+    opcode: u8,
+    pad: [u8; 7],
+    pad2: [u64; 3],
+}
+
+const _: () = assert!(std::mem::size_of::<SyncCancelReg>() == 64);
+
+/// Attempts [`Ring::cancel`] makes at freeing an SQ slot. Each attempt without SQPOLL
+/// empties the SQ and with SQPOLL waits for the polling thread, so one is nearly always
+/// enough; the bound only keeps a ring whose kernel side is stuck from blocking forever.
+const CANCEL_TRIES: usize = 16;
+
+/// Blocks until the ring `ring_fd` has something to reap (completions in its CQ, or on its
+/// overflow list: [`Ring::reap`] fetches both) or `timeout` passes (`None`: forever); `false`
+/// on timeout. Polling the ring's fd consumes nothing, so other waiters and the eventfd are
+/// unaffected, and it needs no access to the ring's queues (callers may wait without
+/// holding the ring's lock). A signal ends the wait with an error of kind `Interrupted`,
+/// so that the caller can run signal handlers and then wait again for the time left.
 pub fn wait_readable(ring_fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
-    match crate::io::wait_readable(ring_fd, timeout) {
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-        other => other,
-    }
+    crate::io::wait_readable(ring_fd, timeout)
 }
 
 /// A batch of submissions against one snapshot of the submission queue.
@@ -334,6 +504,72 @@ mod tests {
             efd.read().unwrap() >= 1,
             "the cancel's CQE signals the eventfd"
         );
+    }
+
+    fn push_nop(stager: &mut Stager<'_>, user_data: u64) -> Result<(), RingFull> {
+        stager.push(&opcode::Nop::new().build().user_data(user_data))
+    }
+
+    #[test]
+    fn completions_past_the_cq_are_reaped_from_the_overflow_list() {
+        require_uring!();
+        let efd = EventFd::new().unwrap();
+        let mut ring = Ring::new(4, false, efd.as_raw_fd()).unwrap();
+        let sq = ring.sq_entries() as u64;
+        let cq = ring.ring.completion().capacity() as u64;
+        let total = 4 * cq;
+        // Each batch completes inside its submit; nobody reaps in between.
+        for first in (0..total).step_by(sq as usize) {
+            let mut stager = ring.stager();
+            for user_data in first..(first + sq).min(total) {
+                push_nop(&mut stager, user_data).unwrap();
+            }
+            drop(stager);
+            ring.submit().unwrap();
+        }
+        assert!(ring.cq_overflow(), "the CQ should have overflowed");
+        let mut out = VecDeque::new();
+        assert_eq!(ring.reap(&mut out), total as usize);
+        let ids: Vec<u64> = out.iter().map(|c| c.id.0).collect();
+        assert_eq!(ids, (0..total).collect::<Vec<_>>());
+        assert!(!ring.cq_overflow());
+        // Nothing left: the ring's fd no longer polls readable.
+        assert!(!ring.wait_readable(Some(Duration::from_millis(20))).unwrap());
+    }
+
+    fn cancel_on_a_full_sq(sqpoll: bool) {
+        let efd = EventFd::new().unwrap();
+        let mut ring = Ring::new(4, sqpoll, efd.as_raw_fd()).unwrap();
+        assert_eq!(ring.sqpoll(), sqpoll);
+        let sq = ring.sq_entries() as u64;
+        let mut stager = ring.stager();
+        for user_data in 0..sq {
+            push_nop(&mut stager, user_data).unwrap();
+        }
+        drop(stager); // staged, and (without SQPOLL) not handed to the kernel
+        if !sqpoll {
+            assert_eq!(ring.try_cancel(RequestId::fresh()), Err(RingFull));
+        }
+        assert_eq!(ring.cancel(RequestId::fresh()), Ok(()));
+        ring.submit().unwrap();
+        let got = reap_until(&mut ring, sq as usize);
+        assert_eq!(got.len(), sq as usize);
+    }
+
+    #[test]
+    fn a_cancel_makes_room_on_a_full_sq() {
+        require_uring!();
+        cancel_on_a_full_sq(false);
+    }
+
+    #[test]
+    fn a_cancel_waits_for_room_on_a_full_sqpoll_ring() {
+        require_uring!();
+        if !Ring::probe_sqpoll() {
+            eprintln!("SQPOLL not allowed here; skipped");
+            return;
+        }
+        cancel_on_a_full_sq(true);
     }
 
     #[test]

@@ -1,6 +1,5 @@
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::RequestId;
 
@@ -13,7 +12,7 @@ pub struct Completion {
     pub res: i64,
 }
 
-/// How a [`CompletionQueue::wait`] ended.
+/// How a wait for completions ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitOutcome {
     /// At least the requested number of completions is queued.
@@ -30,12 +29,25 @@ struct Inner {
 
 /// Completed requests waiting for the thread that delivers them (many producers, any consumer).
 ///
-/// The producer learns whether the queue was empty so it can signal a wake-up (an eventfd)
-/// once per batch instead of once per completion.
+/// The consumer sleeps on a wake-up (an eventfd) that the producer signals when
+/// [`CompletionQueue::push`] says so: for the first completion into an empty queue (one
+/// wake-up per batch for an event loop that drains everything it is woken for), and for
+/// every completion while a consumer is registered with [`CompletionQueue::register_waiter`]
+/// (one that needs several and sleeps again after counting too few).
 #[derive(Default)]
 pub struct CompletionQueue {
     inner: Mutex<Inner>,
-    ready: Condvar,
+}
+
+/// A registered waiter (see [`CompletionQueue::register_waiter`]); dropping it unregisters.
+pub struct Waiter<'a> {
+    queue: &'a CompletionQueue,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.queue.lock().waiters -= 1;
+    }
 }
 
 impl CompletionQueue {
@@ -50,16 +62,22 @@ impl CompletionQueue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a completion. Returns `true` when the queue was empty, i.e. the consumer
-    /// may be asleep and needs a wake-up.
+    /// Queues a completion. Returns `true` when the consumer may be asleep waiting for it
+    /// and needs a wake-up: the queue was empty, or a waiter is registered.
     pub fn push(&self, completion: Completion) -> bool {
         let mut inner = self.lock();
-        let was_empty = inner.items.is_empty();
+        let wake = inner.items.is_empty() || inner.waiters > 0;
         inner.items.push_back(completion);
-        if inner.waiters > 0 {
-            self.ready.notify_all();
-        }
-        was_empty
+        wake
+    }
+
+    /// Registers a consumer about to sleep until enough completions are queued: until
+    /// the returned guard is dropped, every push asks for a wake-up. Register before
+    /// looking at [`CompletionQueue::len`], so no push between the look and the sleep
+    /// goes unannounced.
+    pub fn register_waiter(&self) -> Waiter<'_> {
+        self.lock().waiters += 1;
+        Waiter { queue: self }
     }
 
     /// Takes up to `max` completions, oldest first. The flag says whether more remain.
@@ -79,41 +97,11 @@ impl CompletionQueue {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Blocks until at least `min` completions are queued or `timeout` passes
-    /// (`None` waits forever).
-    pub fn wait(&self, min: usize, timeout: Option<Duration>) -> WaitOutcome {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut inner = self.lock();
-        inner.waiters += 1;
-        let outcome = loop {
-            if inner.items.len() >= min {
-                break WaitOutcome::Ready;
-            }
-            match deadline {
-                None => inner = self.ready.wait(inner).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break WaitOutcome::TimedOut;
-                    }
-                    inner = self
-                        .ready
-                        .wait_timeout(inner, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
-        };
-        inner.waiters -= 1;
-        outcome
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn c(id: u64) -> Completion {
         Completion {
@@ -149,24 +137,21 @@ mod tests {
     }
 
     #[test]
-    fn wait_times_out_when_nothing_arrives() {
+    fn every_push_asks_for_a_wakeup_while_a_waiter_is_registered() {
         let q = CompletionQueue::new();
-        assert_eq!(
-            q.wait(1, Some(Duration::from_millis(20))),
-            WaitOutcome::TimedOut
+        assert!(q.push(c(1)));
+        assert!(!q.push(c(2)), "nobody waits: one wake-up per batch");
+        let waiter = q.register_waiter();
+        assert!(
+            q.push(c(3)),
+            "a waiter counting towards a minimum must see each one"
         );
-        assert_eq!(q.wait(0, Some(Duration::ZERO)), WaitOutcome::Ready);
-    }
-
-    #[test]
-    fn a_waiter_wakes_when_a_completion_is_pushed() {
-        let q = Arc::new(CompletionQueue::new());
-        let waiter = {
-            let q = q.clone();
-            std::thread::spawn(move || q.wait(2, None))
-        };
-        q.push(c(1));
-        q.push(c(2));
-        assert_eq!(waiter.join().unwrap(), WaitOutcome::Ready);
+        assert!(q.push(c(4)));
+        let second = q.register_waiter();
+        drop(waiter);
+        assert!(q.push(c(5)), "still one waiter registered");
+        drop(second);
+        assert!(!q.push(c(6)), "back to first-push-only");
+        assert_eq!(q.len(), 6);
     }
 }

@@ -10,6 +10,6 @@ mod completion;
 mod registry;
 mod state;
 
-pub use completion::{Completion, CompletionQueue, WaitOutcome};
+pub use completion::{Completion, CompletionQueue, WaitOutcome, Waiter};
 pub use registry::{Registry, RequestId};
 pub use state::{OpState, Phase};

@@ -148,47 +148,51 @@ impl DrainArgs {
     }
 }
 
-/// The methods every native Context has for delivering completions on the caller's
-/// thread: `process_events`, `poll` and `run_inline`.
-fn completion_methods(
-    process_events: ffi::PyCFunctionWithKeywords,
-    poll: ffi::PyCFunction,
-    run_inline: ffi::PyCFunction,
-) -> [ffi::PyMethodDef; 3] {
-    use crate::types::{method, method_kw};
-    [
-        method_kw(
-            c"process_events",
-            process_events,
-            0,
-            c"process_events(max_requests=512, min_requests=0, timeout=0) -> int: deliver up to max_requests completions on this thread (running their callbacks), first waiting with the GIL released until min_requests are there or timeout seconds pass (<0: forever).",
-        ),
-        method(
-            c"poll",
-            poll,
-            ffi::METH_NOARGS,
-            c"poll() -> int: read and reset the eventfd counter (BlockingIOError if it is 0).",
-        ),
-        method(
-            c"run_inline",
-            run_inline,
-            ffi::METH_O,
-            c"run_inline(op) -> bool: if op is a small read whose data is in the page cache, complete it now on this thread (callback included); False leaves op untouched.",
-        ),
-    ]
+/// The methods of a Context whose completions are delivered on the caller's thread
+/// (`process_events`, `poll`, `run_inline`): each backend's implementations.
+pub(crate) struct CompletionMethods {
+    pub(crate) process_events: ffi::PyCFunctionWithKeywords,
+    pub(crate) poll: ffi::PyCFunction,
+    pub(crate) run_inline: ffi::PyCFunction,
+}
+
+impl CompletionMethods {
+    fn defs(&self) -> [ffi::PyMethodDef; 3] {
+        use crate::types::{method, method_kw};
+        [
+            method_kw(
+                c"process_events",
+                self.process_events,
+                0,
+                c"process_events(max_requests=512, min_requests=0, timeout=0) -> int: deliver up to max_requests completions on this thread (running their callbacks), first waiting with the GIL released until min_requests are there or timeout seconds pass (<0: forever).",
+            ),
+            method(
+                c"poll",
+                self.poll,
+                ffi::METH_NOARGS,
+                c"poll() -> int: read and reset the eventfd counter (BlockingIOError if it is 0).",
+            ),
+            method(
+                c"run_inline",
+                self.run_inline,
+                ffi::METH_O,
+                c"run_inline(op) -> bool: if op is a small read whose data is in the page cache, complete it now on this thread (callback included); False leaves op untouched.",
+            ),
+        ]
+    }
 }
 
 /// What makes one backend's Context type: its own methods and properties (the shared
-/// `process_events`/`poll`/`run_inline` entries and the table terminators are added here).
+/// completion methods and the table terminators are added here).
 pub(crate) struct ContextSlots {
     pub(crate) doc: &'static CStr,
     pub(crate) new: ffi::newfunc,
     pub(crate) dealloc: ffi::destructor,
     pub(crate) repr: ffi::reprfunc,
     pub(crate) methods: Vec<ffi::PyMethodDef>,
-    pub(crate) process_events: ffi::PyCFunctionWithKeywords,
-    pub(crate) poll: ffi::PyCFunction,
-    pub(crate) run_inline: ffi::PyCFunction,
+    /// `None` for a Context that runs callbacks itself (thread_aio's default type, whose
+    /// surface is caio's: code that finds `process_events` pumps the Context).
+    pub(crate) completion: Option<CompletionMethods>,
     pub(crate) getsets: Vec<ffi::PyGetSetDef>,
 }
 
@@ -198,11 +202,9 @@ pub(crate) fn create_type<E>(
     slots: ContextSlots,
 ) -> Result<*mut PyTypeObject> {
     let mut methods = slots.methods;
-    methods.extend(completion_methods(
-        slots.process_events,
-        slots.poll,
-        slots.run_inline,
-    ));
+    if let Some(completion) = &slots.completion {
+        methods.extend(completion.defs());
+    }
     methods.push(ffi::PyMethodDef::zeroed());
     let mut getsets = slots.getsets;
     getsets.push(getset_end());

@@ -3,6 +3,7 @@
 use std::ffi::CString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::ffi::{self, PyObject, PyOwned};
 
@@ -15,12 +16,16 @@ pub(crate) enum Error {
     Overflow(String),
     Attribute(String),
     Memory(String),
-    System(String),
     NotImplemented(String),
     /// `BlockingIOError()` with no arguments (as caio's `poll()` raises it).
     WouldBlock,
-    /// A failed operation: `SystemError(strerror)` with `errno`/`strerror` attributes.
+    /// A kernel error where caio raised `SystemError` (a failed operation, a failed
+    /// Context call): `caio.errors.OperationError(errno, strerror)`, an `OSError` that is
+    /// also a `SystemError`.
     Errno(i32),
+    /// A request kernel AIO refused up front, where caio raised `ValueError`:
+    /// `caio.errors.SubmitError(errno, message)`, an `OSError` that is also a `ValueError`.
+    Refused(i32, String),
     /// `OSError(errno, message)` (the builtin picks the subclass, e.g. `BlockingIOError`
     /// for `EAGAIN`): a system call failed outside an operation, e.g. a Context could not
     /// get a kernel resource; the message says which limit and how to raise it.
@@ -53,14 +58,21 @@ impl Error {
                 Error::Overflow(m) => (ffi::PyExc_OverflowError, m),
                 Error::Attribute(m) => (ffi::PyExc_AttributeError, m),
                 Error::Memory(m) => (ffi::PyExc_MemoryError, m),
-                Error::System(m) => (ffi::PyExc_SystemError, m),
                 Error::NotImplemented(m) => (ffi::PyExc_NotImplementedError, m),
                 Error::WouldBlock => {
                     ffi::PyErr_SetObject(ffi::PyExc_BlockingIOError, ptr::null_mut());
                     return;
                 }
-                Error::Errno(errno) => return raise_errno(errno),
-                Error::Os(errno, message) => return raise_os_error(errno, &message),
+                Error::Errno(errno) => {
+                    let class = OPERATION_ERROR.load(Ordering::Acquire);
+                    return raise_os_error(class, errno, &strerror(errno));
+                }
+                Error::Refused(errno, message) => {
+                    return raise_os_error(SUBMIT_ERROR.load(Ordering::Acquire), errno, &message)
+                }
+                Error::Os(errno, message) => {
+                    return raise_os_error(ffi::PyExc_OSError, errno, &message)
+                }
             };
             let text = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
             ffi::PyErr_SetString(kind, text.as_ptr());
@@ -68,42 +80,50 @@ impl Error {
     }
 }
 
-/// `SystemError(strerror)` as caio raises it for a failed operation, plus `errno` and
-/// `strerror` attributes so callers can tell errors apart without parsing text.
-#[cold]
-fn raise_errno(errno: i32) {
-    let text = std::io::Error::from_raw_os_error(errno).to_string();
-    let text = text.split(" (os error").next().unwrap_or("").to_owned();
-    // SAFETY: GIL held at the boundary; every object built here is owned by a PyOwned
-    // until it is handed to PyErr_SetObject, which takes its own reference.
+/// The exception classes of `caio.errors`, looked up once when the module is executed.
+static OPERATION_ERROR: AtomicPtr<PyObject> = AtomicPtr::new(ptr::null_mut());
+static SUBMIT_ERROR: AtomicPtr<PyObject> = AtomicPtr::new(ptr::null_mut());
+
+/// Imports `caio.errors` and keeps its classes: the errno mapping lives there, in Python,
+/// so that the pure-Python backend raises exactly the same exceptions.
+pub(crate) fn init() -> Result<()> {
+    // SAFETY: called from the module's exec slot with the GIL held; the class references
+    // are kept for the life of the process (the module supports one interpreter only).
     unsafe {
-        let Ok(message) = str_object(&text) else {
-            return;
-        };
-        let Some(exc) = PyOwned::from_new(ffi::PyObject_CallOneArg(
-            ffi::PyExc_SystemError,
-            message.as_ptr(),
-        )) else {
-            return;
-        };
-        let Some(code) = PyOwned::from_new(ffi::PyLong_FromLongLong(errno as i64)) else {
-            return;
-        };
-        if ffi::PyObject_SetAttrString(exc.as_ptr(), c"errno".as_ptr(), code.as_ptr()) < 0
-            || ffi::PyObject_SetAttrString(exc.as_ptr(), c"strerror".as_ptr(), message.as_ptr()) < 0
-        {
-            return;
+        let module = PyOwned::from_new(ffi::PyImport_ImportModule(c"caio.errors".as_ptr()))
+            .ok_or(Error::AlreadySet)?;
+        for (name, slot) in [
+            (c"OperationError", &OPERATION_ERROR),
+            (c"SubmitError", &SUBMIT_ERROR),
+        ] {
+            let class =
+                PyOwned::from_new(ffi::PyObject_GetAttrString(module.as_ptr(), name.as_ptr()))
+                    .ok_or(Error::AlreadySet)?;
+            let old = slot.swap(class.into_ptr(), Ordering::AcqRel);
+            drop(PyOwned::from_new(old));
         }
-        ffi::PyErr_SetObject(ffi::PyExc_SystemError, exc.as_ptr());
     }
+    Ok(())
 }
 
-/// `OSError(errno, message)`, so that `exc.errno`, `exc.strerror` and the subclass are
-/// what Python itself would give for that errno.
+/// The C library's text for `errno`, as `os.strerror` gives it.
+fn strerror(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    text.split(" (os error").next().unwrap_or("").to_owned()
+}
+
+/// Raises `class(errno, message)`; `class` is one of `caio.errors`' classes (NULL before
+/// [`init`], then plain `OSError`) or `OSError`, which both pick the errno's subclass.
 #[cold]
-fn raise_os_error(errno: i32, message: &str) {
-    // SAFETY: GIL held at the boundary; the argument objects are owned until the call.
+fn raise_os_error(class: *mut PyObject, errno: i32, message: &str) {
+    // SAFETY: GIL held at the boundary; the argument objects are owned until the call;
+    // `PyExc_OSError` is a static exception object.
     unsafe {
+        let class = if class.is_null() {
+            ffi::PyExc_OSError
+        } else {
+            class
+        };
         let Ok(text) = str_object(message) else {
             return;
         };
@@ -116,9 +136,7 @@ fn raise_os_error(errno: i32, message: &str) {
         // PyTuple_SetItem steals a reference: hand it new ones.
         ffi::PyTuple_SetItem(args.as_ptr(), 0, code.into_ptr());
         ffi::PyTuple_SetItem(args.as_ptr(), 1, text.into_ptr());
-        let Some(exc) =
-            PyOwned::from_new(ffi::PyObject_CallObject(ffi::PyExc_OSError, args.as_ptr()))
-        else {
+        let Some(exc) = PyOwned::from_new(ffi::PyObject_CallObject(class, args.as_ptr())) else {
             return;
         };
         ffi::PyErr_SetObject(ffi::Py_TYPE(exc.as_ptr()).cast(), exc.as_ptr());

@@ -25,6 +25,7 @@ use crate::ffi::PyObject;
 
 unsafe extern "C" fn module_exec(module: *mut PyObject) -> c_int {
     error::entry(|| {
+        error::init()?;
         thread_aio::add_types(module)?;
         linux_uring::add_types(module)?;
         linux_aio::add_types(module)?;

@@ -20,7 +20,7 @@ use caio_backends::{CompletionSink, EventQueue, IoKind, IoRequest, ThreadPool};
 use caio_core::{Completion, Phase, RequestId};
 
 use crate::args::parse_args;
-use crate::context::{self, ContextSlots, DrainArgs};
+use crate::context::{self, CompletionMethods, ContextSlots, DrainArgs};
 use crate::error::{entry, repr_of, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::{wait_interruptibly, without_gil, Waited};
@@ -120,39 +120,41 @@ fn os_error(e: std::io::Error) -> Error {
     Error::Errno(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// `io_submit` errors as caio raised them.
+/// `io_submit` errors as caio raised them: a request the kernel refuses up front is a
+/// `ValueError`, here also an `OSError` with the errno (`caio.errors.SubmitError`); a full
+/// queue stays caio's `OverflowError`.
 fn submit_error(errno: i32) -> Error {
-    match errno {
-        libc::EAGAIN => Error::Overflow(
-            "Insufficient resources are available to queue any iocbs [EAGAIN]".into(),
-        ),
-        libc::EBADF => Error::Value(
-            "The file descriptor specified in the first iocb is invalid [EBADF]".into(),
-        ),
-        libc::EFAULT => {
-            Error::Value("One of the data structures points to invalid data [EFAULT]".into())
+    let message = match errno {
+        libc::EAGAIN => {
+            return Error::Overflow(
+                "Insufficient resources are available to queue any iocbs [EAGAIN]".into(),
+            )
         }
-        libc::EINVAL => Error::Value(
+        libc::EBADF => "The file descriptor specified in the first iocb is invalid [EBADF]",
+        libc::EFAULT => "One of the data structures points to invalid data [EFAULT]",
+        libc::EINVAL => {
             "The AIO context specified by ctx_id is invalid. nr is less than 0. The iocb at \
              *iocbpp[0] is not properly initialized, the operation specified is invalid for \
              the file descriptor in the iocb, or the value in the aio_reqprio field is \
              invalid. [EINVAL]"
-                .into(),
-        ),
-        other => Error::Errno(other),
-    }
+        }
+        other => return Error::Errno(other),
+    };
+    Error::Refused(errno, message.into())
 }
 
-/// `io_cancel` errors as caio raised them.
+/// `io_cancel` errors as caio raised them; the kernel's refusals carry their errno
+/// (`EINVAL`: `caio.errors.SubmitError`, a `ValueError`; `EAGAIN`: `OperationError`, a
+/// `SystemError`).
 fn cancel_error(errno: i32) -> Error {
     match errno {
-        libc::EAGAIN => Error::System("Specified operation was not canceled [EAGAIN]".into()),
         libc::EFAULT => {
             Error::Runtime("One of the data structures points to invalid data [EFAULT]".into())
         }
-        libc::EINVAL => {
-            Error::Value("The AIO context specified by ctx_id is invalid [EINVAL]".into())
-        }
+        libc::EINVAL => Error::Refused(
+            errno,
+            "The AIO context specified by ctx_id is invalid [EINVAL]".into(),
+        ),
         libc::ENOSYS => Error::NotImplemented(
             "io_cancel() is not implemented on this architecture [ENOSYS]".into(),
         ),
@@ -681,9 +683,11 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
             dealloc: ctx_dealloc,
             repr: ctx_repr,
             methods,
-            process_events: ctx_process_events,
-            poll: ctx_poll,
-            run_inline: ctx_run_inline,
+            completion: Some(CompletionMethods {
+                process_events: ctx_process_events,
+                poll: ctx_poll,
+                run_inline: ctx_run_inline,
+            }),
             getsets,
         };
         let ty = context::create_type::<Engine>(c"caio.linux_aio.Context", slots)?;

@@ -6,6 +6,7 @@
 //! that calls `flush`/`process_events`, never with a lock held.
 
 use std::collections::VecDeque;
+use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::os::raw::{c_int, c_void};
 use std::ptr::{self, NonNull};
@@ -17,10 +18,10 @@ use caio_backends::{uring, EventFd, Ring};
 use caio_core::{Completion, Phase, RequestId};
 
 use crate::args::parse_args;
-use crate::context::{self, ContextSlots, DrainArgs};
+use crate::context::{self, CompletionMethods, ContextSlots, DrainArgs};
 use crate::error::{entry, repr_of, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
-use crate::gil::without_gil;
+use crate::gil::{wait_interruptibly, without_gil, Waited};
 use crate::inflight::InFlight;
 use crate::limits::{setup_error, Resource};
 use crate::operation::{self, deliver, Flavor, OpPtr};
@@ -80,41 +81,65 @@ impl Engine {
             .collect()
     }
 
-    /// Blocks (GIL released by the caller) until `min` completions are reaped or the
-    /// deadline passes.
+    /// Waits (the GIL released while blocked; call with it held) until `min` completions are
+    /// reaped or the time is up. A signal runs Python's handlers: an exception they raise
+    /// (`KeyboardInterrupt`) ends the wait with it, otherwise the wait resumes for the time
+    /// left. The thread counts as parked until it returns, on every path.
     fn wait(&self, min: usize, timeout: Option<Duration>) -> Result<()> {
-        let deadline = timeout.map(|t| Instant::now() + t);
         self.parked.fetch_add(1, Ordering::SeqCst);
-        let result = (|| loop {
+        let result = wait_interruptibly(timeout, |left| self.wait_step(min, left));
+        let others_parked = self.parked.fetch_sub(1, Ordering::SeqCst) > 1;
+        if others_parked || result.is_err() {
+            without_gil(|| {
+                let mut state = self.lock();
+                if result.is_err() && !state.ready.is_empty() {
+                    // Reaped but not delivered: whoever drains next must hear of them.
+                    self.eventfd.signal();
+                }
+                if others_parked {
+                    // Other threads are parked on the ring; what we reaped may include
+                    // theirs. A no-op completion makes them look again.
+                    if state.ring.stager().push_wakeup().is_ok() {
+                        let _ = state.ring.submit();
+                    }
+                }
+            });
+        }
+        result
+    }
+
+    /// One blocking stretch of [`wait`](Self::wait) (without the GIL), of at most `left`.
+    fn wait_step(&self, min: usize, left: Option<Duration>) -> Result<Waited<()>> {
+        let deadline = left.map(|t| Instant::now() + t);
+        loop {
             {
                 let mut state = self.lock();
                 if !self.sqpoll && state.ring.pending() > 0 {
-                    state.ring.submit().map_err(os_error)?;
+                    match state.ring.submit() {
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {
+                            return Ok(Waited::Interrupted)
+                        }
+                        other => other.map_err(os_error)?,
+                    };
                 }
                 let RingState { ring, ready } = &mut *state;
                 ring.reap(ready);
                 if ready.len() >= min {
-                    return Ok(());
+                    return Ok(Waited::Done(()));
                 }
             }
             let left = match deadline {
                 None => None,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => Some(left),
-                    _ => return Ok(()),
+                    _ => return Ok(Waited::Done(())),
                 },
             };
-            uring::wait_readable(self.ring_fd, left).map_err(os_error)?;
-        })();
-        if self.parked.fetch_sub(1, Ordering::SeqCst) > 1 {
-            // Other threads are parked on the ring; what we reaped may include theirs.
-            // A no-op completion makes them look again.
-            let mut state = self.lock();
-            if state.ring.stager().push_wakeup().is_ok() {
-                let _ = state.ring.submit();
-            }
+            match uring::wait_readable(self.ring_fd, left) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(Waited::Interrupted),
+                other => other.map_err(os_error)?,
+            };
         }
-        result
     }
 }
 
@@ -244,7 +269,10 @@ unsafe extern "C" fn ctx_flush(slf: *mut PyObject, _: *mut PyObject) -> *mut PyO
         let engine = unsafe { engine(slf)? };
         let batch = {
             let mut state = engine.lock();
-            if !engine.sqpoll && state.ring.pending() == 0 {
+            // With nothing staged there is nothing to hand over and, as caio, nothing is
+            // drained, unless the kernel holds completions that overflowed the CQ: no
+            // later event would bring those.
+            if !engine.sqpoll && state.ring.pending() == 0 && !state.ring.cq_overflow() {
                 return values::int(0);
             }
             state.ring.submit().map_err(os_error)?;
@@ -274,8 +302,7 @@ unsafe extern "C" fn ctx_process_events(
             if drain.timeout == 0 {
                 without_gil(|| engine.lock().ring.get_events()).map_err(os_error)?;
             } else {
-                let limit = drain.timeout();
-                without_gil(|| engine.wait(min as usize, limit))?;
+                engine.wait(min as usize, drain.timeout())?;
                 waited = true;
             }
         }
@@ -314,14 +341,14 @@ unsafe extern "C" fn ctx_cancel(
         } else {
             RequestId::NONE
         };
-        let mut state = engine.lock();
-        state
-            .ring
-            .stager()
-            .push_cancel(target)
-            .map_err(|_| ring_full())?;
-        // The cancel's own completion is a sentinel: never counted, never a callback.
-        let _ = state.ring.submit();
+        // A cancel must not fail because the ring is busy: Ring::cancel makes room for it
+        // or (SQPOLL) needs none, and may wait, so it runs without the GIL. Without SQPOLL
+        // the common case (a free slot) is tried first, with the GIL held. The op stays in
+        // the registry (and its buffer owned) until its own completion either way. A
+        // cancel's own completion is a sentinel: never counted, never a callback.
+        if engine.sqpoll || engine.lock().ring.try_cancel(target).is_err() {
+            without_gil(|| engine.lock().ring.cancel(target)).map_err(|_| ring_full())?;
+        }
         values::int(0)
     })
 }
@@ -488,9 +515,11 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
             dealloc: ctx_dealloc,
             repr: ctx_repr,
             methods,
-            process_events: ctx_process_events,
-            poll: ctx_poll,
-            run_inline: ctx_run_inline,
+            completion: Some(CompletionMethods {
+                process_events: ctx_process_events,
+                poll: ctx_poll,
+                run_inline: ctx_run_inline,
+            }),
             getsets,
         };
         let ty = context::create_type::<Engine>(c"caio.linux_uring.Context", slots)?;

@@ -30,6 +30,8 @@ pub(crate) struct OperationObject {
     pub(crate) offset: i64,
     /// Requested size; for a completed read, the bytes actually read.
     pub(crate) nbytes: usize,
+    /// The size the op was built with (a completed read's buffer holds only what was read).
+    requested: usize,
     /// The syscall's return value: bytes transferred, 0, or -1 on failure.
     pub(crate) result: i64,
     /// errno of a failed op, else 0.
@@ -52,15 +54,16 @@ pub(crate) struct OperationObject {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Flavor {
-    /// thread_aio: signed offsets; `result` and the callback get -1 on failure; a write's
-    /// payload is dropped on completion; a read's `payload` is a memoryview.
+    /// thread_aio: offsets 0 ..= 2**63 - 1; `result` and the callback get -1 on failure;
+    /// a write's payload is dropped on completion; a read's `payload` is a memoryview.
     Thread = 0,
-    /// linux_uring: offsets are masked u64 (-1 = current position); `result` and the
-    /// callback get the negated errno; reads up to 4 GiB - 1; a read's `payload` is the
-    /// bytes object itself.
+    /// linux_uring: offsets 0 ..= 2**63 - 1 or -1 (= 2**64 - 1: the file position);
+    /// `result` and the callback get the negated errno; reads up to 4 GiB - 1; a read's
+    /// `payload` is the bytes object itself.
     Uring = 1,
-    /// linux_aio: signed offsets and priority (kept); the negated errno on failure; a
-    /// write's `nbytes` becomes the bytes written; a read's `payload` is a memoryview.
+    /// linux_aio: offsets as thread_aio, signed priority (kept); the negated errno on
+    /// failure; a write's `nbytes` becomes the bytes written; a read's `payload` is a
+    /// memoryview.
     Aio = 2,
 }
 
@@ -196,7 +199,7 @@ pub(crate) fn deliver(op: PyOwned, res: i64) {
     unsafe {
         let ptr = OpPtr::new(op.as_ptr());
         let raw = ptr.raw();
-        finish_fields(raw, res);
+        let res = finish_fields(raw, res);
         ptr.set_context(ptr::null_mut());
         (*raw).state.finish();
         run_callback(raw, res);
@@ -204,13 +207,40 @@ pub(crate) fn deliver(op: PyOwned, res: i64) {
     drop(op);
 }
 
-/// Records `res` in the op's fields (not yet published).
+/// Records `res` in the op's fields (not yet published) and returns the result to report:
+/// `res`, or `-ENOMEM` if a read's data could not be kept.
 ///
 /// # Safety
-/// `raw` is a live, claimed op no backend touches any more; GIL held.
-unsafe fn finish_fields(raw: *mut OperationObject, res: i64) {
+/// `raw` is a live, claimed op no backend touches any more; GIL held. A read's buffer is a
+/// bytes object only this op holds (Python is never handed it before the op is done).
+unsafe fn finish_fields(raw: *mut OperationObject, mut res: i64) -> i64 {
     // SAFETY: see the function's contract.
     unsafe {
+        if (*raw).kind == IoKind::Read {
+            // The buffer is left holding exactly the bytes the kernel wrote (none on
+            // failure): the O_DIRECT bounce buffer is copied in, then the bytes object is
+            // cut to that length. So Python only ever sees defined bytes, and the unused
+            // part of a generous bound is neither zero-filled here, on the thread that
+            // delivers completions, nor kept: its untouched pages go back to the OS.
+            let len = ffi::PyBytes_Size((*raw).buffer) as usize;
+            let got = (res.max(0) as usize).min(len);
+            if let Some(direct) = (*raw).direct.take() {
+                let base = ffi::PyBytes_AsString((*raw).buffer).cast::<u8>();
+                ptr::copy_nonoverlapping(direct.as_mut_ptr(), base, got);
+            }
+            let buffer = ptr::addr_of_mut!((*raw).buffer);
+            if got < len && ffi::Py_REFCNT(*buffer) != 1 {
+                // Not ours alone (never expected), so it cannot be resized: zero the tail.
+                let base = ffi::PyBytes_AsString(*buffer).cast::<u8>();
+                ptr::write_bytes(base.add(got), 0, len - got);
+            } else if got < len && ffi::_PyBytes_Resize(buffer, got as ffi::Py_ssize_t) != 0 {
+                // The resize freed the buffer and raised MemoryError. No exception can
+                // surface here: the op fails with ENOMEM instead, over an empty buffer.
+                ffi::PyErr_Clear();
+                *buffer = ffi::PyBytes_FromStringAndSize(ptr::null(), 0);
+                res = -(libc::ENOMEM as i64);
+            }
+        }
         let flavor = (*raw).flavor;
         (*raw).request_id = caio_core::RequestId::NONE.0;
         if res >= 0 {
@@ -222,20 +252,8 @@ unsafe fn finish_fields(raw: *mut OperationObject, res: i64) {
         }
         match (*raw).kind {
             IoKind::Read => {
-                let len = ffi::PyBytes_Size((*raw).buffer) as usize;
-                let got = (res.max(0) as usize).min(len);
-                if let Some(direct) = (*raw).direct.take() {
-                    let base = ffi::PyBytes_AsString((*raw).buffer).cast::<u8>();
-                    ptr::copy_nonoverlapping(direct.as_mut_ptr(), base, got);
-                }
-                // The buffer was never initialised beyond what the kernel wrote: zero the
-                // rest so Python can only ever see defined bytes.
-                if got < len {
-                    let base = ffi::PyBytes_AsString((*raw).buffer).cast::<u8>();
-                    ptr::write_bytes(base.add(got), 0, len - got);
-                }
                 if res >= 0 {
-                    (*raw).nbytes = got;
+                    (*raw).nbytes = (res as usize).min((*raw).requested);
                 }
             }
             IoKind::Write => {
@@ -250,6 +268,7 @@ unsafe fn finish_fields(raw: *mut OperationObject, res: i64) {
             }
             IoKind::Fsync | IoKind::Fdsync => {}
         }
+        res
     }
 }
 
@@ -281,6 +300,9 @@ unsafe fn run_callback(raw: *mut OperationObject, res: i64) {
 /// Runs `op` on the calling thread if it is an unclaimed small read whose data is in the
 /// page cache (`preadv2(RWF_NOWAIT)`), completing it (callback included). Returns whether
 /// it completed; `false` leaves the op untouched for a normal submit. GIL held.
+///
+/// Only a linux_uring op can have a negative offset, and only -1 ([`offset_arg`]): there
+/// `preadv2`'s "current position" is what io_uring does with it too.
 pub(crate) fn run_inline(op: OpPtr) -> bool {
     // SAFETY: live op; plain field read under the GIL.
     let direct = unsafe { (*op.raw()).direct.is_some() };
@@ -307,7 +329,7 @@ fn complete_inline(op: OpPtr, res: i64) -> bool {
     }
     // SAFETY: we hold the claim, nothing else touches the op; GIL held by the caller.
     unsafe {
-        finish_fields(op.raw(), res);
+        let res = finish_fields(op.raw(), res);
         op.state().finish();
         run_callback(op.raw(), res);
     }
@@ -358,26 +380,80 @@ fn new_op(cls: *mut PyTypeObject, new: NewOp) -> Result<*mut PyObject> {
         (*op).fd = fd;
         (*op).offset = offset;
         (*op).nbytes = nbytes;
+        (*op).requested = nbytes;
         (*op).buffer = buffer.map_or(ptr::null_mut(), PyOwned::into_ptr);
         Ok(obj)
     }
 }
 
-/// Argument formats as each caio backend parsed them: `offset` range-checked i64 (`L`) or
-/// masked u64 (`K`, uring: -1 means "current position"); `priority` masked u16 (`H`) or
-/// range-checked i16 (`h`, linux_aio, which keeps it).
+/// Argument formats as each caio backend parsed them: `priority` masked u16 (`H`) or
+/// range-checked i16 (`h`, linux_aio, which keeps it). `offset` is taken as an object and
+/// converted by [`offset_arg`].
 fn format(flavor: Flavor, kind: IoKind) -> &'static CStr {
     match (flavor, kind) {
-        (Flavor::Thread, IoKind::Read) => c"KI|LH:read",
-        (Flavor::Uring, IoKind::Read) => c"KI|KH:read",
-        (Flavor::Aio, IoKind::Read) => c"KI|Lh:read",
-        (Flavor::Thread, IoKind::Write) => c"OI|LH:write",
-        (Flavor::Uring, IoKind::Write) => c"OI|KH:write",
-        (Flavor::Aio, IoKind::Write) => c"OI|Lh:write",
+        (Flavor::Aio, IoKind::Read) => c"KI|Oh:read",
+        (_, IoKind::Read) => c"KI|OH:read",
+        (Flavor::Aio, IoKind::Write) => c"OI|Oh:write",
+        (_, IoKind::Write) => c"OI|OH:write",
         (Flavor::Aio, IoKind::Fsync) => c"I|h:fsync",
         (Flavor::Aio, IoKind::Fdsync) => c"I|h:fdsync",
         (_, IoKind::Fsync) => c"I|H:fsync",
         (_, IoKind::Fdsync) => c"I|H:fdsync",
+    }
+}
+
+/// io_uring's "use the file position" offset (for pipes and other streams): `-1` as an
+/// `loff_t`, also accepted as `2**64 - 1`, which is what caio's unsigned parsing made of it.
+const FILE_POSITION: i64 = -1;
+
+/// The `offset` of `read`/`write` (omitted: 0). Every backend takes an `loff_t`,
+/// 0 ..= 2**63 - 1; above it `OverflowError`, as caio's range-checked parsing gave (its
+/// uring backend masked to 64 bits instead, so `2**64 + 5` wrote at offset 5).
+///
+/// Below 0: linux_uring keeps [`FILE_POSITION`] and refuses anything else with
+/// `OverflowError` (its offset is unsigned, with that one alias). The other backends are
+/// positional and refuse every negative offset with `ValueError` (the type kernel AIO's
+/// refusal had in caio), so none reaches a call that reads -1 as "the current position"
+/// (`preadv2`).
+fn offset_arg(flavor: Flavor, obj: *mut PyObject) -> Result<i64> {
+    if obj.is_null() {
+        return Ok(0);
+    }
+    let mut overflow: c_int = 0;
+    // SAFETY: `obj` is a live argument and `index` a new int reference we own; GIL held.
+    // For an int, PyLong_AsLongLongAndOverflow reports overflow in the flag, never raises.
+    let (index, value, is_u64_max) = unsafe {
+        let index = PyOwned::from_new(ffi::PyNumber_Index(obj)).ok_or(Error::AlreadySet)?;
+        let value = ffi::PyLong_AsLongLongAndOverflow(index.as_ptr(), &mut overflow);
+        let is_u64_max = if flavor == Flavor::Uring && overflow > 0 {
+            let max = PyOwned::from_new(uint(u64::MAX)?).ok_or(Error::AlreadySet)?;
+            match ffi::PyObject_RichCompareBool(index.as_ptr(), max.as_ptr(), ffi::Py_EQ) {
+                -1 => return Err(Error::AlreadySet),
+                r => r == 1,
+            }
+        } else {
+            false
+        };
+        (index, value, is_u64_max)
+    };
+    let shown = || repr_of(index.as_ptr());
+    match (overflow, flavor) {
+        (0, _) if value >= 0 => Ok(value),
+        (0, Flavor::Uring) if value == FILE_POSITION => Ok(FILE_POSITION),
+        _ if is_u64_max => Ok(FILE_POSITION),
+        (0, Flavor::Thread | Flavor::Aio) => Err(Error::Value(format!(
+            "offset must not be negative (got {})",
+            shown()
+        ))),
+        (_, Flavor::Uring) => Err(Error::Overflow(format!(
+            "offset {} does not fit loff_t (0 to 2**63 - 1); -1 or 2**64 - 1 means the \
+             file position",
+            shown()
+        ))),
+        _ => Err(Error::Overflow(format!(
+            "offset {} does not fit loff_t (0 to 2**63 - 1)",
+            shown()
+        ))),
     }
 }
 
@@ -415,7 +491,8 @@ unsafe extern "C" fn op_read<const FLAVOR: u8>(
 ) -> *mut PyObject {
     entry(|| {
         let flavor = Flavor::from_u8(FLAVOR);
-        let (mut nbytes, mut fd, mut offset, mut priority): (u64, u32, i64, i16) = (0, 0, 0, 0);
+        let (mut nbytes, mut fd, mut priority): (u64, u32, i16) = (0, 0, 0);
+        let mut offset: *mut PyObject = ptr::null_mut();
         parse_args!(
             args,
             kwargs,
@@ -426,6 +503,7 @@ unsafe extern "C" fn op_read<const FLAVOR: u8>(
             &mut offset,
             &mut priority
         )?;
+        let offset = offset_arg(flavor, offset)?;
         if flavor == Flavor::Uring && nbytes > u32::MAX as u64 {
             return Err(Error::Overflow(format!(
                 "nbytes exceeds the io_uring read limit of 4294967295 (got {nbytes}; negative sizes wrap)"
@@ -470,7 +548,8 @@ unsafe extern "C" fn op_write<const FLAVOR: u8>(
     entry(|| {
         let flavor = Flavor::from_u8(FLAVOR);
         let mut payload: *mut PyObject = ptr::null_mut();
-        let (mut fd, mut offset, mut priority): (u32, i64, i16) = (0, 0, 0);
+        let (mut fd, mut priority): (u32, i16) = (0, 0);
+        let mut offset: *mut PyObject = ptr::null_mut();
         parse_args!(
             args,
             kwargs,
@@ -481,6 +560,7 @@ unsafe extern "C" fn op_write<const FLAVOR: u8>(
             &mut offset,
             &mut priority
         )?;
+        let offset = offset_arg(flavor, offset)?;
         // SAFETY: `payload` is a borrowed, live argument; GIL held.
         if unsafe { ffi::PyBytes_Check(payload) } == 0 {
             return Err(Error::Value(format!(
@@ -701,15 +781,24 @@ unsafe extern "C" fn get_payload(slf: *mut PyObject, _: *mut c_void) -> *mut PyO
             let raw = op.raw();
             match (*raw).kind {
                 IoKind::Read => {
-                    let view_of = if op.phase() == Phase::Done {
-                        let b = (*raw).buffer;
-                        ffi::Py_IncRef(b);
-                        PyOwned::from_new(b)
+                    let buf = (*raw).buffer;
+                    let kept = ffi::PyBytes_Size(buf) as usize;
+                    let done = op.phase() == Phase::Done;
+                    let view_of = if done && kept == (*raw).requested {
+                        ffi::Py_IncRef(buf);
+                        PyOwned::from_new(buf).ok_or(Error::AlreadySet)?
                     } else {
-                        // Never run: the buffer is still uninitialised, show zeros.
-                        PyOwned::from_new(zeroed_bytes((*raw).nbytes)?)
-                    }
-                    .ok_or(Error::AlreadySet)?;
+                        // caio's payload is the whole requested buffer: the data read (none
+                        // if never run: the buffer is uninitialised) and a zeroed tail,
+                        // built only for a caller who asks for it.
+                        let whole = PyOwned::from_new(zeroed_bytes((*raw).requested)?)
+                            .ok_or(Error::AlreadySet)?;
+                        if done {
+                            let dst = ffi::PyBytes_AsString(whole.as_ptr());
+                            ptr::copy_nonoverlapping(ffi::PyBytes_AsString(buf), dst, kept);
+                        }
+                        whole
+                    };
                     if (*raw).flavor == Flavor::Uring {
                         // io_uring's payload is the bytes object itself, zero tail included.
                         return Ok(view_of.into_ptr());

@@ -1,30 +1,35 @@
-//! `caio.thread_aio`: the Context type over the worker-thread backend.
+//! `caio.thread_aio`: the Context types over the worker-thread backend.
 //!
-//! Two ways to deliver completions:
-//! - default (caio's behaviour): a worker takes the GIL and runs the op's callback itself;
-//! - `eventfd=True`: workers only queue completions and signal an eventfd; the thread that
-//!   calls `process_events()` (an event loop) runs the callbacks, many per wake-up.
+//! Two types, one per way of delivering completions:
+//! - `Context` (caio's type, with exactly its surface): a worker takes the GIL and runs the
+//!   op's callback itself;
+//! - `EventfdContext`: workers only queue completions and signal an eventfd (`fileno`); the
+//!   thread that calls `process_events()` (an event loop) runs the callbacks, many per
+//!   wake-up. Its own type, so that code duck-typing caio's API (`hasattr(ctx,
+//!   "process_events")`) never takes the default Context for one it must pump.
 
+use std::ffi::CStr;
 use std::os::fd::AsRawFd;
-use std::os::raw::{c_int, c_void};
+use std::os::raw::c_void;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use caio_backends::{CompletionSink, EventQueue, SubmitError, ThreadPool};
-use caio_core::Completion;
+use caio_core::{Completion, Phase, RequestId};
 
 use crate::args::parse_args;
-use crate::context::{self, ContextSlots, DrainArgs};
+use crate::context::{self, CompletionMethods, ContextSlots, DrainArgs};
 use crate::error::{entry, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
-use crate::gil::without_gil;
+use crate::gil::{wait_interruptibly, without_gil, Waited};
 use crate::inflight::InFlight;
 use crate::operation::{self, deliver, OpPtr};
 use crate::values;
 
 static OPERATION_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 static CONTEXT_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+static EVENTFD_CONTEXT_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 
 const DEFAULT_MAX_REQUESTS: u16 = 512;
 const DEFAULT_POOL_SIZE: u16 = 8;
@@ -79,6 +84,15 @@ impl Engine {
         }
     }
 
+    /// Takes request `id` out of the pool's queue if no worker has started it, and reports
+    /// it as cancelled like any completion: in callback mode its callback runs right here,
+    /// in eventfd mode it waits in the queue for `process_events()`. GIL held.
+    fn cancel(&self, id: RequestId) -> bool {
+        let cancelled = self.lock_pool().as_ref().and_then(|pool| pool.cancel(id));
+        // Reported with the pool lock released: the callback may submit or close.
+        cancelled.map(|cancelled| cancelled.complete()).is_some()
+    }
+
     /// Delivers up to `max` queued completions on this thread. GIL held.
     fn drain(&self, max: usize) -> usize {
         let Some(events) = &self.events else {
@@ -116,21 +130,50 @@ fn is_operation(obj: *mut PyObject) -> bool {
     unsafe { ffi::PyObject_TypeCheck(obj, operation_type()) != 0 }
 }
 
+/// Why the workers could not start, and which limit to raise.
+fn pool_start_error(e: std::io::Error, pool_size: u16) -> Error {
+    Error::Os(
+        e.raw_os_error().unwrap_or(libc::EAGAIN),
+        format!(
+            "cannot start {pool_size} worker threads: the number of threads is limited by \
+             RLIMIT_NPROC (ulimit -u), kernel.threads-max and memory (each thread needs a \
+             stack: RLIMIT_AS, ulimit -v); raise the limit or use a smaller pool_size"
+        ),
+    )
+}
+
+/// Why the eventfd could not be created, and which limit to raise.
+fn eventfd_error(e: std::io::Error) -> Error {
+    Error::Os(
+        e.raw_os_error().unwrap_or(libc::EMFILE),
+        "cannot create the eventfd: open files are limited by RLIMIT_NOFILE (ulimit -n) \
+         and fs.file-max"
+            .into(),
+    )
+}
+
+/// `tp_new` of both types (neither can be subclassed, so `cls` says which delivery):
+/// `(max_requests=512, pool_size=8)` parsed as caio did (masked 16-bit, 0 = the default).
 unsafe extern "C" fn ctx_new(
     cls: *mut PyTypeObject,
     args: *mut PyObject,
     kwargs: *mut PyObject,
 ) -> *mut PyObject {
     entry(|| {
-        let (mut max_requests, mut pool_size, mut eventfd): (u16, u16, c_int) = (0, 0, 0);
+        let eventfd = cls == EVENTFD_CONTEXT_TYPE.load(Ordering::Acquire);
+        let format = if eventfd {
+            c"|HH:EventfdContext"
+        } else {
+            c"|HH:Context"
+        };
+        let (mut max_requests, mut pool_size): (u16, u16) = (0, 0);
         parse_args!(
             args,
             kwargs,
-            c"|HH$p:Context",
-            [c"max_requests", c"pool_size", c"eventfd"],
+            format,
+            [c"max_requests", c"pool_size"],
             &mut max_requests,
-            &mut pool_size,
-            &mut eventfd
+            &mut pool_size
         )?;
         let max_requests = if max_requests == 0 {
             DEFAULT_MAX_REQUESTS
@@ -153,10 +196,8 @@ unsafe extern "C" fn ctx_new(
             ));
         }
         let inflight = Arc::new(InFlight::new());
-        let (events, sink): (Option<Arc<EventQueue>>, Arc<dyn CompletionSink>) = if eventfd != 0 {
-            let events = Arc::new(
-                EventQueue::new().map_err(|e| Error::Errno(e.raw_os_error().unwrap_or(0)))?,
-            );
+        let (events, sink): (Option<Arc<EventQueue>>, Arc<dyn CompletionSink>) = if eventfd {
+            let events = Arc::new(EventQueue::new().map_err(eventfd_error)?);
             (Some(events.clone()), events)
         } else {
             let sink = GilSink {
@@ -164,12 +205,8 @@ unsafe extern "C" fn ctx_new(
             };
             (None, Arc::new(sink))
         };
-        let pool =
-            ThreadPool::new(pool_size as usize, max_requests as usize, sink).map_err(|e| {
-                Error::Runtime(format!(
-                    "Pool initialization failed size={pool_size} max_requests={max_requests}: {e}"
-                ))
-            })?;
+        let pool = ThreadPool::new(pool_size as usize, max_requests as usize, sink)
+            .map_err(|e| pool_start_error(e, pool_size))?;
         let engine = Box::new(Engine {
             max_requests,
             pool_size,
@@ -203,6 +240,8 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             let held = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(obj)) };
             op.set_context(slf);
             let id = engine.inflight.lock().insert(held);
+            // What a cancel targets.
+            op.set_request_id(id.0);
             // SAFETY: the op's buffer stays valid until its completion is delivered: the
             // registry holds a strong reference to the op, the op holds the buffer, and
             // nothing releases either before `deliver` (a dropped or collected op is
@@ -227,12 +266,31 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
 }
 
 unsafe extern "C" fn ctx_cancel(
-    _slf: *mut PyObject,
-    _args: *mut PyObject,
+    slf: *mut PyObject,
+    args: *mut PyObject,
     _kwargs: *mut PyObject,
 ) -> *mut PyObject {
-    // Worker-thread syscalls cannot be interrupted; like caio, cancel is a no-op.
-    entry(|| values::int(0))
+    // Accepts anything, as caio did; only ops in flight on this Context are looked at. A
+    // syscall a worker already runs cannot be interrupted: that op completes normally.
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine(slf)? };
+        let mut cancelled: i64 = 0;
+        for obj in context::arguments(args) {
+            if !is_operation(obj) {
+                continue;
+            }
+            // SAFETY: type-checked just above.
+            let op = unsafe { OpPtr::new(obj) };
+            if op.phase() == Phase::InFlight
+                && op.context() == slf
+                && engine.cancel(RequestId(op.request_id()))
+            {
+                cancelled += 1;
+            }
+        }
+        values::int(cancelled)
+    })
 }
 
 unsafe extern "C" fn ctx_close(slf: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
@@ -245,11 +303,8 @@ unsafe extern "C" fn ctx_close(slf: *mut PyObject, _: *mut PyObject) -> *mut PyO
 
 fn events_of(engine: &Engine) -> Result<&Arc<EventQueue>> {
     engine.events.as_ref().ok_or_else(|| {
-        Error::Runtime(
-            "this Context runs callbacks on its worker threads; create it with eventfd=True \
-             to drain completions with poll()/process_events()"
-                .into(),
-        )
+        // Unreachable: only EventfdContext has the methods that call this.
+        Error::Runtime("this thread_aio Context has no completion queue".into())
     })
 }
 
@@ -266,9 +321,20 @@ unsafe extern "C" fn ctx_process_events(
         let (max, min) = (drain.max, drain.min);
         let events = events_of(engine)?;
         if min > 0 && drain.timeout != 0 && events.len() < min as usize {
-            let wait = drain.timeout();
-            let events = events.clone();
-            without_gil(move || events.wait(min as usize, wait));
+            // Sleeps in poll(), so Ctrl-C or another signal wakes it to run Python's
+            // handlers; their exception ends the wait, else it resumes for the time left.
+            wait_interruptibly(drain.timeout(), |left| {
+                match events.wait(min as usize, left) {
+                    Ok(_) => Ok(Waited::Done(())),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                        Ok(Waited::Interrupted)
+                    }
+                    Err(e) => Err(Error::Os(
+                        e.raw_os_error().unwrap_or(0),
+                        format!("waiting for completions on the Context's eventfd failed: {e}"),
+                    )),
+                }
+            })?;
         }
         values::int(engine.drain(max as usize) as i64)
     })
@@ -309,10 +375,9 @@ unsafe extern "C" fn get_fileno(slf: *mut PyObject, _: *mut c_void) -> *mut PyOb
         let engine = unsafe { engine(slf)? };
         match &engine.events {
             Some(events) => values::int(events.eventfd().as_raw_fd() as i64),
+            // Unreachable: only EventfdContext has this property.
             None => Err(Error::Attribute(
-                "this Context runs callbacks on its worker threads and has no eventfd; \
-                 create it with eventfd=True"
-                    .into(),
+                "this thread_aio Context has no eventfd".into(),
             )),
         }
     })
@@ -323,15 +388,15 @@ unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
         // SAFETY: `slf` is our instance.
         let text = match unsafe { engine(slf) } {
             Ok(e) => format!(
-                "<caio.thread_aio.Context at {slf:p}: max_requests={}, pool_size={}, \
-                 delivery={}, in_flight={}, {}>",
+                "<caio.thread_aio.{} at {slf:p}: max_requests={}, pool_size={}, \
+                 in_flight={}, {}>",
+                if e.events.is_some() {
+                    "EventfdContext"
+                } else {
+                    "Context"
+                },
                 e.max_requests,
                 e.pool_size,
-                if e.events.is_some() {
-                    "eventfd"
-                } else {
-                    "worker"
-                },
                 e.inflight.lock().len(),
                 if e.lock_pool().is_some() {
                     "open"
@@ -352,9 +417,52 @@ unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
     unsafe { context::dealloc::<Engine>(slf, |engine| engine.close()) }
 }
 
-/// Creates the two types (once per process) and adds them to `module`.
-pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
+/// What both Context types have: caio's thread_aio surface.
+fn shared_slots(doc: &'static CStr, completion: Option<CompletionMethods>) -> ContextSlots {
     use crate::types::{getset, method, method_kw};
+    let methods = vec![
+        method(
+            c"submit",
+            ctx_submit,
+            ffi::METH_VARARGS,
+            c"submit(*operations) -> int: number of operations accepted.",
+        ),
+        method_kw(
+            c"cancel",
+            ctx_cancel,
+            0,
+            c"cancel(*operations) -> int: how many queued operations were taken out \
+              before a worker started them (they complete with ECANCELED); a running \
+              syscall cannot be interrupted and completes normally.",
+        ),
+        method(
+            c"close",
+            ctx_close,
+            ffi::METH_NOARGS,
+            c"close(): stop accepting work; queued work still runs, workers are joined.",
+        ),
+    ];
+    let getsets = vec![
+        getset(
+            c"max_requests",
+            get_max_requests,
+            c"How many requests may wait for a worker.",
+        ),
+        getset(c"pool_size", get_pool_size, c"Number of worker threads."),
+    ];
+    ContextSlots {
+        doc,
+        new: ctx_new,
+        dealloc: ctx_dealloc,
+        repr: ctx_repr,
+        methods,
+        completion,
+        getsets,
+    }
+}
+
+/// Creates the three types (once per process) and adds them to `module`.
+pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
     if OPERATION_TYPE.load(Ordering::Acquire).is_null() {
         let op_type = operation::create_type(
             c"caio.thread_aio.Operation",
@@ -364,58 +472,39 @@ pub(crate) fn add_types(module: *mut PyObject) -> Result<()> {
         OPERATION_TYPE.store(op_type, Ordering::Release);
     }
     if CONTEXT_TYPE.load(Ordering::Acquire).is_null() {
-        let methods = vec![
-            method(
-                c"submit",
-                ctx_submit,
-                ffi::METH_VARARGS,
-                c"submit(*operations) -> int: number of operations accepted.",
-            ),
-            method_kw(
-                c"cancel",
-                ctx_cancel,
-                0,
-                c"cancel(*args) -> 0: worker syscalls cannot be cancelled.",
-            ),
-            method(
-                c"close",
-                ctx_close,
-                ffi::METH_NOARGS,
-                c"close(): stop accepting work; queued work still runs, workers are joined.",
-            ),
-        ];
-        let getsets = vec![
-            getset(
-                c"max_requests",
-                get_max_requests,
-                c"How many requests may wait for a worker.",
-            ),
-            getset(c"pool_size", get_pool_size, c"Number of worker threads."),
-            getset(
-                c"fileno",
-                get_fileno,
-                c"The eventfd signalled when completions are queued (eventfd mode).",
-            ),
-        ];
-        let slots = ContextSlots {
-            doc: c"Context(max_requests=512, pool_size=8, *, eventfd=False)\n\nthread aio context: file I/O on a pool of native worker threads.",
-            new: ctx_new,
-            dealloc: ctx_dealloc,
-            repr: ctx_repr,
-            methods,
-            process_events: ctx_process_events,
-            poll: ctx_poll,
-            run_inline: ctx_run_inline,
-            getsets,
-        };
+        let slots = shared_slots(
+            c"Context(max_requests=512, pool_size=8)\n\nthread aio context: file I/O on a pool of native worker threads; each callback runs on the worker that did the I/O, holding the GIL.",
+            None,
+        );
         let ty = context::create_type::<Engine>(c"caio.thread_aio.Context", slots)?;
         CONTEXT_TYPE.store(ty, Ordering::Release);
+    }
+    if EVENTFD_CONTEXT_TYPE.load(Ordering::Acquire).is_null() {
+        let mut slots = shared_slots(
+            c"EventfdContext(max_requests=512, pool_size=8)\n\nthread aio context delivering on the caller's thread: workers queue completions without taking the GIL and signal the eventfd fileno; process_events() runs the callbacks.",
+            Some(CompletionMethods {
+                process_events: ctx_process_events,
+                poll: ctx_poll,
+                run_inline: ctx_run_inline,
+            }),
+        );
+        slots.getsets.push(crate::types::getset(
+            c"fileno",
+            get_fileno,
+            c"The eventfd signalled when completions are queued.",
+        ));
+        let ty = context::create_type::<Engine>(c"caio.thread_aio.EventfdContext", slots)?;
+        EVENTFD_CONTEXT_TYPE.store(ty, Ordering::Release);
     }
     context::add_to_module(
         module,
         &[
             (c"ThreadOperation", OPERATION_TYPE.load(Ordering::Acquire)),
             (c"ThreadContext", CONTEXT_TYPE.load(Ordering::Acquire)),
+            (
+                c"ThreadEventfdContext",
+                EVENTFD_CONTEXT_TYPE.load(Ordering::Acquire),
+            ),
         ],
     )
 }

@@ -20,13 +20,23 @@ pub(crate) use pyo3_ffi::{
     PyMemoryView_FromObject, PyMethodDef, PyMethodDefPointer, PyModuleDef, PyModuleDef_HEAD_INIT,
     PyModuleDef_Init, PyModuleDef_Slot, PyModule_AddObjectRef, PyObject, PyObject_CallObject,
     PyObject_CallOneArg, PyObject_ClearWeakRefs, PyObject_GC_UnTrack, PyObject_Repr,
-    PyObject_SetAttrString, PyObject_TypeCheck, PyTuple_GetItem, PyTuple_New, PyTuple_SetItem,
-    PyTuple_Size, PyTypeObject, PyType_FromSpec, PyType_GenericAlloc, PyType_GetSlot, PyType_Slot,
-    PyType_Spec, PyUnicode_AsUTF8AndSize, PyUnicode_FromStringAndSize, Py_DecRef, Py_False,
-    Py_IncRef, Py_None, Py_READONLY, Py_TPFLAGS_DEFAULT, Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    Py_TPFLAGS_HAVE_GC, Py_TYPE, Py_T_PYSSIZET, Py_True, Py_mod_exec, Py_ssize_t, Py_tp_clear,
-    Py_tp_dealloc, Py_tp_doc, Py_tp_free, Py_tp_getset, Py_tp_members, Py_tp_methods, Py_tp_new,
-    Py_tp_repr, Py_tp_traverse, METH_CLASS, METH_KEYWORDS, METH_NOARGS, METH_O, METH_VARARGS,
+    PyObject_TypeCheck, PyTuple_GetItem, PyTuple_New, PyTuple_SetItem, PyTuple_Size, PyTypeObject,
+    PyType_FromSpec, PyType_GenericAlloc, PyType_GetSlot, PyType_Slot, PyType_Spec,
+    PyUnicode_AsUTF8AndSize, PyUnicode_FromStringAndSize, Py_DecRef, Py_False, Py_IncRef, Py_None,
+    Py_READONLY, Py_TPFLAGS_DEFAULT, Py_TPFLAGS_DISALLOW_INSTANTIATION, Py_TPFLAGS_HAVE_GC,
+    Py_TYPE, Py_T_PYSSIZET, Py_True, Py_mod_exec, Py_ssize_t, Py_tp_clear, Py_tp_dealloc,
+    Py_tp_doc, Py_tp_free, Py_tp_getset, Py_tp_members, Py_tp_methods, Py_tp_new, Py_tp_repr,
+    Py_tp_traverse, METH_CLASS, METH_KEYWORDS, METH_NOARGS, METH_O, METH_VARARGS,
+};
+
+// Used by the error mapping and the read buffers.
+pub(crate) use pyo3_ffi::{
+    _PyBytes_Resize, PyErr_Clear, PyImport_ImportModule, PyObject_GetAttrString, Py_REFCNT,
+};
+
+// Integer conversions that no PyArg_Parse format expresses (operation offsets).
+pub(crate) use pyo3_ffi::{
+    PyLong_AsLongLongAndOverflow, PyNumber_Index, PyObject_RichCompareBool, Py_EQ,
 };
 
 #[cfg(Py_3_13)]
