@@ -201,6 +201,38 @@ def test_the_position_of_a_pipe_is_ignored_as_by_the_kernel(workdir):
     assert "value: b'data'" in out, out
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_adapter_reads_a_pipe_while_the_loop_runs_on(workdir, loop):
+    """Through linux_aio's AsyncioContext: a read of an empty pipe waits while the loop goes
+    on (a task writes the data later), then returns it; several in one io_submit too."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    out = run_child(f"""
+        import asyncio
+        from caio.linux_aio_asyncio import AsyncioContext
+
+        async def main():
+            ctx = AsyncioContext(deferred=True)  # one io_submit for the whole batch
+            pipes = [os.pipe() for _ in range(3)]
+            reads = [asyncio.ensure_future(ctx.read(16, r, 0)) for r, _ in pipes]
+            await asyncio.sleep(0)  # the batch is submitted; the loop must keep running
+            await asyncio.sleep(0)
+            assert not any(t.done() for t in reads)
+            for i, (_, w) in enumerate(pipes):
+                os.write(w, b"pipe%d" % i)
+            values = await asyncio.wait_for(asyncio.gather(*reads), 10)
+            ctx.close()
+            return values
+
+        if {loop!r} == "uvloop":
+            import uvloop
+            print("values:", uvloop.run(main()))
+        else:
+            print("values:", asyncio.run(main()))
+    """, workdir)
+    assert "values: [b'pipe0', b'pipe1', b'pipe2']" in out, out
+
+
 @pytest.mark.parametrize("case", ["read-from-write-end", "write-to-read-end"])
 def test_what_io_submit_refuses_on_a_pipe_still_raises_at_submit(case):
     """Requests the kernel refuses up front stay with the kernel: ValueError at submit, the
