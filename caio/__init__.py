@@ -169,7 +169,18 @@ def _backend_name(adapter: ModuleType) -> str:
 _Preferred: Any = preferred_asyncio.AsyncioContext
 
 
-class AsyncioContext(_Preferred):
+class _AutoSelectedMeta(type(_Preferred)):  # type: ignore[misc]
+    """Makes a fallback instance an ``isinstance`` of ``caio.AsyncioContext``, and of
+    nothing else it is not (ABC registration would also make it one of the preferred
+    backend's adapter, through ``caio.AsyncioContext``)."""
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        if cls is AsyncioContext and type(instance) in _FALLBACKS:
+            return True
+        return super().__instancecheck__(instance)
+
+
+class AsyncioContext(_Preferred, metaclass=_AutoSelectedMeta):
     __doc__ = (preferred_asyncio.AsyncioContext.__doc__ or "") + """
     Created with no backend-specific arguments, it falls back to the next backend (with a
     ``ResourceLimitWarning``) when a kernel or process limit stops this one; the instance
@@ -202,7 +213,6 @@ def _fallback_class(adapter: ModuleType) -> Any:
         "__doc__": f"caio.AsyncioContext falling back to {adapter.__name__}.",
         "_backend_name": name,
     })
-    AsyncioContext.register(cls)
     return cls
 
 

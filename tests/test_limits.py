@@ -87,6 +87,8 @@ def adapter(cls, fd):
             return {
                 "backend": type(ctx.context).__module__,
                 "isinstance": isinstance(ctx, caio.AsyncioContext),
+                # (not of the preferred backend's adapter, which it is not)
+                "preferred": isinstance(ctx, caio.preferred_asyncio.AsyncioContext),
                 "warnings": [[w.category.__name__, str(w.message), w.filename]
                              for w in caught],
             }
@@ -113,7 +115,7 @@ def aio_max_nr():
 
 def assert_fell_back(result, backend, limit_text):
     assert result.get("backend") == backend, result
-    assert result["isinstance"], result
+    assert result["isinstance"] and not result["preferred"], result
     limit_warnings = [w for w in result["warnings"] if w[0] == "ResourceLimitWarning"]
     assert len(limit_warnings) == 1, result
     message = limit_warnings[0][1]
