@@ -22,6 +22,33 @@ impl<T> InFlight<T> {
     }
 }
 
+impl<T> InFlight<T> {
+    /// Visits the op of every entry (GC `tp_traverse`; `op_of` picks it out of an entry).
+    /// If the lock is taken (never by a thread holding the GIL, which the GC holds), it
+    /// visits nothing: the GC then sees references it cannot explain and keeps the ops,
+    /// which is always safe.
+    pub(crate) fn visit(
+        &self,
+        visit: crate::ffi::visitproc,
+        arg: *mut std::os::raw::c_void,
+        op_of: impl Fn(&T) -> *mut crate::ffi::PyObject,
+    ) -> std::os::raw::c_int {
+        let registry = match self.0.try_lock() {
+            Ok(registry) => registry,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return 0,
+        };
+        for entry in registry.values() {
+            // SAFETY: each entry holds a strong reference to a live op; GIL held (GC).
+            let r = unsafe { visit(op_of(entry), arg) };
+            if r != 0 {
+                return r;
+            }
+        }
+        0
+    }
+}
+
 impl<T> Drop for InFlight<T> {
     fn drop(&mut self) {
         // Entries left here can never complete (the interpreter is going away, or their

@@ -7,7 +7,7 @@
 //! the same `process_events`.
 
 use std::os::fd::AsRawFd;
-use std::os::raw::c_void;
+use std::os::raw::{c_int, c_void};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -512,6 +512,20 @@ unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
         };
         str_object(&text).map(PyOwned::into_ptr)
     })
+}
+
+impl context::Engine for Engine {
+    fn in_flight(&self) -> usize {
+        self.inflight.lock().len()
+    }
+
+    fn completion_fd(&self) -> Option<c_int> {
+        Some(self.events.eventfd().as_raw_fd())
+    }
+
+    fn visit_in_flight(&self, visit: ffi::visitproc, arg: *mut c_void) -> c_int {
+        self.inflight.visit(visit, arg, |entry| entry.op.as_ptr())
+    }
 }
 
 unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {

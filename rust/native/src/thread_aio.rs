@@ -345,6 +345,24 @@ unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
     })
 }
 
+impl context::Engine for Engine {
+    fn in_flight(&self) -> usize {
+        self.inflight.lock().len()
+    }
+
+    /// Only eventfd mode needs pumping; in the default mode the workers deliver.
+    fn completion_fd(&self) -> Option<c_int> {
+        self.events.as_ref().map(|events| events.eventfd().as_raw_fd())
+    }
+
+    fn visit_in_flight(&self, visit: ffi::visitproc, arg: *mut c_void) -> c_int {
+        if self.events.is_none() {
+            return 0;
+        }
+        self.inflight.visit(visit, arg, PyOwned::as_ptr)
+    }
+}
+
 unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
     // SAFETY: called once when the refcount reaches zero, with the GIL held (possibly on a
     // worker thread that just delivered the last op). No op is in flight: each one holds a
