@@ -52,7 +52,7 @@ def test_close_ends_every_awaiting_task(loop_runner, AsyncioContext, files):
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         ctx.close()
-        done, pending = await asyncio.wait(tasks, timeout=10)
+        _done, pending = await asyncio.wait(tasks, timeout=10)
         assert not pending, f"{len(pending)} of 200 tasks still waiting after close()"
         for off, task in zip(offsets, tasks):
             error = task.exception()
@@ -105,7 +105,7 @@ def test_closed_adapters_hold_no_kernel_objects(loop_runner, adapter, files):
 def contexts_for(backend) -> int:
     # io_destroy waits for an RCU grace period (~30 ms per kernel-AIO Context, in caio
     # too), so fewer of them keep this test within its time budget.
-    return 200 if backend.short == "linux_aio" else 1000
+    return 100 if backend.short == "linux_aio" else 1000
 
 
 @pytest.mark.parametrize("native", NATIVE_BACKENDS)
@@ -121,8 +121,11 @@ def test_dropped_contexts_with_work_in_flight_are_drained_and_freed(native, file
                 counts[key] = counts.get(key, 0) + 1
         return cb
 
+    # thread_aio: fewer workers per Context, same paths, less time spent starting threads
+    options = {"pool_size": 2} if native.short == "thread_aio" else {}
+
     def drop_one(i):
-        ctx = native.Context()
+        ctx = native.Context(**options)
         ops = [native.read(4096, fd, 0), native.read(LARGE, fd, 0)]
         for j, op in enumerate(ops):
             op.set_callback(callback((i, j)))

@@ -72,7 +72,9 @@ pub(crate) fn fork_generation() -> u64 {
 /// `slf` is a live instance laid out as `ContextObject<E>`.
 unsafe fn inherited<E>(slf: *mut PyObject) -> bool {
     // SAFETY: see the function's contract.
-    unsafe { (*slf.cast::<ContextObject<E>>()).generation != FORK_GENERATION.load(Ordering::SeqCst) }
+    unsafe {
+        (*slf.cast::<ContextObject<E>>()).generation != FORK_GENERATION.load(Ordering::SeqCst)
+    }
 }
 
 /// The engine of a live Context, or `RuntimeError(uninitialized)`; `RuntimeError` too for
@@ -206,7 +208,9 @@ unsafe fn in_flight_of<E: Engine>(slf: *mut PyObject) -> usize {
 }
 
 /// The Context types and their [`retire`], registered by [`create_type`].
-static RETIRERS: Mutex<Vec<(usize, fn(*mut PyObject))>> = Mutex::new(Vec::new());
+static RETIRERS: Mutex<Vec<(usize, Retire)>> = Mutex::new(Vec::new());
+
+type Retire = fn(*mut PyObject);
 
 /// `caio._native.retire(context)` (see [`retire`]).
 pub(crate) unsafe extern "C" fn retire_method(
@@ -227,7 +231,9 @@ pub(crate) unsafe extern "C" fn retire_method(
                 retire(arg);
                 Ok(values::none())
             }
-            None => Err(Error::Type("retire() argument must be a native caio Context".into())),
+            None => Err(Error::Type(
+                "retire() argument must be a native caio Context".into(),
+            )),
         }
     })
 }

@@ -238,8 +238,8 @@ fn call_method(obj: *mut PyObject, name: &std::ffi::CStr, args: &[i64]) -> Resul
             // SetItem steals `item`.
             ffi::PyTuple_SetItem(tuple.as_ptr(), i as ffi::Py_ssize_t, item);
         }
-        let result =
-            PyOwned::from_new(ffi::PyObject_CallObject(method.as_ptr(), tuple.as_ptr())).ok_or(())?;
+        let result = PyOwned::from_new(ffi::PyObject_CallObject(method.as_ptr(), tuple.as_ptr()))
+            .ok_or(())?;
         let n = ffi::PyLong_AsLongLong(result.as_ptr());
         if n == -1 && !ffi::PyErr_Occurred().is_null() {
             clear_error();
@@ -308,8 +308,10 @@ fn register_atexit() -> bool {
         let registered = (|| {
             let func = PyOwned::from_new(ffi::PyCFunction_New(def, ptr::null_mut()))?;
             let atexit = PyOwned::from_new(ffi::PyImport_ImportModule(c"atexit".as_ptr()))?;
-            let register =
-                PyOwned::from_new(ffi::PyObject_GetAttrString(atexit.as_ptr(), c"register".as_ptr()))?;
+            let register = PyOwned::from_new(ffi::PyObject_GetAttrString(
+                atexit.as_ptr(),
+                c"register".as_ptr(),
+            ))?;
             PyOwned::from_new(ffi::PyObject_CallOneArg(register.as_ptr(), func.as_ptr()))
         })();
         if registered.is_none() {

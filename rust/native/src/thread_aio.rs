@@ -352,7 +352,9 @@ impl context::Engine for Engine {
 
     /// Only eventfd mode needs pumping; in the default mode the workers deliver.
     fn completion_fd(&self) -> Option<c_int> {
-        self.events.as_ref().map(|events| events.eventfd().as_raw_fd())
+        self.events
+            .as_ref()
+            .map(|events| events.eventfd().as_raw_fd())
     }
 
     fn visit_in_flight(&self, visit: ffi::visitproc, arg: *mut c_void) -> c_int {
