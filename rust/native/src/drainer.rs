@@ -92,13 +92,15 @@ pub(crate) unsafe fn adopt(ctx: *mut PyObject, fd: c_int, in_flight: InFlightOf)
         std::mem::forget(held);
         return;
     }
+    // Registered before taking the lock: a Python call may run a GC that adopts too.
+    let register = !state().atexit_registered;
+    if register && register_atexit() {
+        state().atexit_registered = true;
+    }
     let mut state = state();
     if state.stopped {
         std::mem::forget(held);
         return;
-    }
-    if !state.atexit_registered {
-        state.atexit_registered = register_atexit();
     }
     state.orphans.push(Orphan {
         ctx: held,

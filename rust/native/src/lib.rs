@@ -139,7 +139,7 @@ pub unsafe extern "C" fn PyInit__native() -> *mut PyObject {
                 c"retire",
                 context::retire_method,
                 ffi::METH_O,
-                c"retire(context): the caller is done with a native Context; what it still has in flight is delivered on a background thread, then the Context is let go.",
+                c"retire(context): the caller is done with a native Context; what it still has in flight is delivered on a background thread, then the Context is let go (anything else: no-op).",
             ),
             ffi::PyMethodDef::zeroed(),
         ]);
