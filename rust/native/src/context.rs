@@ -226,15 +226,11 @@ pub(crate) unsafe extern "C" fn retire_method(
             .iter()
             .find(|(t, _)| *t == ty)
             .map(|(_, f)| *f);
-        match retirer {
-            Some(retire) => {
-                retire(arg);
-                Ok(values::none())
-            }
-            None => Err(Error::Type(
-                "retire() argument must be a native caio Context".into(),
-            )),
+        // Anything else (a test's wrapper around a Context, say) has nothing to drain.
+        if let Some(retire) = retirer {
+            retire(arg);
         }
+        Ok(values::none())
     })
 }
 

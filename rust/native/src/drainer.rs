@@ -173,9 +173,18 @@ fn pump_all() -> bool {
     let mut kept = Vec::with_capacity(orphans.len());
     let mut drained = Vec::new();
     for orphan in orphans {
-        pump(orphan.ctx.as_ptr());
+        let ctx = orphan.ctx.as_ptr();
+        pump(ctx);
         // SAFETY: `ctx` is live (we hold it), GIL held.
-        if unsafe { (orphan.in_flight)(orphan.ctx.as_ptr()) } == 0 {
+        if unsafe { (orphan.in_flight)(ctx) } == 0 {
+            // SAFETY: as above.
+            if unsafe { ffi::Py_REFCNT(ctx) } > 1 {
+                // A callback kept the Context. The GC finalizes an object only once, so
+                // it could never hand this one to us again: untracked, a later drop with
+                // work in flight leaks it (safely) instead of letting the GC clear ops.
+                // SAFETY: as above; untracking is idempotent (dealloc does it again).
+                unsafe { ffi::PyObject_GC_UnTrack(ctx.cast()) };
+            }
             drained.push(orphan);
         } else {
             kept.push(orphan);

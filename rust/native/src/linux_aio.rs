@@ -530,16 +530,10 @@ impl context::Engine for Engine {
 
 unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
     // SAFETY: called once when the refcount reaches zero. No op is in flight (each one
-    // holds a reference to this Context). Idle helper threads are joined with the GIL
-    // released; io_destroy then finds nothing outstanding.
-    unsafe {
-        context::dealloc::<Engine>(slf, |engine| {
-            let pool = engine.lock_offload().take();
-            if let Some(pool) = pool {
-                without_gil(move || drop(pool));
-            }
-        })
-    }
+    // holds a reference to this Context), so the engine holds no Python object. It is
+    // dropped with the GIL released: that joins the idle helper threads, and io_destroy
+    // (which finds nothing outstanding) waits for an RCU grace period, tens of ms.
+    unsafe { context::dealloc::<Engine>(slf, |engine| without_gil(move || drop(engine))) }
 }
 
 /// `None` if kernel AIO works here, else the reason (the text `ImportError` carries).

@@ -24,7 +24,7 @@ pub(crate) use pyo3_ffi::{
     PyObject_Repr, PyObject_SetAttrString, PyObject_TypeCheck, PyTuple_GetItem, PyTuple_New,
     PyTuple_SetItem, PyTuple_Size, PyTypeObject, PyType_FromSpec, PyType_GenericAlloc,
     PyType_GetSlot, PyType_Slot, PyType_Spec, PyUnicode_AsUTF8AndSize, PyUnicode_FromStringAndSize,
-    Py_DecRef, Py_False, Py_IncRef, Py_None, Py_READONLY, Py_TPFLAGS_DEFAULT,
+    Py_DecRef, Py_False, Py_IncRef, Py_None, Py_READONLY, Py_REFCNT, Py_TPFLAGS_DEFAULT,
     Py_TPFLAGS_DISALLOW_INSTANTIATION, Py_TPFLAGS_HAVE_GC, Py_TYPE, Py_T_PYSSIZET, Py_True,
     Py_mod_exec, Py_ssize_t, Py_tp_clear, Py_tp_dealloc, Py_tp_doc, Py_tp_finalize, Py_tp_free,
     Py_tp_getset, Py_tp_members, Py_tp_methods, Py_tp_new, Py_tp_repr, Py_tp_traverse, METH_CLASS,
