@@ -28,6 +28,13 @@ def task_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def kernel_rings() -> int:
+    """io_uring rings and kernel-AIO contexts mapped into this process (a kernel-AIO
+    context holds no fd; its ring mapping goes with io_destroy)."""
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if "[io_uring]" in line or "/[aio]" in line)
+
+
 def rss_kib() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -89,11 +96,12 @@ def test_closed_adapters_hold_no_kernel_objects(loop_runner, adapter, files):
 
     loop_runner.run(warm_up)
     gc.collect()
-    fds, tasks = fd_count(), task_count()
+    fds, tasks, rings = fd_count(), task_count(), kernel_rings()
     loop_runner.run(body)
-    wait_until(lambda: fd_count() <= fds and task_count() <= tasks, timeout=30,
-               message=f"closed adapters keep fds ({fd_count()} > {fds}) "
-                       f"or threads ({task_count()} > {tasks})")
+    wait_until(lambda: fd_count() <= fds and task_count() <= tasks and kernel_rings() <= rings,
+               timeout=30,
+               message=f"closed adapters keep fds ({fd_count()} > {fds}), threads "
+                       f"({task_count()} > {tasks}) or rings ({kernel_rings()} > {rings})")
     assert len(closed) == 20
 
 
@@ -143,7 +151,7 @@ def test_dropped_contexts_with_work_in_flight_are_drained_and_freed(native, file
             gc.collect()
     gc.collect()
     wait_until(lambda: len(counts) == 2 * warm_up, timeout=30, message="warm-up not drained")
-    fds, tasks, rss = fd_count(), task_count(), rss_kib()
+    fds, tasks, rings, rss = fd_count(), task_count(), kernel_rings(), rss_kib()
 
     n = contexts_for(native)
     start = time.monotonic()
@@ -154,8 +162,10 @@ def test_dropped_contexts_with_work_in_flight_are_drained_and_freed(native, file
     gc.collect()
     wait_until(lambda: len(counts) == 2 * (warm_up + n), timeout=60,
                message=f"{2 * (warm_up + n) - len(counts)} callbacks never ran")
-    wait_until(lambda: fd_count() <= fds and task_count() <= tasks, timeout=60,
-               message=f"fds {fd_count()} > {fds} or threads {task_count()} > {tasks}")
+    wait_until(lambda: fd_count() <= fds and task_count() <= tasks and kernel_rings() <= rings,
+               timeout=60,
+               message=f"fds {fd_count()} > {fds}, threads {task_count()} > {tasks} "
+                       f"or rings {kernel_rings()} > {rings}")
     assert set(counts.values()) == {1}, "a callback ran more than once"
     growth = rss_kib() - rss
     assert growth < 16 * 1024, f"RSS grew by {growth} KiB over {n} Contexts"

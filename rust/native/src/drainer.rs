@@ -171,21 +171,23 @@ fn run(wake: Arc<EventFd>) {
 fn pump_all() -> bool {
     let orphans = std::mem::take(&mut state().orphans);
     let mut kept = Vec::with_capacity(orphans.len());
-    let mut drained = Vec::new();
+    let mut drained_orphans = Vec::new();
     for orphan in orphans {
         let ctx = orphan.ctx.as_ptr();
         pump(ctx);
-        // SAFETY: `ctx` is live (we hold it), GIL held.
-        if unsafe { (orphan.in_flight)(ctx) } == 0 {
-            // SAFETY: as above.
-            if unsafe { ffi::Py_REFCNT(ctx) } > 1 {
-                // A callback kept the Context. The GC finalizes an object only once, so
-                // it could never hand this one to us again: untracked, a later drop with
-                // work in flight leaks it (safely) instead of letting the GC clear ops.
-                // SAFETY: as above; untracking is idempotent (dealloc does it again).
-                unsafe { ffi::PyObject_GC_UnTrack(ctx.cast()) };
+        // SAFETY: `ctx` is live (we hold it), GIL held. A Context a callback kept: the GC
+        // finalizes an object only once, so it could never hand this one to us again;
+        // untracked, a later drop with work in flight leaks it (safely) instead of letting
+        // the GC clear its ops' callbacks. Untracking is idempotent (dealloc does it too).
+        let drained = unsafe {
+            let drained = (orphan.in_flight)(ctx) == 0;
+            if drained && ffi::Py_REFCNT(ctx) > 1 {
+                ffi::PyObject_GC_UnTrack(ctx.cast());
             }
-            drained.push(orphan);
+            drained
+        };
+        if drained {
+            drained_orphans.push(orphan);
         } else {
             kept.push(orphan);
         }
@@ -204,7 +206,7 @@ fn pump_all() -> bool {
     };
     // Freed outside the lock: a Context's teardown may run arbitrary code (and take the
     // lock to adopt another Context).
-    drop(drained);
+    drop(drained_orphans);
     exit
 }
 
@@ -213,8 +215,8 @@ fn pump_all() -> bool {
 fn pump(ctx: *mut PyObject) {
     // Reset the wake-up first: a completion landing after the drain below signals again.
     if call_method(ctx, c"poll", &[]).is_err() {
-        // SAFETY: GIL held; clears the error just raised (BlockingIOError when zero).
-        unsafe { clear_error() };
+        // The error just raised: BlockingIOError when there was nothing.
+        clear_error();
     }
     if has_method(ctx, c"flush") {
         report(call_method(ctx, c"flush", &[]));
@@ -267,9 +269,8 @@ fn report(result: Result<i64, ()>) {
     }
 }
 
-/// # Safety
-/// GIL held.
-unsafe fn clear_error() {
+/// Drops the pending exception. GIL held (as everywhere in this module with Python work).
+fn clear_error() {
     let (mut t, mut v, mut tb) = (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
     // SAFETY: GIL held; the fetched references are released right away.
     unsafe {
