@@ -8,6 +8,7 @@
 """
 
 import asyncio
+import ctypes
 import gc
 import os
 import textwrap
@@ -36,6 +37,10 @@ def kernel_rings() -> int:
 
 
 def rss_kib() -> int:
+    """Resident memory, after handing free heap memory back to the OS: glibc keeps what
+    threads freed in per-thread arenas, which depends on how many ran at once, not on
+    what is still allocated."""
+    ctypes.CDLL(None).malloc_trim(0)
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
@@ -112,7 +117,11 @@ def test_closed_adapters_hold_no_kernel_objects(loop_runner, adapter, files):
 def contexts_for(backend) -> int:
     # io_destroy waits for an RCU grace period (~30 ms per kernel-AIO Context, in caio
     # too), so fewer of them keep this test within its time budget.
-    return 100 if backend.short == "linux_aio" else 1000
+    return 60 if backend.short == "linux_aio" else 1000
+
+
+def exit_contexts_for(backend) -> int:
+    return 30 if backend.short == "linux_aio" else 200
 
 
 @pytest.mark.parametrize("native", NATIVE_BACKENDS)
@@ -144,7 +153,7 @@ def test_dropped_contexts_with_work_in_flight_are_drained_and_freed(native, file
     # Collected every 20 Contexts: the threads of the ones waiting to be found (thread_aio,
     # linux_aio helpers) stay few, so glibc's bounded caches (thread stacks, arenas)
     # reach their steady size during the warm-up.
-    warm_up = 300
+    warm_up = 40 if native.short == "linux_aio" else 150
     for i in range(warm_up):
         drop_one(-1 - i)
         if i % 20 == 19:
@@ -253,19 +262,23 @@ EXIT_SCRIPT = textwrap.dedent(
     fd = os.open({path!r}, os.O_RDWR | os.O_CREAT, 0o644)
     os.pwrite(fd, b"x" * 262144, 0)
     calls = []
-    def drop():
+    def drop(pipe_read):
         ctx = mod.Context(**{kwargs!r})
-        ops = [mod.Operation.read(131072, fd, 0) for _ in range(4)]
-        if {pipe_read!r}:
+        ops = [mod.Operation.read(131072, fd, 0) for _ in range(3)]
+        if pipe_read:
             ops.append(mod.Operation.read(16, r, 2**64 - 1))  # never completes
         for op in ops:
             op.set_callback(calls.append)
         ctx.submit(*ops)
         if hasattr(ctx, "flush"):
             ctx.flush()
-    for _ in range(20):
-        drop()
-    gc.collect()  # the drainer now holds them
+    # Many Contexts, collected in bursts: at exit the drainer is busy delivering and
+    # tearing Contexts down (joining their threads, io_destroy) with the GIL released.
+    for i in range({count}):
+        drop({pipe_read!r} and i % 20 == 0)
+        if i % 50 == 49:
+            gc.collect()
+    gc.collect()
     print("exiting", flush=True)
     """
 )
@@ -279,9 +292,12 @@ def test_exit_while_the_drainer_holds_contexts(native, workdir):
         path=str(workdir / "f"),
         kwargs={"eventfd": True} if native.eventfd else {},
         pipe_read=module == "caio.linux_uring",
+        count=exit_contexts_for(native),
     )
-    proc = run_python(code, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "exiting" in proc.stdout
-    assert "Fatal" not in proc.stderr and "panicked" not in proc.stderr, proc.stderr
+    for _ in range(2):  # the exit races the drainer: give it more than one chance to fail
+        proc = run_python(code, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert "exiting" in proc.stdout
+        assert "Fatal" not in proc.stderr and "FATAL" not in proc.stderr, proc.stderr
+        assert "panicked" not in proc.stderr, proc.stderr
 

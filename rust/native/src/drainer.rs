@@ -40,7 +40,9 @@ struct State {
     orphans: Vec<Orphan>,
     /// Wakes the thread when an orphan arrives or it must stop; `Some` while it runs.
     wake: Option<Arc<EventFd>>,
-    thread: Option<JoinHandle<()>>,
+    /// Every drainer thread started (one runs at a time; the others are finished or about
+    /// to be), joined by the atexit hook.
+    threads: Vec<JoinHandle<()>>,
     /// Set by the atexit hook: nothing is adopted any more.
     stopped: bool,
     atexit_registered: bool,
@@ -122,10 +124,9 @@ pub(crate) unsafe fn adopt(ctx: *mut PyObject, fd: c_int, in_flight: InFlightOf)
     match spawned {
         Ok(handle) => {
             state.wake = Some(wake);
-            // A previous thread that ran out of work has finished (or is about to).
-            if let Some(old) = state.thread.replace(handle) {
-                drop(old);
-            }
+            // Threads that ran out of work are gone (or only returning): forget them.
+            state.threads.retain(|t| !t.is_finished());
+            state.threads.push(handle);
         }
         Err(_) => leak_orphans(&mut state),
     }
@@ -192,21 +193,20 @@ fn pump_all() -> bool {
             kept.push(orphan);
         }
     }
-    let exit = {
-        let mut state = state();
-        // Orphans adopted meanwhile (callbacks may drop Contexts too) stay queued.
-        kept.append(&mut state.orphans);
-        state.orphans = kept;
-        let exit = state.stopped || state.orphans.is_empty();
-        if exit && !state.stopped {
-            // Adopters from now on start a new thread.
-            state.wake = None;
-        }
-        exit
-    };
-    // Freed outside the lock: a Context's teardown may run arbitrary code (and take the
-    // lock to adopt another Context).
+    // Freed before deciding whether to exit, and outside the lock: a Context's teardown may
+    // release the GIL (joining threads, io_destroy) and run arbitrary code (adopting
+    // another Context takes the lock). Once the thread has said it exits, it never
+    // releases the GIL again before it is gone, so the atexit hook cannot miss it.
     drop(drained_orphans);
+    let mut state = state();
+    // Orphans adopted meanwhile (callbacks may drop Contexts too) stay queued.
+    kept.append(&mut state.orphans);
+    state.orphans = kept;
+    let exit = state.stopped || state.orphans.is_empty();
+    if exit && !state.stopped {
+        // Adopters from now on start a new thread.
+        state.wake = None;
+    }
     exit
 }
 
@@ -337,18 +337,15 @@ fn register_atexit() -> bool {
 /// still holds.
 unsafe extern "C" fn stop(_module: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
     entry(|| {
-        let thread = {
+        let threads = {
             let mut state = state();
             state.stopped = true;
             if let Some(wake) = state.wake.take() {
                 wake.signal();
             }
-            state.thread.take()
+            std::mem::take(&mut state.threads)
         };
-        let joined = match thread {
-            Some(thread) => without_gil(move || thread.join()).is_ok(),
-            None => true,
-        };
+        let joined = without_gil(move || threads.into_iter().all(|t| t.join().is_ok()));
         // In flight at exit: the kernel may still own their buffers.
         leak_orphans(&mut state());
         if !joined {
