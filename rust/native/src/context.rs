@@ -50,8 +50,8 @@ pub(crate) trait Engine: 'static {
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn after_fork_in_child() {
-    // Only an atomic add: the child of a threaded process may run async-signal-safe code
-    // only, until it execs or exits.
+    // Only atomics: the child of a threaded process may run async-signal-safe code only,
+    // until it execs or exits.
     FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
     drainer::forget_after_fork();
 }
