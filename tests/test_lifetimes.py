@@ -8,6 +8,7 @@
 """
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import os
@@ -301,3 +302,21 @@ def test_exit_while_the_drainer_holds_contexts(native, workdir):
         assert "Fatal" not in proc.stderr and "FATAL" not in proc.stderr, proc.stderr
         assert "panicked" not in proc.stderr, proc.stderr
 
+
+
+def test_close_right_after_a_deferred_submission(loop_runner, adapter, files):
+    # A flush or submit the adapter scheduled for the next loop iteration finds it closed.
+    fd = files.open(os.urandom(LARGE))
+    # (with SQPOLL the io_uring adapter flushes at once)
+    options = {"sqpoll": False} if short_name(adapter) == "linux_uring" else {}
+
+    async def body():
+        ctx = adapter.AsyncioContext(deferred=True, **options)
+        task = asyncio.ensure_future(ctx.read(LARGE, fd, 0))
+        await asyncio.sleep(0)  # the task submits; the deferred flush/submit is scheduled
+        ctx.close()
+        with contextlib.suppress(RuntimeError):
+            await asyncio.wait_for(task, 10)
+        await asyncio.sleep(0.01)  # let the scheduled callback run
+
+    loop_runner.run(body)  # fails if a loop callback raised
