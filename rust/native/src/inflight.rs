@@ -24,9 +24,10 @@ impl<T> InFlight<T> {
 
 impl<T> InFlight<T> {
     /// Visits the op of every entry (GC `tp_traverse`; `op_of` picks it out of an entry).
-    /// If the lock is taken (never by a thread holding the GIL, which the GC holds), it
-    /// visits nothing: the GC then sees references it cannot explain and keeps the ops,
-    /// which is always safe.
+    /// The lock is only ever taken with the GIL held, and the GC holds it, so the registry
+    /// cannot change during a collection; should the lock be taken all the same (by this
+    /// very thread), nothing is visited, every time: the GC then sees references it cannot
+    /// explain and keeps the ops, which is always safe.
     pub(crate) fn visit(
         &self,
         visit: crate::ffi::visitproc,
