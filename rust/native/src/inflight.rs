@@ -7,8 +7,10 @@ use caio_core::Registry;
 use crate::ffi::PyOwned;
 
 /// Ops in flight, each with the strong reference the engine holds on the kernel's behalf.
-/// The GC cannot see these references, so it can never free an op the kernel may still
-/// write into.
+/// Only a Context whose completions need pumping shows them to the GC (see
+/// `context::Engine::visit_in_flight`), and a Context has no `tp_clear`, so the GC never
+/// drops them: it can never free an op the kernel may still write into. Lock it only with
+/// the GIL held (`visit` relies on that).
 pub(crate) struct InFlight<T = PyOwned>(Mutex<Registry<T>>);
 
 impl<T> InFlight<T> {
