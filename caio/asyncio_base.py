@@ -47,6 +47,8 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
         self.loop = loop or asyncio.get_event_loop()
         self.deferred = deferred
         self._closed = False
+        # Futures awaited by tasks, with their operations (so that close() can end them).
+        self._waiting: dict[asyncio.Future[Any], OperationType] = {}
         # Created before the backend context, so a failing context constructor
         # leaves nothing half-registered behind.
         self.semaphore = asyncio.BoundedSemaphore(max_requests)
@@ -124,6 +126,7 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
         slot_follows_op = False
         try:
             self._check_open()  # again: close() may have come while this task waited
+            self._waiting[future] = op
             self._submit_op(op, future)
             self._on_submitted()
             try:
@@ -142,6 +145,7 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
                 raise
             return op.get_value()
         finally:
+            self._waiting.pop(future, None)
             if not slot_follows_op:
                 semaphore.release()
 
@@ -217,10 +221,33 @@ class EventfdAsyncioContextBase(AsyncioContextBase[ContextType, OperationType]):
         self.loop.add_reader(context.fileno, self._on_read_event)
 
     def _destroy_context(self) -> None:
-        self.loop.remove_reader(self.context.fileno)  # type: ignore[attr-defined]
-        # Deliver what has already completed; later operations raise (see submit).
-        while self.context.process_events():  # type: ignore[attr-defined]
-            pass
+        """Ends every awaiting task at once and lets the Context go.
+
+        Completions already there are delivered (those tasks get their results); the
+        tasks whose operations are still in flight get ``RuntimeError("AsyncioContext is
+        closed")`` and the kernel is asked to cancel those operations. The Context is
+        then handed to ``caio._native.retire``: what is still in flight completes on a
+        background thread (its buffers stay owned until then) and the Context, with its
+        kernel objects, is freed once nothing is in flight.
+        """
+        from . import _native  # type: ignore[attr-defined]  # native adapters only
+
+        context: Any = self.context
+        self.loop.remove_reader(context.fileno)
+        try:
+            if hasattr(context, "flush"):
+                context.flush()
+            while context.process_events():
+                pass
+            for future, op in list(self._waiting.items()):
+                if future.done():
+                    continue
+                future.set_exception(RuntimeError("AsyncioContext is closed"))
+                with contextlib.suppress(Exception):
+                    context.cancel(op)
+        finally:
+            self.context = cast(ContextType, _ClosedContext())
+            _native.retire(context)
 
     def _on_read_event(self) -> None:
         try:
@@ -334,6 +361,18 @@ def _done_then_release(
     finally:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(slot.release)
+
+
+class _ClosedContext:
+    """Stands in for the backend Context of a closed adapter (the Context itself was let
+    go, so that its kernel objects are freed as soon as its in-flight work is in)."""
+
+    def cancel(self, op: object) -> int:
+        # A task cancelled just before close() still asks for its operation's cancel.
+        return 0
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"AsyncioContext is closed: it has no Context (.{name})")
 
 
 def _resolve(future: asyncio.Future[Any]) -> None:

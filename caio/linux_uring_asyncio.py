@@ -47,6 +47,8 @@ class AsyncioContext(EventfdAsyncioContextBase[Context, Operation]):
 
     def _deferred_flush(self) -> None:
         self._flush_scheduled = False
+        if self._closed:  # close() flushed, and let the Context go
+            return
         self.context.flush()
 
 

@@ -102,6 +102,8 @@ class Context(AbstractContext):
             self._fd_locks_guard = threading.Lock()
 
         self.pool = ThreadPool(pool_size)
+        # The pool's threads do not survive fork(): a child must create its own Context.
+        self._pid = os.getpid()
         self._state = ContextState.OPEN
 
     @property
@@ -134,6 +136,11 @@ class Context(AbstractContext):
                 return False
             if self._state != ContextState.OPEN:
                 raise RuntimeError("Context is closed")
+            if self._pid != os.getpid():
+                raise RuntimeError(
+                    f"this Context was created in process {self._pid}; a Context cannot "
+                    "be used after fork(), create a new one in the child",
+                )
             if self._in_progress >= self.__max_requests:
                 raise RuntimeError("Maximum simultaneous requests have been reached")
             operation.in_progress = True

@@ -12,9 +12,9 @@ by ``EventfdContext.run_inline()`` and return without a future or a loop round t
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
-from .asyncio_base import EventfdAsyncioContextBase, _resolve
+from .asyncio_base import EventfdAsyncioContextBase, _ClosedContext, _resolve
 from .thread_aio import Context, EventfdContext, Operation
 
 
@@ -42,8 +42,10 @@ class AsyncioContext(EventfdAsyncioContextBase[EventfdContext, Operation]):
             self.loop.remove_reader(self.context.fileno)
         finally:
             # Runs every queued operation and delivers the remaining completions
-            # (their callbacks) on this thread.
+            # (their callbacks) on this thread; the Context is then let go, which frees
+            # its eventfd.
             self.context.close()
+            self.context = cast(EventfdContext, _ClosedContext())
 
     def _on_done(self, future: asyncio.Future[Any], result: Any) -> None:
         if future.done():

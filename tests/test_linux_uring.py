@@ -887,7 +887,7 @@ def test_in_flight_op_without_python_references_survives_gc(pipe):
     assert calls.results == [8]
 
 
-def test_abandoned_context_never_runs_callbacks():
+def test_abandoned_context_runs_each_callback_at_most_once():
     code = r"""
 import gc, os
 from caio.linux_uring import Context, Operation
@@ -895,23 +895,28 @@ from caio.linux_uring import Context, Operation
 r, w = os.pipe()
 ctx = Context()
 staged = Operation.read(4, r, -1)
-staged.set_callback(lambda res: print("CALLBACK staged", res))
+staged.set_callback(lambda res: os.write(1, b"CALLBACK staged %d\n" % res))
 ctx.submit(staged)
 kernel = Context()
 pending = Operation.read(4, r, -1)
-pending.set_callback(lambda res: print("CALLBACK pending", res))
+pending.set_callback(lambda res: os.write(1, b"CALLBACK pending %d\n" % res))
 kernel.submit(pending)
 kernel.flush()
 del ctx, staged, kernel, pending
 gc.collect()
 os.write(w, b"late")
 gc.collect()
-print("END")
+os.write(1, b"END\n")  # (one write each: the callback may run on another thread)
 """
     proc = run_python(code, timeout=30)
     assert proc.returncode == 0, proc.stderr
-    assert "CALLBACK" not in proc.stdout
-    assert proc.stdout.strip().endswith("END")
+    # The dropped Contexts are drained in the background (README, Lifetimes): the 4 bytes
+    # complete one of the two reads, whose callback runs once; the other read is still in
+    # flight at exit, and nothing runs during interpreter finalization.
+    assert proc.stdout.count("CALLBACK") <= 1, proc.stdout
+    assert "CALLBACK" not in proc.stdout.replace("CALLBACK staged 4", "").replace(
+        "CALLBACK pending 4", ""), proc.stdout
+    assert "END" in proc.stdout
 
 
 # --------------------------------------------------------------------------------------------

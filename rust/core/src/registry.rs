@@ -66,6 +66,11 @@ impl<T> Registry<T> {
         self.entries.is_empty()
     }
 
+    /// The requests in flight, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &T> + '_ {
+        self.entries.values()
+    }
+
     /// Removes every entry and hands them out (used to leak what can no longer complete).
     pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
         self.entries.drain().map(|(_, v)| v)

@@ -6,6 +6,7 @@
 
 mod args;
 mod context;
+mod drainer;
 mod error;
 mod ffi;
 mod gil;
@@ -135,6 +136,12 @@ pub unsafe extern "C" fn PyInit__native() -> *mut PyObject {
                 uring_sqpoll_allowed,
                 ffi::METH_NOARGS,
                 c"uring_sqpoll_allowed() -> bool: whether a SQPOLL ring can be created.",
+            ),
+            types::method(
+                c"retire",
+                context::retire_method,
+                ffi::METH_O,
+                c"retire(context): the caller is done with a native Context; what it still has in flight is delivered on a background thread, then the Context is let go (anything else: no-op).",
             ),
             ffi::PyMethodDef::zeroed(),
         ]);

@@ -9,7 +9,7 @@
 //! same `process_events`.
 
 use std::os::fd::AsRawFd;
-use std::os::raw::c_void;
+use std::os::raw::{c_int, c_void};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -600,18 +600,26 @@ unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
     })
 }
 
+impl context::Engine for Engine {
+    fn in_flight(&self) -> usize {
+        self.inflight.lock().len()
+    }
+
+    fn completion_fd(&self) -> Option<c_int> {
+        Some(self.events.eventfd().as_raw_fd())
+    }
+
+    fn visit_in_flight(&self, visit: ffi::visitproc, arg: *mut c_void) -> c_int {
+        self.inflight.visit(visit, arg, |entry| entry.op.as_ptr())
+    }
+}
+
 unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
     // SAFETY: called once when the refcount reaches zero. No op is in flight (each one
-    // holds a reference to this Context). Idle helper threads are joined with the GIL
-    // released; io_destroy then finds nothing outstanding.
-    unsafe {
-        context::dealloc::<Engine>(slf, |engine| {
-            let pool = engine.lock_offload().take();
-            if let Some(pool) = pool {
-                without_gil(move || drop(pool));
-            }
-        })
-    }
+    // holds a reference to this Context), so the engine holds no Python object. It is
+    // dropped with the GIL released: that joins the idle helper threads, and io_destroy
+    // (which finds nothing outstanding) waits for an RCU grace period, tens of ms.
+    unsafe { context::dealloc::<Engine>(slf, |engine| without_gil(move || drop(engine))) }
 }
 
 /// `None` if kernel AIO works here, else the reason (the text `ImportError` carries).

@@ -403,6 +403,20 @@ unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
     })
 }
 
+impl context::Engine for Engine {
+    fn in_flight(&self) -> usize {
+        self.inflight.lock().len()
+    }
+
+    fn completion_fd(&self) -> Option<c_int> {
+        Some(self.eventfd.as_raw_fd())
+    }
+
+    fn visit_in_flight(&self, visit: ffi::visitproc, arg: *mut c_void) -> c_int {
+        self.inflight.visit(visit, arg, PyOwned::as_ptr)
+    }
+}
+
 unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {
     // SAFETY: called once when the refcount reaches zero. No op is in flight (each one
     // holds a reference to this Context), so the kernel no longer uses any buffer and the

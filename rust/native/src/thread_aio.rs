@@ -10,7 +10,7 @@
 
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;
-use std::os::raw::c_void;
+use std::os::raw::{c_int, c_void};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -408,6 +408,26 @@ unsafe extern "C" fn ctx_repr(slf: *mut PyObject) -> *mut PyObject {
         };
         str_object(&text).map(PyOwned::into_ptr)
     })
+}
+
+impl context::Engine for Engine {
+    fn in_flight(&self) -> usize {
+        self.inflight.lock().len()
+    }
+
+    /// Only eventfd mode needs pumping; in the default mode the workers deliver.
+    fn completion_fd(&self) -> Option<c_int> {
+        self.events
+            .as_ref()
+            .map(|events| events.eventfd().as_raw_fd())
+    }
+
+    fn visit_in_flight(&self, visit: ffi::visitproc, arg: *mut c_void) -> c_int {
+        if self.events.is_none() {
+            return 0;
+        }
+        self.inflight.visit(visit, arg, PyOwned::as_ptr)
+    }
 }
 
 unsafe extern "C" fn ctx_dealloc(slf: *mut PyObject) {

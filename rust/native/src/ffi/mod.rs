@@ -11,8 +11,8 @@ pub(crate) use owned::PyOwned;
 pub(crate) use pyo3_ffi::{
     destructor, freefunc, getter, newfunc, reprfunc, visitproc, PyArg_ParseTupleAndKeywords,
     PyBytes_AsString, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_Size, PyCFunction,
-    PyCFunctionWithKeywords, PyCallable_Check, PyErr_CheckSignals, PyErr_Fetch, PyErr_Occurred,
-    PyErr_SetObject, PyErr_SetString, PyErr_WriteUnraisable, PyEval_RestoreThread,
+    PyCFunctionWithKeywords, PyCFunction_New, PyCallable_Check, PyErr_CheckSignals, PyErr_Fetch,
+    PyErr_Occurred, PyErr_SetObject, PyErr_SetString, PyErr_WriteUnraisable, PyEval_RestoreThread,
     PyEval_SaveThread, PyExc_AttributeError, PyExc_BlockingIOError, PyExc_MemoryError,
     PyExc_NotImplementedError, PyExc_OSError, PyExc_OverflowError, PyExc_RuntimeError,
     PyExc_SystemError, PyExc_TypeError, PyExc_ValueError, PyGILState_Ensure, PyGILState_Release,
@@ -36,7 +36,8 @@ pub(crate) use pyo3_ffi::{
 
 // Integer conversions that no PyArg_Parse format expresses (operation offsets).
 pub(crate) use pyo3_ffi::{
-    PyLong_AsLongLongAndOverflow, PyNumber_Index, PyObject_RichCompareBool, Py_EQ,
+    PyLong_AsLongLong, PyLong_AsLongLongAndOverflow, PyNumber_Index, PyObject_HasAttrString,
+    PyObject_RichCompareBool, Py_EQ, Py_tp_finalize,
 };
 
 #[cfg(Py_3_13)]
