@@ -32,15 +32,14 @@ import gc
 import os
 import random
 import sys
+import tempfile
 import threading
 import time
 
 import pytest
 from conftest import ADAPTERS, RAW_BACKENDS, short_name
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 FILE_SIZE = 192 * 1024
 # In flight at once on one Context (raw drivers). linux_uring's rings are sized from
@@ -136,16 +135,10 @@ def check_read(data, offset, snapshot, skip, maybe=(), label=""):
 
 
 def new_file(workdir, initial: bytes) -> int:
-    fd, path = _mkstemp(workdir)
+    fd, path = tempfile.mkstemp(dir=str(workdir), suffix=".bin")
     os.unlink(path)  # the descriptor keeps it; nothing left behind per example
     assert os.pwrite(fd, initial, 0) == len(initial)
     return fd
-
-
-def _mkstemp(workdir):
-    import tempfile
-
-    return tempfile.mkstemp(dir=str(workdir), suffix=".bin")
 
 
 # --------------------------------------------------------------------------------------------
