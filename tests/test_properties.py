@@ -28,6 +28,7 @@ The default run is small; ``CAIO_HYPOTHESIS_EXAMPLES=N`` runs N examples per tes
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import os
 import random
@@ -54,6 +55,16 @@ EXAMPLES = int(os.environ.get("CAIO_HYPOTHESIS_EXAMPLES", "0"))
 
 def examples(default: int) -> int:
     return EXAMPLES or default
+
+
+@pytest.fixture(autouse=True)
+def _hang_guard():
+    """conftest's per-test hang guard, stretched for long runs (it kills the process)."""
+    faulthandler.dump_traceback_later(120 + 2 * EXAMPLES, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def prop_settings(default_examples: int):
