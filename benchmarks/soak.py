@@ -10,9 +10,9 @@ and runs a random mix of reads (checked against what it wrote), writes of random
 fsync / fdatasync, with some operations cancelled (``asyncio.wait_for`` with a tiny
 timeout, or ``task.cancel()`` after a few loop steps).
 
-A cancelled write may still land (README, "What cancellation undoes"), so its block is
-left alone until the operation is over; then the block must hold either the old contents
-or the new ones, nothing else, and that becomes what the worker expects.
+A cancelled write may still land (README, "Cancellation and timeouts: what they undo"),
+so its block is left alone until the operation is over; then the block must hold either
+the old contents or the new ones, nothing else, and that becomes what the worker expects.
 
 Checks (each failure is listed and makes the exit status 1):
 

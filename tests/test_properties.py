@@ -17,9 +17,9 @@ Overlapping writes are never in flight together (the driver drains first), so th
 final contents are determined. The asyncio adapters run rounds of ``asyncio.gather``
 over random reads / writes, some cancelled (``task.cancel()`` after a few loop steps, or
 ``asyncio.wait_for`` with a tiny timeout). A cancelled write the kernel had already
-started may still land, even after a later write to the same range (see the README,
-"What cancellation undoes"), so its bytes are only checked to be one of the values
-written there.
+started may still land, even after a later write to the same range (README,
+"Cancellation and timeouts: what they undo"), so its bytes are only checked to be one of
+the values written there.
 
 The default run is small; ``CAIO_HYPOTHESIS_EXAMPLES=N`` runs N examples per test
 (e.g. 500 for a long run).
