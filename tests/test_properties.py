@@ -385,7 +385,7 @@ class RawDriver:
 
 @pytest.mark.parametrize("backend", RAW_BACKENDS)
 def test_random_operations_match_the_model(backend, workdir):
-    @prop_settings(default_examples=20)
+    @prop_settings(default_examples=15)
     @given(st.lists(raw_actions, min_size=1, max_size=40), st.booleans(), seeds)
     def run(steps, close_in_flight, initial_seed):
         initial = payload(initial_seed, FILE_SIZE)
@@ -534,7 +534,7 @@ class AdapterRun:
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_adapter_random_gather_matches_the_model(adapter, loop_factory, workdir):
-    @prop_settings(default_examples=10)
+    @prop_settings(default_examples=8)
     @given(rounds, seeds)
     def run(all_rounds, initial_seed):
         initial = payload(initial_seed, FILE_SIZE)
