@@ -19,9 +19,11 @@ Checks (each failure is listed and makes the exit status 1):
 - every read returns exactly the bytes its worker expects; at the end every block reads
   back as written;
 - no unexpected exception, no task left hanging;
-- RSS growth between the end of the warm-up and the end of the run < 1 MiB (measured
-  after ``gc.collect()`` and glibc's ``malloc_trim(0)``, so that free heap the allocator
-  keeps does not count);
+- RSS growth (anonymous memory, RssAnon) between the end of the warm-up and the end of
+  the run < 1 MiB (``--rss-limit-kib``), measured after ``gc.collect()`` and glibc's
+  ``malloc_trim(0)``, so that free heap the allocator keeps does not count. Runs of
+  20,000 ops vary by about ±0.8 MiB (pymalloc's arenas, thread stacks, the python_aio
+  pool still warming up), so the short CI run checks 4 MiB; 1,000,000 ops check 1 MiB;
 - once every Context is closed and collected: as many open fds and threads as before.
 
 ``--close-in-flight`` also closes each adapter while a burst of its operations is still
@@ -50,10 +52,10 @@ MiB = 1024 * KiB
 
 BLOCK = 128 * KiB
 BLOCKS_PER_WORKER = 2
-RSS_LIMIT = 1 * MiB
 CANCEL_RATE = 0.05
 SYNC_RATE = 0.004
-WAIT_SECONDS = 30.0  # hang guard for cancelled operations and for the counts to settle
+# hang guard for cancelled operations, closing, and for the counts to settle
+WAIT_SECONDS = float(os.environ.get("CAIO_SOAK_WAIT", "30"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,8 +65,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def rss_bytes() -> int:
-    with open("/proc/self/statm") as fp:
-        return int(fp.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """Resident anonymous memory: the heap, stacks and mappings a leak would grow (the
+    pages of shared libraries, first touched late by some code path, do not count)."""
+    with open("/proc/self/status") as fp:
+        for line in fp:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
 
 
 def fd_count() -> int:
@@ -349,6 +356,7 @@ class Report:
     rss_end: int
     fds: tuple[int, int, int]  # before, while running, after close
     tasks: tuple[int, int, int]
+    rss_limit: int
 
     @property
     def violations(self) -> list[str]:
@@ -367,7 +375,7 @@ class Report:
              f"{s.verified_bytes / MiB:,.0f} MiB read back and verified"),
             (f"  RSS after warm-up {self.rss_warm / MiB:.1f} MiB, at the end "
              f"{self.rss_end / MiB:.1f} MiB: growth {growth / KiB:+.0f} KiB "
-             f"(limit {RSS_LIMIT // KiB} KiB)"),
+             f"(limit {self.rss_limit // KiB} KiB)"),
             (f"  fds: {self.fds[0]} before, {self.fds[1]} while running, {self.fds[2]} "
              f"after close (growth {self.fds[2] - self.fds[0]:+d})"),
             (f"  threads: {self.tasks[0]} before, {self.tasks[1]} while running, "
@@ -394,7 +402,7 @@ def settle_counts(fds0, tasks0):
 
 
 def run_soak(ops=20_000, threads=3, workers=4, directory=None, seed=1, warmup=0.2,
-             close_in_flight=False, backends=None) -> Report:
+             close_in_flight=False, backends=None, rss_limit=1 * MiB) -> Report:
     import caio
 
     adapters = [m for m in caio.variants_asyncio
@@ -450,8 +458,9 @@ def run_soak(ops=20_000, threads=3, workers=4, directory=None, seed=1, warmup=0.
                               for m in adapters],
                     loops=[loop_factory(i)[1] for i in range(threads)], stats=stats,
                     rss_warm=rss_warm, rss_end=rss_end,
-                    fds=(fds0, fds_running, fds_end), tasks=(tasks0, tasks_running, tasks_end))
-    if rss_warm and rss_end - rss_warm >= RSS_LIMIT:
+                    fds=(fds0, fds_running, fds_end), tasks=(tasks0, tasks_running, tasks_end),
+                    rss_limit=rss_limit)
+    if rss_warm and rss_end - rss_warm >= rss_limit:
         stats.violations.append(f"RSS grew by {(rss_end - rss_warm) / KiB:.0f} KiB after "
                                 "the warm-up")
     if fds_end > fds0:
@@ -476,6 +485,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=0.2,
                         help="fraction of the operations before the RSS baseline (0.2)")
+    parser.add_argument("--rss-limit-kib", type=int, default=1024,
+                        help="most RSS growth allowed after the warm-up (1024)")
     parser.add_argument("--close-in-flight", action="store_true",
                         help="also close each adapter with operations in flight "
                              "(issue 9 item 4; fails on linux_uring/linux_aio today)")
@@ -483,7 +494,8 @@ def main(argv=None) -> int:
     report = run_soak(ops=args.ops, threads=args.threads, workers=args.workers,
                       directory=args.dir, seed=args.seed, warmup=args.warmup,
                       close_in_flight=args.close_in_flight,
-                      backends=args.backends.split(",") if args.backends else None)
+                      backends=args.backends.split(",") if args.backends else None,
+                      rss_limit=args.rss_limit_kib * KiB)
     print(report.text(), flush=True)
     return 1 if report.violations else 0
 
