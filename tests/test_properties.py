@@ -176,11 +176,11 @@ class Record:
 
 
 class RawDriver:
-    def __init__(self, backend, fd, model):
+    def __init__(self, backend, fd, model, **context_kwargs):
         self.backend = backend
         self.fd = fd
         self.model = model
-        self.ctx = backend.Context(max_requests=64)
+        self.ctx = backend.Context(max_requests=64, **context_kwargs)
         self.records: list[Record] = []
         self.staged: list[Record] = []
         self.in_flight: list[Record] = []  # submitted, completion not observed yet
@@ -383,15 +383,26 @@ class RawDriver:
         assert os.pread(self.fd, FILE_SIZE + 1, 0) == bytes(self.model)
 
 
-@pytest.mark.parametrize("backend", RAW_BACKENDS)
-def test_random_operations_match_the_model(backend, workdir):
+def raw_params():
+    params = []
+    for param in RAW_BACKENDS:
+        params.append(pytest.param(param.values[0], {}, id=param.id))
+        if param.id == "linux_uring" and param.values[0].module.SQPOLL_ALLOWED:
+            # the kernel's polling thread takes the SQEs, not io_uring_enter
+            params.append(pytest.param(param.values[0], {"sqpoll": True},
+                                       id="linux_uring-sqpoll"))
+    return params
+
+
+@pytest.mark.parametrize(("backend", "context_kwargs"), raw_params())
+def test_random_operations_match_the_model(backend, context_kwargs, workdir):
     @prop_settings(default_examples=15)
     @given(st.lists(raw_actions, min_size=1, max_size=40), st.booleans(), seeds)
     def run(steps, close_in_flight, initial_seed):
         initial = payload(initial_seed, FILE_SIZE)
         fd = new_file(workdir, initial)
         try:
-            driver = RawDriver(backend, fd, bytearray(initial))
+            driver = RawDriver(backend, fd, bytearray(initial), **context_kwargs)
             for step in steps:
                 driver.action(step)
             driver.finish(close_in_flight)
