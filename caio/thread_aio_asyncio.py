@@ -12,6 +12,7 @@ by ``EventfdContext.run_inline()`` and return without a future or a loop round t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, cast
 
 from .asyncio_base import EventfdAsyncioContextBase, _ClosedContext, _resolve
@@ -38,14 +39,21 @@ class AsyncioContext(EventfdAsyncioContextBase[EventfdContext, Operation]):
         return context
 
     def _destroy_context(self) -> None:
+        """Delivers what has completed; what is still queued or running goes on without
+        the loop: a worker blocked on a pipe or FIFO read may wait for data indefinitely,
+        so ``close()`` must not join the workers here. The Context goes to
+        ``caio._native.retire``, whose background thread delivers the rest (the awaiting
+        tasks get their results) and frees the workers once nothing is in flight."""
+        from . import _native  # type: ignore[attr-defined]
+
+        context = self.context
         try:
-            self.loop.remove_reader(self.context.fileno)
+            self.loop.remove_reader(context.fileno)
+            while context.process_events():
+                pass
         finally:
-            # Runs every queued operation and delivers the remaining completions
-            # (their callbacks) on this thread; the Context is then let go, which frees
-            # its eventfd.
-            self.context.close()
             self.context = cast(EventfdContext, _ClosedContext())
+            _native.retire(context)
 
     def _on_done(self, future: asyncio.Future[Any], result: Any) -> None:
         if future.done():
@@ -60,7 +68,10 @@ class AsyncioContext(EventfdAsyncioContextBase[EventfdContext, Operation]):
         if running is self.loop:
             future.set_result(True)
         else:
-            self.loop.call_soon_threadsafe(_resolve, future)
+            # After close() the rest completes on the drainer's thread; a loop that has
+            # been closed meanwhile has nobody waiting.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(_resolve, future)
 
 
 __all__ = ("AsyncioContext", "Context", "EventfdContext", "Operation")
