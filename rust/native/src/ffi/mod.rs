@@ -10,9 +10,9 @@ pub(crate) use compat::is_finalizing;
 pub(crate) use owned::PyOwned;
 pub(crate) use pyo3_ffi::{
     destructor, freefunc, getter, newfunc, reprfunc, visitproc, PyArg_ParseTupleAndKeywords,
-    PyBytes_AsString, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_Size, PyCFunction,
-    PyCFunctionWithKeywords, PyCallable_Check, PyErr_CheckSignals, PyErr_Fetch, PyErr_Occurred,
-    PyErr_SetObject, PyErr_SetString, PyErr_WriteUnraisable, PyEval_RestoreThread,
+    PyBytes_AsString, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_Size, PyBytes_Type,
+    PyCFunction, PyCFunctionWithKeywords, PyCallable_Check, PyErr_CheckSignals, PyErr_Fetch,
+    PyErr_Occurred, PyErr_SetObject, PyErr_SetString, PyErr_WriteUnraisable, PyEval_RestoreThread,
     PyEval_SaveThread, PyExc_AttributeError, PyExc_BlockingIOError, PyExc_MemoryError,
     PyExc_NotImplementedError, PyExc_OSError, PyExc_OverflowError, PyExc_RuntimeError,
     PyExc_SystemError, PyExc_TypeError, PyExc_ValueError, PyGILState_Ensure, PyGILState_Release,
