@@ -150,9 +150,9 @@ impl Ring {
 
     /// Hands staged entries to the kernel (waking the SQPOLL thread if it sleeps, with the
     /// fence the kernel documents), deferred cancels first staged where room allows.
-    /// Non-SQPOLL: repeats until the kernel took them all. Never waits for the kernel:
-    /// page-cache reads and small writes often complete inside this call, and the rest
-    /// is issued without blocking or handed to the kernel's workers.
+    /// Non-SQPOLL: repeats until the kernel took them all. Waits for no completion (and
+    /// for no SQ room): page-cache reads and small writes often complete inside this
+    /// call; the kernel issues the rest without blocking or hands it to its workers.
     pub fn submit(&mut self) -> io::Result<usize> {
         if !self.deferred.is_empty() {
             let mut stager = Stager {
