@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import errno
 import operator
-import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
+from ._streams import is_stream
 from .abstract import AbstractContext, AbstractOperation
 from .errors import OperationError
 
@@ -184,7 +184,7 @@ class AsyncioContextBase(abc.ABC, Generic[ContextType, OperationType]):
             if done >= size:
                 return done
             if stream is None:
-                stream = _is_stream(fd)
+                stream = is_stream(fd)
             # A stream has no offsets: the rest goes where the first part went.
             at = offset if stream else offset + done
             rest = self.OPERATION_CLASS.write(payload[done:], fd, at, priority)
@@ -298,23 +298,18 @@ _YIELD_FIRST = object()
 
 
 def _check_offset(offset: Any) -> None:
-    """Refuses a negative file offset before anything is submitted: some kernel
-    interfaces read -1 as "the file's current position" and would misplace the data."""
+    """Refuses a negative file offset before anything is submitted: linux_uring's raw API
+    reads -1 as "the file's current position" (and python_aio's would seek from the end),
+    which would misplace the data. Worded as the native Operations' own check (which
+    thread_aio and linux_aio reach first), so every adapter says the same."""
     try:
         value = operator.index(offset)
     except TypeError:
         return  # the Operation constructor reports the wrong type
     if value < 0:
-        raise ValueError(f"offset must be a non-negative file offset, got offset={value}")
+        raise ValueError(f"offset must not be negative (got {value!r})")
 
 
-def _is_stream(fd: int) -> bool:
-    """True for a descriptor without a file position (pipe, socket, FIFO)."""
-    try:
-        os.lseek(fd, 0, os.SEEK_CUR)
-    except OSError as exc:
-        return exc.errno == errno.ESPIPE
-    return False
 
 
 class _Slot:

@@ -21,6 +21,7 @@ from multiprocessing.pool import ThreadPool
 from types import MappingProxyType
 from typing import Any, SupportsIndex
 
+from ._streams import is_stream
 from .abstract import AbstractContext, AbstractOperation
 from .errors import operation_error
 
@@ -49,12 +50,6 @@ def _describe(obj: object) -> str:
     if isinstance(obj, (bytes, bytearray, memoryview, str)) and len(obj) > 64:
         return f"<{type(obj).__name__} of length {len(obj)}>"
     return repr(obj)
-
-
-def _is_stream(exc: OSError, offset: int) -> bool:
-    """Whether a positional call failed only because the descriptor has no position and
-    the request, at offset 0, can run as a plain read/write."""
-    return exc.errno == errno.ESPIPE and offset == 0
 
 
 def _report_callback_error(exc: BaseException) -> None:
@@ -220,8 +215,8 @@ class Context(AbstractContext):
             with self._fd_lock(fd):
                 os.lseek(fd, offset, os.SEEK_SET)
                 return os.read(fd, size)
-        except OSError as exc:
-            if not _is_stream(exc, offset):
+        except OSError:
+            if offset != 0 or not is_stream(fd):
                 raise
         return os.read(fd, size)
 
@@ -232,8 +227,8 @@ class Context(AbstractContext):
             with self._fd_lock(fd):
                 os.lseek(fd, offset, os.SEEK_SET)
                 return os.write(fd, data)
-        except OSError as exc:
-            if not _is_stream(exc, offset):
+        except OSError:
+            if offset != 0 or not is_stream(fd):
                 raise
         return os.write(fd, data)
 

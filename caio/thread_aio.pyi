@@ -18,7 +18,12 @@ class Context(AbstractContext):
     def pool_size(self) -> int: ...
     def submit(self, *aio_operations: Operation) -> int: ...
     def cancel(self, *aio_operations: Any) -> int:
-        """Always 0: queued work cannot be cancelled."""
+        """Take back operations of this Context that no worker has started.
+
+        Each completes with ``ECANCELED``, its callback running here. A running syscall
+        cannot be interrupted and completes normally. Anything else is ignored, as in
+        caio. Returns how many were taken back (caio's was a no-op that returned 0).
+        """
     def close(self) -> None: ...
 
 @final

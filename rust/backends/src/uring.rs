@@ -31,6 +31,27 @@ pub struct RingFull;
 pub struct Ring {
     ring: IoUring,
     sqpoll: bool,
+    /// Entries ever staged (published or about to be): with [`pending`](Self::pending) it
+    /// tells how many the kernel has taken, which is how a [`Cancel`] knows that its
+    /// target reached the kernel even while others stage more.
+    staged: u64,
+    /// Cancels that found no SQ slot within their time ([`Cancelled::Deferred`]): staged
+    /// first by the next [`submit`](Self::submit) with room; dropped when the target's
+    /// completion is reaped first.
+    deferred: Vec<RequestId>,
+}
+
+/// What became of a [`Cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// Done with `IORING_REGISTER_SYNC_CANCEL`, which posts no completion of its own: a
+    /// caller that promises an eventfd signal per cancel signals it itself.
+    Sync,
+    /// Staged as an `ASYNC_CANCEL` entry (its completion is a sentinel).
+    Queued,
+    /// The SQ had no room within [`CANCEL_LIMIT`]: the cancel goes to the kernel with the
+    /// next submission that finds room (unless the target completes first).
+    Deferred,
 }
 
 fn is_fallback_errno(e: &io::Error) -> bool {
@@ -64,7 +85,12 @@ impl Ring {
                 Ok(ring) => {
                     ring.submitter().register_eventfd(eventfd)?;
                     let sqpoll = ring.params().is_setup_sqpoll();
-                    return Ok(Self { ring, sqpoll });
+                    return Ok(Self {
+                        ring,
+                        sqpoll,
+                        staged: 0,
+                        deferred: Vec::new(),
+                    });
                 }
                 Err(e) if is_fallback_errno(&e) => last = Some(e),
                 Err(e) => return Err(e),
@@ -108,7 +134,13 @@ impl Ring {
     pub fn stager(&mut self) -> Stager<'_> {
         Stager {
             sq: self.ring.submission(),
+            staged: &mut self.staged,
         }
+    }
+
+    /// Entries the kernel has taken from the SQ, ever.
+    fn taken(&mut self) -> u64 {
+        self.staged - self.pending() as u64
     }
 
     /// Entries staged but not yet consumed by the kernel.
@@ -117,9 +149,23 @@ impl Ring {
     }
 
     /// Hands staged entries to the kernel (waking the SQPOLL thread if it sleeps, with the
-    /// fence the kernel documents). Non-SQPOLL: repeats until the kernel took them all.
-    /// Page-cache reads and small writes often complete inside this call.
+    /// fence the kernel documents), deferred cancels first staged where room allows.
+    /// Non-SQPOLL: repeats until the kernel took them all. Waits for no completion (and
+    /// for no SQ room): page-cache reads and small writes often complete inside this
+    /// call; the kernel issues the rest without blocking or hands it to its workers.
     pub fn submit(&mut self) -> io::Result<usize> {
+        if !self.deferred.is_empty() {
+            let mut stager = Stager {
+                sq: self.ring.submission(),
+                staged: &mut self.staged,
+            };
+            while let Some(&target) = self.deferred.last() {
+                if stager.push_cancel(target).is_err() {
+                    break;
+                }
+                self.deferred.pop();
+            }
+        }
         if self.sqpoll {
             return self.ring.submit();
         }
@@ -179,6 +225,10 @@ impl Ring {
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in &mut cq {
+            if !self.deferred.is_empty() {
+                // Its target is over: nothing left to cancel.
+                self.deferred.retain(|&t| t.0 != cqe.user_data());
+            }
             if cqe.user_data() != SENTINEL {
                 out.push_back(Completion {
                     id: RequestId(cqe.user_data()),
@@ -199,59 +249,9 @@ impl Ring {
         Ok(())
     }
 
-    /// Cancels `target` without failing because the SQ is momentarily full. May block
-    /// (SQPOLL: until the polling thread took entries): call it without the GIL.
-    ///
-    /// With SQPOLL, whose thread frees SQ slots only when it gets to run, a cancel must
-    /// leave the SQ no fuller than it found it, or the next submission finds no room (an
-    /// adapter reuses a cancelled op's place at once): once the thread has taken every
-    /// staged entry, the target included, it is cancelled with no entry at all
-    /// ([`sync_cancel`](Self::sync_cancel)). Otherwise (no SQPOLL, the thread did not get
-    /// there in time, or a kernel before 6.0) it is a queued `ASYNC_CANCEL`: when the SQ is
-    /// full, room is made ([`make_room`](Self::make_room)) and the push retried, a bounded
-    /// number of times.
-    pub fn cancel(&mut self, target: RequestId) -> Result<(), RingFull> {
-        if self.sqpoll && self.wait_sq_taken() {
-            match self.sync_cancel(target).map_err(|e| e.raw_os_error()) {
-                // Cancelled, still running (asked to stop), or completed already: either
-                // way its own completion follows (or came) through the CQ.
-                Ok(()) | Err(Some(libc::EALREADY | libc::ETIME | libc::ENOENT)) => {
-                    return Ok(());
-                }
-                _ => {}
-            }
-        }
-        for _ in 0..CANCEL_TRIES {
-            if self.try_cancel(target).is_ok() {
-                return Ok(());
-            }
-            // A failed attempt to make room still counts as a try; the bound ends the loop.
-            let _ = self.make_room();
-        }
-        self.try_cancel(target)
-    }
-
-    /// SQPOLL: waits, at most [`SQ_TAKE_LIMIT`], until the polling thread has taken every
-    /// staged entry (it publishes the SQ head only after issuing them), waking it if it
-    /// sleeps. The caller holds the ring, so nothing is staged meanwhile. The kernel has
-    /// no wake-up for "SQ empty" (only `SQ_WAIT`, for "not full"), so this naps: the
-    /// thread does not sleep while entries wait, so it takes them within microseconds
-    /// unless the CPUs are busy.
-    fn wait_sq_taken(&mut self) -> bool {
-        let deadline = Instant::now() + SQ_TAKE_LIMIT;
-        let mut nap = Duration::from_micros(10);
-        while self.pending() > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            // Wakes the thread if it sleeps; waits in the kernel while the SQ is full.
-            let _ = self.make_room();
-            if self.pending() > 0 {
-                std::thread::sleep(nap);
-                nap = (nap * 2).min(Duration::from_millis(1));
-            }
-        }
-        true
+    /// Cancels `target` (see [`Cancel`]) with this ring to itself; naps between attempts.
+    pub fn cancel(&mut self, target: RequestId) -> Cancelled {
+        Cancel::new(target).run(|cancel| cancel.step(self))
     }
 
     /// `IORING_REGISTER_SYNC_CANCEL` of `target`, not waiting for a running request (zero
@@ -288,30 +288,121 @@ impl Ring {
         }
     }
 
-    /// Frees SQ slots: hands the staged entries to the kernel, which without SQPOLL takes
-    /// them all; with SQPOLL it wakes the polling thread if it sleeps, then waits
-    /// (`IORING_ENTER_SQ_WAIT`) until the thread has taken some.
-    pub fn make_room(&mut self) -> io::Result<()> {
-        self.submit()?;
-        if self.sqpoll && self.ring.submission().is_full() {
-            if let Err(e) = self.ring.submitter().squeue_wait() {
-                // Kernels before 5.10 have no SQ_WAIT (EINVAL): let the thread run instead.
-                std::thread::yield_now();
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
     /// Blocks until the CQ is non-empty or `timeout` passes; see [`wait_readable`].
     pub fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
         wait_readable(self.fd(), timeout)
     }
 }
 
-/// How long [`Ring::cancel`] waits for the SQPOLL thread to take the staged entries
-/// before it queues the cancel as an entry of its own instead.
+/// How long a [`Cancel`] waits for the SQPOLL thread to take its target before it queues
+/// the cancel as an entry of its own instead.
 const SQ_TAKE_LIMIT: Duration = Duration::from_millis(100);
+
+/// How long a [`Cancel`] looks for an SQ slot before it defers the cancel
+/// ([`Cancelled::Deferred`]). The SQPOLL thread frees slots within microseconds unless the
+/// CPUs are saturated, so this is only reached on a ring whose kernel side is stuck.
+pub const CANCEL_LIMIT: Duration = Duration::from_secs(1);
+
+/// Longest nap between two attempts of a [`Cancel`].
+const CANCEL_NAP_MAX: Duration = Duration::from_millis(1);
+
+/// Cancels a request without failing because the SQ is momentarily full, and without
+/// holding the ring while it waits: each [`step`](Self::step) is one attempt that never
+/// blocks (the caller lends it the ring), and between attempts [`run`](Self::run) naps
+/// with the ring released, so other threads submit and reap meanwhile. Every wait is
+/// bounded: at most [`SQ_TAKE_LIMIT`] for the SQPOLL thread, at most [`CANCEL_LIMIT`] in
+/// all, after which the cancel is deferred rather than failed.
+///
+/// With SQPOLL, whose thread frees SQ slots only when it gets to run, a cancel must leave
+/// the SQ no fuller than it found it, or the next submission finds no room (an adapter
+/// reuses a cancelled op's place at once): once the thread has taken every entry staged
+/// before the cancel began (the target among them; entries staged meanwhile by others do
+/// not matter), the target is cancelled with no entry at all
+/// (`IORING_REGISTER_SYNC_CANCEL`). Otherwise (no SQPOLL, the thread did not get there in
+/// time, or a kernel before 6.0) it is a queued `ASYNC_CANCEL`, staged as soon as a slot
+/// is free: without SQPOLL, handing the staged entries to the kernel frees them all.
+pub struct Cancel {
+    target: RequestId,
+    /// [`Ring::staged`] when the first attempt began: the target is in the kernel once it
+    /// has taken that many entries.
+    mark: Option<u64>,
+    /// Whether the SQPOLL path (a sync cancel) is still to be tried.
+    sync: bool,
+    began: Instant,
+    nap: Duration,
+}
+
+impl Cancel {
+    /// A cancel of `target`; its time starts now.
+    pub fn new(target: RequestId) -> Self {
+        Self {
+            target,
+            mark: None,
+            sync: false,
+            began: Instant::now(),
+            nap: Duration::from_micros(10),
+        }
+    }
+
+    /// Attempts until one finishes: `step` lends the ring to [`step`](Self::step) (taking
+    /// the ring's lock only for it); the naps in between run without it.
+    pub fn run(mut self, mut step: impl FnMut(&mut Self) -> Option<Cancelled>) -> Cancelled {
+        loop {
+            if let Some(done) = step(&mut self) {
+                return done;
+            }
+            std::thread::sleep(self.nap);
+            self.nap = (self.nap * 2).min(CANCEL_NAP_MAX);
+        }
+    }
+
+    /// One attempt; never blocks. `None`: nothing could be done yet, try again after a
+    /// nap without the ring.
+    pub fn step(&mut self, ring: &mut Ring) -> Option<Cancelled> {
+        let mark = match self.mark {
+            Some(mark) => mark,
+            None => {
+                self.sync = ring.sqpoll;
+                *self.mark.insert(ring.staged)
+            }
+        };
+        let elapsed = self.began.elapsed();
+        if self.sync {
+            if ring.taken() >= mark {
+                self.sync = false;
+                match ring.sync_cancel(self.target).map_err(|e| e.raw_os_error()) {
+                    // Cancelled, still running (asked to stop), or completed already:
+                    // either way its own completion follows (or came) through the CQ.
+                    Ok(()) | Err(Some(libc::EALREADY | libc::ETIME | libc::ENOENT)) => {
+                        return Some(Cancelled::Sync);
+                    }
+                    // EINVAL before Linux 6.0, or a refusal: queue the cancel instead.
+                    _ => {}
+                }
+            } else if elapsed < SQ_TAKE_LIMIT {
+                // Wakes the polling thread if it sleeps; it takes the entries while we nap.
+                let _ = ring.submit();
+                return None;
+            } else {
+                self.sync = false;
+            }
+        }
+        if ring.try_cancel(self.target).is_ok() {
+            return Some(Cancelled::Queued);
+        }
+        // The SQ is full: hand its entries over (without SQPOLL the kernel takes them all
+        // at once; with it, this wakes the thread), then look once more.
+        let _ = ring.submit();
+        if ring.try_cancel(self.target).is_ok() {
+            return Some(Cancelled::Queued);
+        }
+        if elapsed >= CANCEL_LIMIT {
+            ring.deferred.push(self.target);
+            return Some(Cancelled::Deferred);
+        }
+        None
+    }
+}
 
 /// `IORING_REGISTER_SYNC_CANCEL` (Linux 6.0; older kernels answer `EINVAL`).
 const IORING_REGISTER_SYNC_CANCEL: libc::c_uint = 24;
@@ -337,11 +428,6 @@ struct SyncCancelReg {
 
 const _: () = assert!(std::mem::size_of::<SyncCancelReg>() == 64);
 
-/// Attempts [`Ring::cancel`] makes at freeing an SQ slot. Each attempt without SQPOLL
-/// empties the SQ and with SQPOLL waits for the polling thread, so one is nearly always
-/// enough; the bound only keeps a ring whose kernel side is stuck from blocking forever.
-const CANCEL_TRIES: usize = 16;
-
 /// Blocks until the ring `ring_fd` has something to reap (completions in its CQ, or on its
 /// overflow list: [`Ring::reap`] fetches both) or `timeout` passes (`None`: forever); `false`
 /// on timeout. Polling the ring's fd consumes nothing, so other waiters and the eventfd are
@@ -355,13 +441,16 @@ pub fn wait_readable(ring_fd: RawFd, timeout: Option<Duration>) -> io::Result<bo
 /// A batch of submissions against one snapshot of the submission queue.
 pub struct Stager<'a> {
     sq: io_uring::SubmissionQueue<'a>,
+    staged: &'a mut u64,
 }
 
 impl Stager<'_> {
     fn push(&mut self, entry: &squeue::Entry) -> Result<(), RingFull> {
         // SAFETY: callers only pass entries whose buffers satisfy `push_request`'s contract
         // or that reference no memory at all (cancel, nop).
-        unsafe { self.sq.push(entry) }.map_err(|_| RingFull)
+        unsafe { self.sq.push(entry) }.map_err(|_| RingFull)?;
+        *self.staged += 1;
+        Ok(())
     }
 
     /// Whether the batch has no free slot left.
@@ -550,7 +639,13 @@ mod tests {
         if !sqpoll {
             assert_eq!(ring.try_cancel(RequestId::fresh()), Err(RingFull));
         }
-        assert_eq!(ring.cancel(RequestId::fresh()), Ok(()));
+        let done = ring.cancel(RequestId::fresh());
+        if sqpoll {
+            // Sync on Linux 6.0+, else queued once the thread took some entries.
+            assert_ne!(done, Cancelled::Deferred);
+        } else {
+            assert_eq!(done, Cancelled::Queued);
+        }
         ring.submit().unwrap();
         let got = reap_until(&mut ring, sq as usize);
         assert_eq!(got.len(), sq as usize);
@@ -570,6 +665,85 @@ mod tests {
             return;
         }
         cancel_on_a_full_sq(true);
+    }
+
+    #[test]
+    fn a_cancel_waits_for_the_polling_thread_in_bounded_naps_without_the_ring() {
+        require_uring!();
+        if !Ring::probe_sqpoll() {
+            eprintln!("SQPOLL not allowed here; skipped");
+            return;
+        }
+        let efd = EventFd::new().unwrap();
+        let ring = std::sync::Mutex::new(Ring::new(4, true, efd.as_raw_fd()).unwrap());
+        // A target the thread never seems to take: the sync path must give up in time.
+        let mut cancel = Cancel::new(RequestId::fresh());
+        cancel.mark = Some(u64::MAX);
+        cancel.sync = true;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let began = Instant::now();
+        let (done, longest_wait) = std::thread::scope(|s| {
+            let other = s.spawn(|| {
+                // Another thread using the ring meanwhile gets it at once.
+                let mut longest = Duration::ZERO;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let asked = Instant::now();
+                    let guard = ring.lock().unwrap();
+                    longest = longest.max(asked.elapsed());
+                    drop(guard);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                longest
+            });
+            let done = cancel.run(|c| c.step(&mut ring.lock().unwrap()));
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            (done, other.join().unwrap())
+        });
+        let took = began.elapsed();
+        assert_eq!(done, Cancelled::Queued);
+        assert!(took >= SQ_TAKE_LIMIT, "gave up after {took:?}");
+        assert!(took < CANCEL_LIMIT, "took {took:?}");
+        assert!(
+            longest_wait < SQ_TAKE_LIMIT / 2,
+            "the ring was held for {longest_wait:?}"
+        );
+    }
+
+    #[test]
+    fn a_deferred_cancel_goes_out_with_the_next_submit_that_has_room() {
+        require_uring!();
+        let efd = EventFd::new().unwrap();
+        let mut ring = Ring::new(4, false, efd.as_raw_fd()).unwrap();
+        ring.deferred.push(RequestId::fresh());
+        ring.submit().unwrap();
+        assert!(ring.deferred.is_empty());
+        ring.wait_readable(Some(Duration::from_secs(10))).unwrap();
+        let mut out = VecDeque::new();
+        assert_eq!(
+            ring.reap(&mut out),
+            0,
+            "the cancel's completion is a sentinel"
+        );
+        assert!(efd.read().unwrap() >= 1);
+    }
+
+    #[test]
+    fn a_deferred_cancel_is_dropped_once_its_target_completes() {
+        require_uring!();
+        let efd = EventFd::new().unwrap();
+        let mut ring = Ring::new(4, false, efd.as_raw_fd()).unwrap();
+        let sq = ring.sq_entries() as u64;
+        let mut stager = ring.stager();
+        for user_data in 0..sq {
+            push_nop(&mut stager, user_data).unwrap();
+        }
+        drop(stager);
+        ring.deferred.push(RequestId(0)); // no room for it in this submit
+        ring.submit().unwrap();
+        assert_eq!(ring.deferred, vec![RequestId(0)]);
+        let got = reap_until(&mut ring, sq as usize);
+        assert_eq!(got.len(), sq as usize);
+        assert!(ring.deferred.is_empty(), "its target is over");
     }
 
     #[test]

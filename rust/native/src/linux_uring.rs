@@ -11,9 +11,10 @@ use std::os::fd::AsRawFd;
 use std::os::raw::{c_int, c_void};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
+use caio_backends::uring::{Cancel, Cancelled};
 use caio_backends::{uring, EventFd, Ring};
 use caio_core::{Completion, Phase, RequestId};
 
@@ -57,10 +58,23 @@ fn os_error(e: std::io::Error) -> Error {
 }
 
 impl Engine {
+    /// Takes the ring without the GIL (call from inside `without_gil`).
     fn lock(&self) -> MutexGuard<'_, RingState> {
         // Nothing panics while holding this lock with the ring half-updated (the queues
         // publish on drop), so a poisoned lock is still sound to use.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the ring with the GIL held: if another thread has it, the GIL is released
+    /// while waiting, so the interpreter runs on (and a holder that needs the GIL before it
+    /// lets go cannot deadlock with us). Every holder keeps the ring only for calls that do
+    /// not wait (a cancel naps without it).
+    fn lock_gil_held(&self) -> MutexGuard<'_, RingState> {
+        match self.state.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => without_gil(|| self.lock()),
+        }
     }
 
     /// Takes up to `max` reaped completions (reaping first if `reap`), re-arming the
@@ -225,7 +239,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
                 i + 1
             )));
         }
-        let mut state = engine.lock();
+        let mut state = engine.lock_gil_held();
         let mut stager = state.ring.stager();
         let mut accepted: i64 = 0;
         for &obj in &ops {
@@ -268,7 +282,7 @@ unsafe extern "C" fn ctx_flush(slf: *mut PyObject, _: *mut PyObject) -> *mut PyO
         // SAFETY: `slf` is our instance.
         let engine = unsafe { engine(slf)? };
         let batch = {
-            let mut state = engine.lock();
+            let mut state = engine.lock_gil_held();
             // With nothing staged there is nothing to hand over and, as caio, nothing is
             // drained, unless the kernel holds completions that overflowed the CQ: no
             // later event would bring those.
@@ -307,7 +321,7 @@ unsafe extern "C" fn ctx_process_events(
             }
         }
         let batch = {
-            let mut state = engine.lock();
+            let mut state = engine.lock_gil_held();
             let reap = waited || engine.parked.load(Ordering::SeqCst) == 0;
             engine.collect(&mut state, max as usize, reap)
         };
@@ -341,13 +355,20 @@ unsafe extern "C" fn ctx_cancel(
         } else {
             RequestId::NONE
         };
-        // A cancel must not fail because the ring is busy: Ring::cancel makes room for it
-        // or (SQPOLL) needs none, and may wait, so it runs without the GIL. Without SQPOLL
-        // the common case (a free slot) is tried first, with the GIL held. The op stays in
-        // the registry (and its buffer owned) until its own completion either way. A
-        // cancel's own completion is a sentinel: never counted, never a callback.
-        if engine.sqpoll || engine.lock().ring.try_cancel(target).is_err() {
-            without_gil(|| engine.lock().ring.cancel(target)).map_err(|_| ring_full())?;
+        // A cancel must not fail because the ring is busy: a `Cancel` makes room for it or
+        // (SQPOLL) needs none, and may nap (at most about a second in all, then it defers),
+        // so it runs without the GIL and takes the ring only for each attempt. Without
+        // SQPOLL the common case (a free slot) is tried first, with the GIL held. The op
+        // stays in the registry (and its buffer owned) until its own completion either way.
+        // A cancel's own completion is a sentinel: never counted, never a callback.
+        let queued = !engine.sqpoll && engine.lock_gil_held().ring.try_cancel(target).is_ok();
+        if !queued {
+            let done = without_gil(|| Cancel::new(target).run(|c| c.step(&mut engine.lock().ring)));
+            if done == Cancelled::Sync {
+                // A sync cancel posts no completion; caio's cancel always did, and users
+                // wait for the eventfd after cancelling (spec 2.1).
+                engine.eventfd.signal();
+            }
         }
         values::int(0)
     })

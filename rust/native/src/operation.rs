@@ -36,8 +36,12 @@ pub(crate) struct OperationObject {
     pub(crate) result: i64,
     /// errno of a failed op, else 0.
     pub(crate) error: i32,
-    /// Reads: the `bytes` object the data lands in. Writes: the caller's payload.
+    /// Reads: the `bytes` object the data lands in (never handed to Python before the op
+    /// is done; not visited by the GC, see `op_traverse`). Writes: the caller's payload.
     buffer: *mut PyObject,
+    /// A done short read's `payload` (the whole requested size, zero tail included), built
+    /// on first access and kept so that each access returns the same object, else NULL.
+    whole_payload: *mut PyObject,
     callback: *mut PyObject,
     /// The Context this op is in flight on (a strong reference), else NULL.
     pub(crate) context: *mut PyObject,
@@ -59,7 +63,7 @@ pub(crate) enum Flavor {
     Thread = 0,
     /// linux_uring: offsets 0 ..= 2**63 - 1 or -1 (= 2**64 - 1: the file position);
     /// `result` and the callback get the negated errno; reads up to 4 GiB - 1; a read's
-    /// `payload` is the bytes object itself.
+    /// `payload` is a bytes object of the requested size.
     Uring = 1,
     /// linux_aio: offsets as thread_aio, signed priority (kept); the negated errno on
     /// failure; a write's `nbytes` becomes the bytes written; a read's `payload` is a
@@ -212,7 +216,9 @@ pub(crate) fn deliver(op: PyOwned, res: i64) {
 ///
 /// # Safety
 /// `raw` is a live, claimed op no backend touches any more; GIL held. A read's buffer is a
-/// bytes object only this op holds (Python is never handed it before the op is done).
+/// bytes object only this op holds: Python is never handed it before the op is done
+/// (`get_value`/`payload` build other objects until then, and `op_traverse` does not show
+/// it to the GC).
 unsafe fn finish_fields(raw: *mut OperationObject, mut res: i64) -> i64 {
     // SAFETY: see the function's contract.
     unsafe {
@@ -230,7 +236,8 @@ unsafe fn finish_fields(raw: *mut OperationObject, mut res: i64) -> i64 {
             }
             let buffer = ptr::addr_of_mut!((*raw).buffer);
             if got < len && ffi::Py_REFCNT(*buffer) != 1 {
-                // Not ours alone (never expected), so it cannot be resized: zero the tail.
+                // Unreachable by the contract above; should a reference ever leak out, the
+                // bytes cannot be resized under its holder, so only the tail is defined.
                 let base = ffi::PyBytes_AsString(*buffer).cast::<u8>();
                 ptr::write_bytes(base.add(got), 0, len - got);
             } else if got < len && ffi::_PyBytes_Resize(buffer, got as ffi::Py_ssize_t) != 0 {
@@ -382,6 +389,7 @@ fn new_op(cls: *mut PyTypeObject, new: NewOp) -> Result<*mut PyObject> {
         (*op).nbytes = nbytes;
         (*op).requested = nbytes;
         (*op).buffer = buffer.map_or(ptr::null_mut(), PyOwned::into_ptr);
+        (*op).whole_payload = ptr::null_mut();
         Ok(obj)
     }
 }
@@ -514,8 +522,9 @@ unsafe extern "C" fn op_read<const FLAVOR: u8>(
                 "nbytes does not fit in Py_ssize_t (got {nbytes}; negative sizes wrap)"
             )));
         }
-        // Uninitialised on purpose: the backend fills it and `finish_fields` zeroes the
-        // rest; Python never sees it before that. Allocation failure raises MemoryError.
+        // Uninitialised on purpose: the backend fills it and `finish_fields` cuts it to
+        // what was read; Python never sees it before that. Allocation failure raises
+        // MemoryError.
         // SAFETY: NULL data with a checked non-negative size; GIL held.
         let buffer = unsafe {
             PyOwned::from_new(ffi::PyBytes_FromStringAndSize(
@@ -652,15 +661,21 @@ fn type_name(obj: *mut PyObject) -> String {
 
 // ---- methods and properties -------------------------------------------------------------
 
+/// `len` zero bytes from `bytes(len)`, which allocates with calloc: a large buffer is
+/// fresh zero pages from the OS, so nothing proportional to `len` runs or stays committed
+/// until someone writes (or reads) those pages.
 fn zeroed_bytes(len: usize) -> Result<*mut PyObject> {
-    // SAFETY: NULL data, then the fresh buffer is zeroed before anyone sees it.
+    let size = uint(len as u64)?;
+    // SAFETY: `size` is a new int reference we own; calling the bytes type with an int is
+    // `bytes(n)`; GIL held.
     unsafe {
-        let obj = ffi::PyBytes_FromStringAndSize(ptr::null(), len as ffi::Py_ssize_t);
+        let obj = ffi::PyObject_CallOneArg(ptr::addr_of_mut!(ffi::PyBytes_Type).cast(), size);
+        ffi::Py_DecRef(size);
         if obj.is_null() {
-            return Err(Error::AlreadySet);
+            Err(Error::AlreadySet)
+        } else {
+            Ok(obj)
         }
-        ptr::write_bytes(ffi::PyBytes_AsString(obj), 0, len);
-        Ok(obj)
     }
 }
 
@@ -787,20 +802,30 @@ unsafe extern "C" fn get_payload(slf: *mut PyObject, _: *mut c_void) -> *mut PyO
                     let view_of = if done && kept == (*raw).requested {
                         ffi::Py_IncRef(buf);
                         PyOwned::from_new(buf).ok_or(Error::AlreadySet)?
+                    } else if done && !(*raw).whole_payload.is_null() {
+                        let whole = (*raw).whole_payload;
+                        ffi::Py_IncRef(whole);
+                        PyOwned::from_new(whole).ok_or(Error::AlreadySet)?
                     } else {
                         // caio's payload is the whole requested buffer: the data read (none
-                        // if never run: the buffer is uninitialised) and a zeroed tail,
-                        // built only for a caller who asks for it.
+                        // if never run: the buffer is uninitialised) and a zero tail, built
+                        // only for a caller who asks for it, from calloc'd pages, so the
+                        // unused part of the bound costs neither time nor memory.
                         let whole = PyOwned::from_new(zeroed_bytes((*raw).requested)?)
                             .ok_or(Error::AlreadySet)?;
                         if done {
                             let dst = ffi::PyBytes_AsString(whole.as_ptr());
                             ptr::copy_nonoverlapping(ffi::PyBytes_AsString(buf), dst, kept);
+                            // Kept: a done op's payload no longer changes, and caio's is
+                            // one object (uring) or views of one buffer.
+                            ffi::Py_IncRef(whole.as_ptr());
+                            (*raw).whole_payload = whole.as_ptr();
                         }
                         whole
                     };
                     if (*raw).flavor == Flavor::Uring {
-                        // io_uring's payload is the bytes object itself, zero tail included.
+                        // io_uring's payload is the whole buffer as bytes (caio hands out
+                        // its buffer object), zero tail included.
                         return Ok(view_of.into_ptr());
                     }
                     // The view holds a reference to the bytes: it stays valid after the
@@ -883,7 +908,16 @@ unsafe extern "C" fn op_traverse(
     // collect an op whose buffer the kernel may still write.
     unsafe {
         let raw = OpPtr::new(slf).raw();
-        for field in [(*raw).callback, (*raw).buffer, (*raw).context] {
+        // A read's buffer is an exact bytes object (never GC-tracked, so in no cycle) that
+        // the kernel or a worker may be writing: visiting it would hand it to Python
+        // (`gc.get_referents`). A write's payload is the caller's own object, possibly a
+        // bytes subclass with a `__dict__` that refers back to the op, so it is visited.
+        let payload = if (*raw).kind == IoKind::Write {
+            (*raw).buffer
+        } else {
+            ptr::null_mut()
+        };
+        for field in [(*raw).callback, payload, (*raw).context] {
             if !field.is_null() {
                 let r = visit(field, arg);
                 if r != 0 {
@@ -922,6 +956,7 @@ unsafe extern "C" fn op_dealloc(slf: *mut PyObject) {
         for field in [
             ptr::addr_of_mut!((*raw).callback),
             ptr::addr_of_mut!((*raw).buffer),
+            ptr::addr_of_mut!((*raw).whole_payload),
             ptr::addr_of_mut!((*raw).context),
         ] {
             drop(PyOwned::from_new(std::mem::replace(
