@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, cast
+from typing import Any
 
-from .asyncio_base import EventfdAsyncioContextBase, _ClosedContext, _resolve
+from .asyncio_base import EventfdAsyncioContextBase, _resolve
 from .thread_aio import Context, EventfdContext, Operation
 
 
@@ -37,23 +37,6 @@ class AsyncioContext(EventfdAsyncioContextBase[EventfdContext, Operation]):
             context.close()
             raise
         return context
-
-    def _destroy_context(self) -> None:
-        """Delivers what has completed; what is still queued or running goes on without
-        the loop: a worker blocked on a pipe or FIFO read may wait for data indefinitely,
-        so ``close()`` must not join the workers here. The Context goes to
-        ``caio._native.retire``, whose background thread delivers the rest (the awaiting
-        tasks get their results) and frees the workers once nothing is in flight."""
-        from . import _native  # type: ignore[attr-defined]
-
-        context = self.context
-        try:
-            self.loop.remove_reader(context.fileno)
-            while context.process_events():
-                pass
-        finally:
-            self.context = cast(EventfdContext, _ClosedContext())
-            _native.retire(context)
 
     def _on_done(self, future: asyncio.Future[Any], result: Any) -> None:
         if future.done():

@@ -10,6 +10,7 @@ Signals are sent only once the waiting thread is seen blocked in poll()/ppoll()
 (``/proc/self/task/<tid>/syscall``), so they really arrive during the wait.
 """
 
+import contextlib
 import inspect
 import json
 import os
@@ -244,3 +245,36 @@ def test_pool_workers_block_every_signal(context_type):
         assert not blocked_signals(threading.get_native_id()) & (1 << (signal.SIGINT - 1))
     finally:
         ctx.close()
+
+
+def test_linux_aio_stream_threads_block_every_signal():
+    # A pipe read on kernel AIO runs on a thread of its own; a signal delivered there would
+    # fail the read with EINTR and never reach a thread Python can act on.
+    import signal
+
+    linux_aio = pytest.importorskip("caio.linux_aio")
+    ctx = linux_aio.Context()
+    r, w = os.pipe()
+    try:
+        op = linux_aio.Operation.read(4, r, 0)
+        assert ctx.submit(op) == 1
+
+        def stream_threads():
+            found = []
+            for tid in os.listdir("/proc/self/task"):
+                with contextlib.suppress(FileNotFoundError), \
+                        open(f"/proc/self/task/{tid}/comm") as f:
+                    if f.read().startswith("caio-aio-stream"):
+                        found.append(tid)
+            return found
+
+        assert wait_for(lambda: len(stream_threads()) == 1), "no stream thread"
+        mask = blocked_signals(stream_threads()[0])
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGALRM):
+            assert mask & (1 << (sig - 1)), f"the stream thread can receive {sig!r}"
+        os.write(w, b"data")
+        assert ctx.process_events(1, 1, 10) == 1
+        assert op.get_value() == b"data"
+    finally:
+        os.close(r)
+        os.close(w)

@@ -83,6 +83,11 @@ impl IoRequest {
                     };
                     if ret < 0 {
                         let err = errno();
+                        if err == libc::EINTR as i64 {
+                            // A handler ran on this thread (ours block signals, but a
+                            // caller's thread may not): nothing was transferred, go on.
+                            continue;
+                        }
                         if err == libc::ESPIPE as i64 && positional && self.offset == 0 {
                             positional = false;
                             continue;

@@ -26,5 +26,5 @@ pub use buffer::AlignedBuf;
 pub use event_queue::EventQueue;
 pub use eventfd::EventFd;
 pub use io::{IoKind, IoRequest};
-pub use thread_pool::{Cancelled, CompletionSink, SubmitError, ThreadPool};
+pub use thread_pool::{spawn_without_signals, Cancelled, CompletionSink, SubmitError, ThreadPool};
 pub use uring::{Ring, RingFull, Stager};

@@ -189,9 +189,22 @@ impl SignalsBlocked {
 
 impl Drop for SignalsBlocked {
     fn drop(&mut self) {
-        // The guard lives and dies inside `ThreadPool::new`, on one thread.
+        // The guard lives and dies inside one function, on one thread.
         set_signal_mask(Some(&self.0));
     }
+}
+
+/// Spawns a thread of ours (not a pool worker: a stream request's thread, the drainer)
+/// with every signal blocked from its first instruction, for the same reason as the
+/// workers: signals must reach a thread Python can act on, and none of ours may see its
+/// syscalls fail with `EINTR` because a handler ran there.
+pub fn spawn_without_signals<F, T>(builder: thread::Builder, f: F) -> io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let _blocked = SignalsBlocked::new();
+    builder.spawn(f)
 }
 
 /// Sets the calling thread's signal mask to `mask` (`None`: every signal); returns the

@@ -118,9 +118,8 @@ pub(crate) unsafe fn adopt(ctx: *mut PyObject, fd: c_int, in_flight: InFlightOf)
         Err(_) => return leak_orphans(&mut state),
     };
     let for_thread = wake.clone();
-    let spawned = std::thread::Builder::new()
-        .name("caio-drainer".into())
-        .spawn(move || run(for_thread));
+    let builder = std::thread::Builder::new().name("caio-drainer".into());
+    let spawned = caio_backends::spawn_without_signals(builder, move || run(for_thread));
     match spawned {
         Ok(handle) => {
             state.wake = Some(wake);

@@ -435,15 +435,15 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
                 }
                 Claimed::Offload(id, request, _) => {
                     let events = engine.events.clone();
-                    let spawned = std::thread::Builder::new()
+                    let builder = std::thread::Builder::new()
                         .name("caio-aio-stream".into())
-                        .stack_size(STREAM_THREAD_STACK)
-                        .spawn(move || {
-                            // SAFETY: as for the helper threads above (the thread ends
-                            // with this request).
-                            let res = unsafe { request.perform() };
-                            events.complete(Completion { id, res });
-                        });
+                        .stack_size(STREAM_THREAD_STACK);
+                    let spawned = caio_backends::spawn_without_signals(builder, move || {
+                        // SAFETY: as for the helper threads above (the thread ends
+                        // with this request).
+                        let res = unsafe { request.perform() };
+                        events.complete(Completion { id, res });
+                    });
                     if let Err(err) = spawned {
                         // Out of threads. The requests before this one have started, so
                         // it fails as a completion, not a rollback.

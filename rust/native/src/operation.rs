@@ -904,8 +904,9 @@ unsafe extern "C" fn op_traverse(
     arg: *mut c_void,
 ) -> c_int {
     // SAFETY: `slf` is our instance; visiting our own strong references. The engine's
-    // reference to an in-flight op is deliberately invisible here, so the GC can never
-    // collect an op whose buffer the kernel may still write.
+    // reference to an in-flight op is visited by the Context (context.rs), never released
+    // by the GC (no Context tp_clear), so an op whose buffer the kernel may still write is
+    // never freed, whatever the collector concludes.
     unsafe {
         let raw = OpPtr::new(slf).raw();
         // A read's buffer is an exact bytes object (never GC-tracked, so in no cycle) that
@@ -931,8 +932,9 @@ unsafe extern "C" fn op_traverse(
 }
 
 unsafe extern "C" fn op_clear(slf: *mut PyObject) -> c_int {
-    // SAFETY: `slf` is our instance; GIL held. Only the callback can form a cycle; an op in
-    // flight is never garbage (the engine holds it), so its buffer is left alone.
+    // SAFETY: `slf` is our instance; GIL held. Only the callback is cleared: the buffer and
+    // the Context stay, so even an in-flight op the collector found unreachable (the engine
+    // still holds it) keeps its buffer until its completion.
     unsafe {
         let raw = OpPtr::new(slf).raw();
         let cb = std::mem::replace(&mut (*raw).callback, ptr::null_mut());

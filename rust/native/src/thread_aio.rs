@@ -244,8 +244,8 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
             op.set_request_id(id.0);
             // SAFETY: the op's buffer stays valid until its completion is delivered: the
             // registry holds a strong reference to the op, the op holds the buffer, and
-            // nothing releases either before `deliver` (a dropped or collected op is
-            // still referenced by the registry, which the GC cannot see).
+            // nothing releases either before `deliver` (a dropped op is still referenced
+            // by the registry, which no GC clear releases).
             if let Err(err) = unsafe { pool.submit(id, op.request()) } {
                 let held = engine.inflight.lock().remove(id);
                 op.unclaim();
