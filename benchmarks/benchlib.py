@@ -265,7 +265,9 @@ def caio_backends() -> dict[str, Any]:
 def caio_info() -> dict[str, Any]:
     import caio
 
-    default_cls = caio.AsyncioContext
+    # caio.AsyncioContext is ours a subclass of the selected backend's adapter (it can fall
+    # back when a limit is hit); caio 0.12's is the adapter itself.
+    default_cls = next(c for c in caio.AsyncioContext.__mro__ if c.__module__ != "caio")
     default_mod = default_cls.__module__.rsplit(".", 1)[-1]
     try:
         from importlib.metadata import version
