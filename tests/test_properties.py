@@ -10,8 +10,13 @@ IOSQE_ASYNC limit) and offsets past EOF. The model is a ``bytearray`` kept in st
   returns 0, and nothing is delivered twice, even after close;
 - a read returns the model's bytes (its length clipped at EOF), except for the bytes of
   writes that may have run concurrently with it, which are not determined;
+- a cancelled op completes normally or with ``ECANCELED``; only a cancelled one may end
+  with ``ECANCELED``, one the thread pools' ``cancel()`` reported taken back must, and a
+  write that did changed nothing;
 - after everything completed, the file equals the model;
-- ``sys.getrefcount(op)`` is back where it started: the engine kept no reference.
+- ``sys.getrefcount(op)`` is back where it started once the backend is done with the op
+  (after ``close()`` with work in flight, the drainer delivers the rest later): the
+  engine kept no reference.
 
 Overlapping writes are never in flight together (the driver drains first), so the
 final contents are determined. The asyncio adapters run rounds of ``asyncio.gather``
@@ -19,7 +24,9 @@ over random reads / writes, some cancelled (``task.cancel()`` after a few loop s
 ``asyncio.wait_for`` with a tiny timeout). A cancelled write the kernel had already
 started may still land, even after a later write to the same range (README,
 "Cancellation and timeouts: what they undo"), so its bytes are only checked to be one of
-the values written there.
+the values written there, unless its op ended with ``ECANCELED``. The adapters are also
+closed with a random burst in flight: every awaiting task must end, with its result or an
+error.
 
 The default run is small; ``CAIO_HYPOTHESIS_EXAMPLES=N`` runs N examples per test
 (e.g. 500 for a long run).
