@@ -13,6 +13,8 @@ timeout, or ``task.cancel()`` after a few loop steps).
 A cancelled write may still land (README, "Cancellation and timeouts: what they undo"),
 so its block is left alone until the operation is over; then the block must hold either
 the old contents or the new ones, nothing else, and that becomes what the worker expects.
+A write that thread_aio or python_aio took back before it ran ends with ``ECANCELED``:
+then its block must hold the old contents.
 
 Checks (each failure is listed and makes the exit status 1):
 
@@ -26,9 +28,10 @@ Checks (each failure is listed and makes the exit status 1):
   pool still warming up), so the short CI run checks 4 MiB; 1,000,000 ops check 1 MiB;
 - once every Context is closed and collected: as many open fds and threads as before.
 
-``--close-in-flight`` also closes each adapter while a burst of its operations is still
-in flight and checks that every one of them ends, with its result or an error (issue 9
-item 4: today linux_uring and linux_aio leave such tasks hanging, so it is off by default).
+At the end each adapter is closed while a burst of its operations is still in flight:
+every awaiting task must end within the hang guard, with its result (a read's bytes are
+checked) or ``RuntimeError("AsyncioContext is closed")`` (``--no-close-in-flight`` skips
+this).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import argparse
 import asyncio
 import ctypes
 import ctypes.util
+import errno
 import gc
 import os
 import random
@@ -98,11 +102,18 @@ def settled_rss() -> int:
 
 
 def op_finished(op) -> bool:
-    """True once the backend is done with ``op`` (or never started it)."""
-    if hasattr(op, "context"):  # native Operations leave their Context on completion
-        return op.context is None
-    # python_aio: claimed until the pool ran it, which sets the count or the exception
-    return not op.in_progress or bool(op.written) or op.exception is not None
+    """True once the backend is done with ``op`` (or never started it): every backend's
+    Operation names the Context it is in flight on, and leaves it on completion."""
+    return op.context is None
+
+
+def ended_cancelled(op) -> bool:
+    """Whether ``op`` (finished) ended with ECANCELED: taken back before it ran."""
+    try:
+        op.get_value()
+    except OSError as exc:
+        return exc.errno == errno.ECANCELED
+    return False
 
 
 @dataclass
@@ -111,6 +122,7 @@ class Stats:
     cancelled: int = 0
     cancelled_writes: int = 0
     cancelled_writes_landed: int = 0
+    cancelled_writes_taken_back: int = 0
     verified_bytes: int = 0
     violations: list[str] = field(default_factory=list)
 
@@ -185,7 +197,13 @@ class Worker:
         block.pending = None
         self.count()
         content = await self.ctx.read(BLOCK, self.fd, block.offset)
-        if content == bytes(landed):
+        if ended_cancelled(op):
+            self.stats.cancelled_writes_taken_back += 1
+            if content != bytes(block.expected):
+                self.violation(f"block at {block.offset} changed by a write that ended "
+                               "with ECANCELED (taken back before it ran)")
+                block.expected = bytearray(content)
+        elif content == bytes(landed):
             self.stats.cancelled_writes_landed += 1
             block.expected = landed
         elif content != bytes(block.expected):
@@ -326,9 +344,14 @@ class SoakThread(threading.Thread):
             os.close(fd)
 
     async def close_in_flight(self, contexts, fd):
-        """Closes each adapter with a burst of operations in flight: each must end."""
+        """Closes each adapter with a burst of operations in flight: each must end, with
+        its result or the adapter's "closed" error. Every write is over by now, so the
+        file's blocks are what the reads that completed must return."""
+        reads = 32
         for ctx in contexts:
-            tasks = [asyncio.ensure_future(ctx.read(BLOCK, fd, i * BLOCK)) for i in range(32)]
+            name = f"thread {self.index} {type(ctx).__module__}"
+            tasks = [asyncio.ensure_future(ctx.read(BLOCK, fd, i * BLOCK))
+                     for i in range(reads)]
             tasks += [asyncio.ensure_future(ctx.fsync(fd)) for _ in range(4)]
             await asyncio.sleep(0)
             ctx.close()
@@ -336,13 +359,21 @@ class SoakThread(threading.Thread):
             self.stats.ops += len(tasks)
             if hanging:
                 self.stats.violations.append(
-                    f"thread {self.index} {type(ctx).__module__}: {len(hanging)} of "
-                    f"{len(tasks)} tasks still waiting {WAIT_SECONDS:.0f} s after close()")
+                    f"{name}: {len(hanging)} of {len(tasks)} tasks still waiting "
+                    f"{WAIT_SECONDS:.0f} s after close()")
                 for task in hanging:
                     task.cancel()
-            for task in done:
-                if not task.cancelled():
-                    task.exception()  # retrieved: an error is a valid outcome here
+            for i, task in enumerate(tasks):
+                if task not in done:
+                    continue
+                error = task.exception()
+                if error is not None:
+                    if not (isinstance(error, RuntimeError)
+                            and str(error) == "AsyncioContext is closed"):
+                        self.stats.violations.append(f"{name}: {error!r} after close()")
+                elif i < reads and task.result() != os.pread(fd, BLOCK, i * BLOCK):
+                    self.stats.violations.append(
+                        f"{name}: a read completed across close() returned wrong bytes")
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,7 +407,8 @@ class Report:
              f"({', '.join(self.loops)}) x {len(self.backends)} contexts "
              f"({', '.join(self.backends)})"),
             (f"  cancelled {s.cancelled} ops, {s.cancelled_writes} of them writes "
-             f"({s.cancelled_writes_landed} landed anyway); "
+             f"({s.cancelled_writes_taken_back} taken back, "
+             f"{s.cancelled_writes_landed} landed anyway); "
              f"{s.verified_bytes / MiB:,.0f} MiB read back and verified"),
             (f"  RSS after warm-up {self.rss_warm / MiB:.1f} MiB, at the end "
              f"{self.rss_end / MiB:.1f} MiB: growth {growth / KiB:+.0f} KiB "
@@ -407,7 +439,7 @@ def settle_counts(fds0, tasks0):
 
 
 def run_soak(ops=20_000, threads=3, workers=4, directory=None, seed=1, warmup=0.2,
-             close_in_flight=False, backends=None, rss_limit=1 * MiB) -> Report:
+             close_in_flight=True, backends=None, rss_limit=1 * MiB) -> Report:
     import caio
 
     adapters = [m for m in caio.variants_asyncio
@@ -450,7 +482,7 @@ def run_soak(ops=20_000, threads=3, workers=4, directory=None, seed=1, warmup=0.
         seconds = time.monotonic() - start
         for t in pool:
             for name in ("ops", "cancelled", "cancelled_writes", "cancelled_writes_landed",
-                         "verified_bytes"):
+                         "cancelled_writes_taken_back", "verified_bytes"):
                 setattr(stats, name, getattr(stats, name) + getattr(t.stats, name))
             stats.violations += t.stats.violations
         del pool
@@ -492,9 +524,10 @@ def main(argv=None) -> int:
                         help="fraction of the operations before the RSS baseline (0.2)")
     parser.add_argument("--rss-limit-kib", type=int, default=1024,
                         help="most RSS growth allowed after the warm-up (1024)")
-    parser.add_argument("--close-in-flight", action="store_true",
-                        help="also close each adapter with operations in flight "
-                             "(issue 9 item 4; fails on linux_uring/linux_aio today)")
+    parser.add_argument("--close-in-flight", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="at the end, close each adapter with operations in flight "
+                             "and check that every task ends (default: on)")
     args = parser.parse_args(argv)
     report = run_soak(ops=args.ops, threads=args.threads, workers=args.workers,
                       directory=args.dir, seed=args.seed, warmup=args.warmup,

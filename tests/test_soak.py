@@ -1,6 +1,7 @@
 """The short soak (benchmarks/soak.py): mixed operations with random cancellations on
-every backend, several threads each with its own loop; no wrong byte, no RSS growth after
-the warm-up, no fd or thread left after closing. The full run is in the README."""
+every backend, several threads each with its own loop, each adapter closed at the end with
+operations in flight; no wrong byte, no hanging task, no RSS growth after the warm-up, no
+fd or thread left after closing. The full run is in the README."""
 
 import subprocess
 import sys
