@@ -9,6 +9,7 @@ fsync/fdsync) or ``None`` on failure; the failure itself is re-raised by
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import operator
 import os
@@ -178,6 +179,9 @@ class Context(AbstractContext):
             self._in_progress -= 1
         # A failed system call raises the same exception as on the native backends.
         operation.exception = operation_error(exc) if isinstance(exc, OSError) else exc
+        # The traceback's frames (the worker's handlers) hold this Context and the op: let
+        # go of their locals, so a failed op kept by the caller does not keep the pool.
+        traceback.clear_frames(operation.exception.__traceback__)
         operation.written = 0
         operation.context = None
         self._invoke_callback(operation, None)
@@ -379,7 +383,10 @@ class Operation(AbstractOperation):
         also a ``SystemError``, as on the native backends). Not gated while in flight.
         """
         if self.exception is not None:
-            raise self.exception
+            # A new exception each time, as the native backends raise: the one raised
+            # carries the caller's traceback (its frames hold this op), so storing it on
+            # the op would make a cycle that keeps the op, its Context and pool alive.
+            raise copy.copy(self.exception)
         if self.opcode == OpCode.WRITE:
             return self.written
         if self.opcode == OpCode.READ:

@@ -409,9 +409,6 @@ class RawDriver:
         del self.ctx
         gc.collect()
         for rec in self.records:
-            if not self.backend.native and rec.op.exception is not None:
-                # known product bug, test_python_aio_failed_op_holds_no_engine_frames
-                continue
             now = sys.getrefcount(rec.op)  # not inside assert: its rewriting holds the op
             assert now == rec.refcount, (
                 f"{self.backend.name} {rec.kind} #{rec.index}: refcount {now}, "
@@ -636,9 +633,6 @@ class AdapterRun:
                 self.maybe.remove(t)
         gc.collect()
         for t in self.tracked:
-            if self.name == "python_aio" and t.op.exception is not None:
-                # known product bug, test_python_aio_failed_op_holds_no_engine_frames
-                continue
             now = sys.getrefcount(t.op)  # not inside assert (see RawDriver)
             assert now == t.refcount, f"{self.name}: refcount of an op {now}, was {t.refcount}"
         actual = os.pread(self.fd, FILE_SIZE + 1, 0)
@@ -690,13 +684,9 @@ def test_adapter_close_with_operations_in_flight(adapter, loop_factory, workdir)
 
 
 # --------------------------------------------------------------------------------------------
-# known product bugs the properties found
+# what the properties found (each fixed; kept as a regression test)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "python_aio: a failed Operation keeps its exception's traceback, whose frames "
-    "(_run_unless_cancelled, _handle_*) hold the Operation and its Context: a cycle that "
-    "keeps the Context and its pool alive while the op is referenced"))
 def test_python_aio_failed_op_holds_no_engine_frames(workdir):
     from caio import python_aio
 
