@@ -213,28 +213,30 @@ class Context(AbstractContext):
     # and kernel AIO treat it, and runs as a plain read/write.
 
     def _pread(self, fd: int, size: int, offset: int) -> bytes:
-        try:
-            if NATIVE_PREAD_PWRITE:
-                return os.pread(fd, size, offset)
-            with self._fd_lock(fd):
-                os.lseek(fd, offset, os.SEEK_SET)
-                return os.read(fd, size)
-        except OSError:
-            if offset != 0 or not is_stream(fd):
-                raise
-        return os.read(fd, size)
+        return self._transfer(
+            fd, offset, partial(os.pread, fd, size, offset), partial(os.read, fd, size),
+        )
 
     def _pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        return self._transfer(
+            fd, offset, partial(os.pwrite, fd, data, offset), partial(os.write, fd, data),
+        )
+
+    def _transfer(
+        self, fd: int, offset: int, positional: Callable[[], Any], plain: Callable[[], Any],
+    ) -> Any:
+        """``positional`` (pread/pwrite) where the OS has it, else ``plain`` at ``offset``
+        under the fd's lock; ``plain`` alone on a stream at offset 0."""
         try:
             if NATIVE_PREAD_PWRITE:
-                return os.pwrite(fd, data, offset)
+                return positional()
             with self._fd_lock(fd):
                 os.lseek(fd, offset, os.SEEK_SET)
-                return os.write(fd, data)
+                return plain()
         except OSError:
             if offset != 0 or not is_stream(fd):
                 raise
-        return os.write(fd, data)
+        return plain()
 
     def _handle_read(self, operation: Operation) -> int:
         data = self._pread(operation.fileno, operation.nbytes, operation.offset)
