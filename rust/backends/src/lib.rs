@@ -7,12 +7,14 @@
 //! - [`event_queue`]: completions parked for a consumer thread, announced on an eventfd.
 //! - [`uring`]: an io_uring instance: setup, staging, submission, reaping.
 //! - [`aio`]: a Linux kernel AIO context through raw syscalls.
+//! - [`driver`]: the [`Driver`] contract a Context is built on, one driver per mechanism.
 //!
 //! [`Completion`]: caio_core::Completion
 #![warn(missing_docs)]
 
 pub mod aio;
 pub mod buffer;
+pub mod driver;
 pub mod event_queue;
 pub mod eventfd;
 pub mod io;
@@ -23,6 +25,9 @@ pub mod uring;
 pub(crate) mod test_util;
 
 pub use buffer::AlignedBuf;
+pub use driver::{
+    CancelOutcome, Delivery, DispatchError, Dispatched, Driver, Entry, InFlight, Submission,
+};
 pub use event_queue::EventQueue;
 pub use eventfd::EventFd;
 pub use io::{IoKind, IoRequest};

@@ -46,6 +46,16 @@ impl<T> Registry<T> {
         id
     }
 
+    /// Registers `value` under `id`, which the caller took from [`RequestId::fresh`] (and
+    /// may have recorded elsewhere first, e.g. where a cancel finds it).
+    ///
+    /// # Panics
+    /// If `id` is already registered (a fresh id never is).
+    pub fn insert_at(&mut self, id: RequestId, value: T) {
+        let previous = self.entries.insert(id.0, value);
+        assert!(previous.is_none(), "request id {} registered twice", id.0);
+    }
+
     /// Takes the request out; `None` for an unknown or already completed id.
     pub fn remove(&mut self, id: RequestId) -> Option<T> {
         self.entries.remove(&id.0)
