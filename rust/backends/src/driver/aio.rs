@@ -208,7 +208,10 @@ impl<E: Entry> AioDriver<E> {
             let chunk = (room - taken).min(REAP_CHUNK);
             batch.clear();
             let n = loop {
-                match self.aio.get_events(0, chunk, Some(Duration::ZERO), &mut batch) {
+                match self
+                    .aio
+                    .get_events(0, chunk, Some(Duration::ZERO), &mut batch)
+                {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     other => break other?,
                 }
@@ -290,11 +293,18 @@ impl<E: Entry> Driver<E> for AioDriver<E> {
         // what the call accepts is always a prefix of the batch.
         let mut planned = Vec::with_capacity(batch.len());
         let mut iocbs: Vec<*mut Iocb> = Vec::new();
-        {
-            let mut registry = self.inflight.lock();
-            for Submission { id, entry } in batch {
+        // Routed before the registry is locked: that takes a syscall or three each.
+        let routed: Vec<_> = batch
+            .into_iter()
+            .map(|Submission { id, entry }| {
                 let mut request = entry.request();
                 let route = route(&mut request, entry.is_direct());
+                (id, entry, request, route)
+            })
+            .collect();
+        {
+            let mut registry = self.inflight.lock();
+            for (id, entry, request, route) in routed {
                 let priority = entry.priority();
                 let slot = Slot {
                     iocb: Box::default(),
@@ -518,5 +528,433 @@ impl<E: Entry> Driver<E> for AioDriver<E> {
 
     fn visit(&self, visit: &mut dyn FnMut(&E) -> ControlFlow<()>) -> ControlFlow<()> {
         self.inflight.visit(visit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::testing::FakeEntry;
+    use crate::test_util::temp_file;
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+
+    const LARGE: usize = 256 * 1024;
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    fn driver() -> Option<AioDriver<FakeEntry>> {
+        if let Err(e) = crate::aio::probe() {
+            eprintln!("kernel AIO unavailable here ({e}); skipped");
+            return None;
+        }
+        Some(AioDriver::new(64).unwrap())
+    }
+
+    fn submission(entry: FakeEntry) -> Submission<FakeEntry> {
+        Submission {
+            id: RequestId::fresh(),
+            entry,
+        }
+    }
+
+    fn batch(entries: Vec<FakeEntry>) -> Vec<Submission<FakeEntry>> {
+        entries.into_iter().map(submission).collect()
+    }
+
+    /// (read end, write end).
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 writes two descriptors into the array on our stack.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both descriptors are fresh and owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn route_of(entry: &FakeEntry) -> (Route, i64) {
+        let mut request = entry.request();
+        let route = route(&mut request, entry.is_direct());
+        (route, request.offset)
+    }
+
+    /// Waits for and takes `n` completions (failing after [`PATIENCE`]).
+    fn collect(d: &AioDriver<FakeEntry>, n: usize) -> Vec<(FakeEntry, i64)> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "only {} of {n} completed", out.len());
+            d.wait(n - out.len(), Some(left), &mut || true).unwrap();
+            d.take(n - out.len(), &mut out).unwrap();
+        }
+        out
+    }
+
+    fn run(d: &AioDriver<FakeEntry>, entries: Vec<FakeEntry>) -> Vec<(FakeEntry, i64)> {
+        let n = entries.len();
+        let dispatched = d.dispatch(batch(entries));
+        assert_eq!(dispatched.accepted, n);
+        assert!(dispatched.error.is_none());
+        collect(d, n)
+    }
+
+    fn eventfd_readable(d: &AioDriver<FakeEntry>) -> bool {
+        let fd = d.eventfd().unwrap().as_raw_fd();
+        wait_readable(fd, Some(Duration::ZERO)).unwrap()
+    }
+
+    #[test]
+    fn a_small_file_request_goes_to_the_kernel() {
+        let f = temp_file(b"0123456789");
+        let read = FakeEntry::read(f.as_raw_fd(), 4, 0);
+        assert_eq!(route_of(&read), (Route::Kernel, 0));
+        let write = FakeEntry::write(f.as_raw_fd(), &[1; OFFLOAD_ABOVE], 3);
+        assert_eq!(route_of(&write), (Route::Kernel, 3));
+    }
+
+    #[test]
+    fn a_large_buffered_file_request_goes_to_the_helpers() {
+        let f = temp_file(b"");
+        let read = FakeEntry::read(f.as_raw_fd(), OFFLOAD_ABOVE + 1, 5);
+        assert_eq!(route_of(&read), (Route::Helpers, 5));
+        let write = FakeEntry::write(f.as_raw_fd(), &[1; LARGE], 0);
+        assert_eq!(route_of(&write), (Route::Helpers, 0));
+    }
+
+    #[test]
+    fn a_large_direct_request_stays_in_the_kernel() {
+        let f = temp_file(b"");
+        let mut read = FakeEntry::read(f.as_raw_fd(), LARGE, 0);
+        read.direct = true;
+        assert_eq!(route_of(&read), (Route::Kernel, 0));
+    }
+
+    #[test]
+    fn a_pipe_request_gets_its_own_thread_at_offset_zero() {
+        let (r, w) = pipe();
+        let read = FakeEntry::read(r.as_raw_fd(), 4, 7);
+        assert_eq!(route_of(&read), (Route::Stream, 0));
+        let write = FakeEntry::write(w.as_raw_fd(), b"abc", 9);
+        assert_eq!(route_of(&write), (Route::Stream, 0));
+    }
+
+    #[test]
+    fn a_descriptor_not_open_for_that_direction_stays_in_the_kernel() {
+        let (r, w) = pipe();
+        let write_to_reader = FakeEntry::write(r.as_raw_fd(), b"abc", 0);
+        assert_eq!(route_of(&write_to_reader).0, Route::Kernel);
+        let read_from_writer = FakeEntry::read(w.as_raw_fd(), 4, 0);
+        assert_eq!(route_of(&read_from_writer).0, Route::Kernel);
+        let f = temp_file(b"");
+        let read_only = std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+        let large_write = FakeEntry::write(read_only.as_raw_fd(), &[1; LARGE], 0);
+        assert_eq!(route_of(&large_write).0, Route::Kernel);
+    }
+
+    #[test]
+    fn what_io_submit_refuses_up_front_stays_in_the_kernel() {
+        let f = temp_file(b"");
+        let negative = FakeEntry::read(f.as_raw_fd(), LARGE, -1);
+        assert_eq!(route_of(&negative).0, Route::Kernel);
+        let (_r, w) = pipe();
+        assert_eq!(route_of(&FakeEntry::sync(w.as_raw_fd())).0, Route::Kernel);
+        assert_eq!(route_of(&FakeEntry::read(-1, LARGE, 0)).0, Route::Kernel);
+        let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
+        assert_eq!(
+            route_of(&FakeEntry::read(dir.as_raw_fd(), LARGE, 0)).0,
+            Route::Kernel
+        );
+    }
+
+    #[test]
+    fn a_small_write_and_read_back_go_through_the_kernel() {
+        let Some(d) = driver() else { return };
+        let f = temp_file(b"");
+        let fd = f.as_raw_fd();
+        let written = run(&d, vec![FakeEntry::write(fd, b"hello world", 0)]);
+        assert_eq!(written[0].1, 11);
+        let read = run(&d, vec![FakeEntry::read(fd, 5, 6)]);
+        assert_eq!(read[0].1, 5);
+        assert_eq!(&*read[0].0.buf, b"world");
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_large_write_and_read_back_go_through_the_helpers() {
+        let Some(d) = driver() else { return };
+        let f = temp_file(b"");
+        let fd = f.as_raw_fd();
+        let data: Vec<u8> = (0..LARGE).map(|i| (i % 251) as u8).collect();
+        let written = run(&d, vec![FakeEntry::write(fd, &data, 0)]);
+        assert_eq!(written[0].1, LARGE as i64);
+        let read = run(&d, vec![FakeEntry::read(fd, LARGE - 10, 10)]);
+        assert_eq!(read[0].1, (LARGE - 10) as i64);
+        assert!(read[0].0.buf[..] == data[10..], "misplaced data");
+    }
+
+    #[test]
+    fn a_pipe_write_and_read_each_run_on_a_stream_thread() {
+        let Some(d) = driver() else { return };
+        let (r, w) = pipe();
+        // The read is first: it waits on its own thread for the write after it.
+        let done = run(
+            &d,
+            vec![
+                FakeEntry::read(r.as_raw_fd(), 5, 3),
+                FakeEntry::write(w.as_raw_fd(), b"abcde", 9),
+            ],
+        );
+        for (entry, res) in done {
+            assert_eq!(res, 5);
+            assert_eq!(&*entry.buf, b"abcde");
+        }
+    }
+
+    #[test]
+    fn a_stream_completion_wakes_a_waiter_who_then_signals_the_eventfd_again() {
+        let Some(d) = driver() else { return };
+        let (r, w) = pipe();
+        let dispatched = d.dispatch(batch(vec![FakeEntry::read(r.as_raw_fd(), 3, 0)]));
+        assert_eq!(dispatched.accepted, 1);
+        d.wait(1, Some(Duration::ZERO), &mut || true).unwrap();
+        let mut out = Vec::new();
+        d.take(1, &mut out).unwrap();
+        assert!(out.is_empty(), "completed with nothing written");
+        // SAFETY: writes 3 bytes from a static string into a pipe we own.
+        let written = unsafe { libc::write(w.as_raw_fd(), b"xyz".as_ptr().cast(), 3) };
+        assert_eq!(written, 3);
+        d.wait(1, Some(PATIENCE), &mut || true).unwrap();
+        assert!(eventfd_readable(&d), "the wake-up it ate is given back");
+        d.take(1, &mut out).unwrap();
+        assert_eq!((&*out[0].0.buf, out[0].1), (&b"xyz"[..], 3));
+    }
+
+    #[test]
+    fn wait_counts_kernel_completions_without_losing_them() {
+        let Some(d) = driver() else { return };
+        let f = temp_file(b"0123456789");
+        let fd = f.as_raw_fd();
+        let entries = (0..3).map(|i| FakeEntry::read(fd, 2, i * 2)).collect();
+        assert_eq!(d.dispatch(batch(entries)).accepted, 3);
+        d.wait(3, Some(PATIENCE), &mut || true).unwrap();
+        d.wait(3, Some(Duration::ZERO), &mut || true).unwrap();
+        assert!(
+            eventfd_readable(&d),
+            "an event loop still learns about them"
+        );
+        let mut out = Vec::new();
+        d.take(2, &mut out).unwrap();
+        d.take(5, &mut out).unwrap();
+        let mut bufs: Vec<_> = out.iter().map(|(e, res)| (e.buf.to_vec(), *res)).collect();
+        bufs.sort();
+        assert_eq!(
+            bufs,
+            vec![
+                (b"01".to_vec(), 2),
+                (b"23".to_vec(), 2),
+                (b"45".to_vec(), 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn io_submit_stopping_at_a_bad_descriptor_refuses_it_and_the_rest_in_order() {
+        let Some(d) = driver() else { return };
+        let f = temp_file(b"0123456789");
+        let fd = f.as_raw_fd();
+        let dispatched = d.dispatch(batch(vec![
+            FakeEntry::read(fd, 2, 0),
+            FakeEntry::read(-1, 2, 1),
+            FakeEntry::read(fd, 2, 2),
+        ]));
+        assert_eq!(dispatched.accepted, 1);
+        assert!(dispatched.error.is_none(), "a short count is not an error");
+        let refused: Vec<_> = dispatched
+            .refused
+            .iter()
+            .map(|e| (e.fd, e.offset))
+            .collect();
+        assert_eq!(refused, vec![(-1, 1), (fd, 2)]);
+        assert!(dispatched.refused.iter().all(|e| *e.buf == [0, 0]));
+        assert_eq!(d.in_flight(), 1);
+        let done = collect(&d, 1);
+        assert_eq!((&*done[0].0.buf, done[0].1), (&b"01"[..], 2));
+    }
+
+    #[test]
+    fn offloaded_requests_follow_the_accepted_prefix() {
+        let Some(d) = driver() else { return };
+        let f = temp_file(&[7; LARGE]);
+        let fd = f.as_raw_fd();
+        let (_r, w) = pipe();
+        let dispatched = d.dispatch(batch(vec![
+            FakeEntry::read(fd, LARGE, 0),
+            FakeEntry::read(fd, 2, 1),
+            FakeEntry::read(-1, 2, 2),
+            FakeEntry::read(fd, LARGE, 3),
+            FakeEntry::write(w.as_raw_fd(), b"abc", 4),
+        ]));
+        assert_eq!(dispatched.accepted, 2);
+        assert!(dispatched.error.is_none());
+        let refused: Vec<_> = dispatched.refused.iter().map(|e| e.offset).collect();
+        assert_eq!(refused, vec![2, 3, 4]);
+        assert!(dispatched.refused[1].buf.iter().all(|&b| b == 0), "touched");
+        let mut done: Vec<_> = collect(&d, 2)
+            .into_iter()
+            .map(|(e, res)| (e.offset, res))
+            .collect();
+        done.sort();
+        assert_eq!(done, vec![(0, LARGE as i64), (1, 2)]);
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn io_submit_refusing_the_first_refuses_every_one_with_its_error() {
+        let Some(d) = driver() else { return };
+        let f = temp_file(&[7; LARGE]);
+        let fd = f.as_raw_fd();
+        let dispatched = d.dispatch(batch(vec![
+            FakeEntry::read(fd, LARGE, 0),
+            FakeEntry::read(-1, 2, 1),
+            FakeEntry::read(fd, 2, 2),
+        ]));
+        assert_eq!(dispatched.accepted, 0);
+        let Some(DispatchError::Os(e)) = dispatched.error else {
+            panic!("expected an OS error, got {:?}", dispatched.error)
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        let refused: Vec<_> = dispatched.refused.iter().map(|e| e.offset).collect();
+        assert_eq!(refused, vec![0, 1, 2]);
+        assert!(dispatched.refused[0].buf.iter().all(|&b| b == 0), "touched");
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn wait_with_a_short_timeout_returns_after_it() {
+        let Some(d) = driver() else { return };
+        let t0 = Instant::now();
+        d.wait(1, Some(Duration::from_millis(30)), &mut || true)
+            .unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+        d.wait(1, Some(Duration::ZERO), &mut || true).unwrap();
+    }
+
+    extern "C" fn ignore_signal(_: libc::c_int) {}
+
+    #[test]
+    fn a_signal_runs_on_signal_and_false_ends_the_wait_as_interrupted() {
+        let Some(d) = driver() else { return };
+        // SAFETY: installs a handler that does nothing, without SA_RESTART so that poll
+        // fails with EINTR; the sigaction struct is a zeroed local.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        let d = Arc::new(d);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = mpsc::channel();
+        let waiter = {
+            let (d, calls) = (d.clone(), calls.clone());
+            std::thread::spawn(move || {
+                // The first signal resumes the wait, the second ends it.
+                let mut on_signal = || calls.fetch_add(1, Ordering::SeqCst) == 0;
+                tx.send(d.wait(1, None, &mut on_signal)).unwrap();
+            })
+        };
+        let thread = std::os::unix::thread::JoinHandleExt::as_pthread_t(&waiter);
+        let deadline = Instant::now() + PATIENCE;
+        // A signal that lands before the waiter sleeps interrupts nothing: keep sending.
+        let result = loop {
+            // SAFETY: the waiter thread is alive until it sends its result.
+            unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+            match rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(result) => break result,
+                Err(_) => assert!(Instant::now() < deadline, "the wait never ended"),
+            }
+        };
+        waiter.join().unwrap();
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::Interrupted);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_helper_request_or_an_unknown_id_cannot_be_cancelled() {
+        let Some(d) = driver() else { return };
+        let f = temp_file(&[7; LARGE]);
+        let helper = submission(FakeEntry::read(f.as_raw_fd(), LARGE, 0));
+        let id = helper.id;
+        assert_eq!(d.dispatch(vec![helper]).accepted, 1);
+        assert!(matches!(d.cancel(id).unwrap(), CancelOutcome::NotFound));
+        assert!(matches!(
+            d.cancel(RequestId::fresh()).unwrap(),
+            CancelOutcome::NotFound
+        ));
+        let done = collect(&d, 1);
+        assert_eq!(done[0].1, LARGE as i64);
+    }
+
+    #[test]
+    fn a_failed_kernel_cancel_leaves_the_request_to_complete() {
+        let Some(d) = driver() else { return };
+        let f = temp_file(b"0123456789");
+        let kernel = submission(FakeEntry::read(f.as_raw_fd(), 4, 0));
+        let id = kernel.id;
+        assert_eq!(d.dispatch(vec![kernel]).accepted, 1);
+        // A regular-file request is never cancellable (and this one is done already).
+        assert!(d.cancel(id).is_err());
+        assert_eq!(d.in_flight(), 1);
+        let done = collect(&d, 1);
+        assert_eq!((&*done[0].0.buf, done[0].1), (&b"0123"[..], 4));
+    }
+
+    #[test]
+    fn every_accepted_entry_is_handed_back_exactly_once() {
+        let Some(d) = driver() else { return };
+        let f = temp_file(&[1; LARGE]);
+        let fd = f.as_raw_fd();
+        let (r, w) = pipe();
+        let mut entries = Vec::new();
+        for i in 0..4 {
+            entries.push(FakeEntry::read(fd, 16, i));
+            entries.push(FakeEntry::read(fd, LARGE, 100 + i));
+            entries.push(FakeEntry::write(w.as_raw_fd(), b"ab", 200 + i));
+            entries.push(FakeEntry::read(r.as_raw_fd(), 2, 300 + i));
+        }
+        let mut tags: Vec<i64> = entries.iter().map(|e| e.offset).collect();
+        let done = run(&d, entries);
+        let mut seen: Vec<i64> = done.iter().map(|(e, _)| e.offset).collect();
+        seen.sort();
+        tags.sort();
+        assert_eq!(seen, tags);
+        assert_eq!(d.in_flight(), 0);
+        let mut more = Vec::new();
+        d.wait(1, Some(Duration::ZERO), &mut || true).unwrap();
+        d.take(100, &mut more).unwrap();
+        assert!(more.is_empty(), "handed back twice");
+    }
+
+    #[test]
+    fn shutdown_lets_started_requests_finish_and_refuses_later_ones() {
+        let Some(d) = driver() else { return };
+        let f = temp_file(&[7; LARGE]);
+        let fd = f.as_raw_fd();
+        assert_eq!(
+            d.dispatch(batch(vec![FakeEntry::read(fd, LARGE, 0)]))
+                .accepted,
+            1
+        );
+        d.shutdown();
+        d.shutdown();
+        assert!(!d.is_open());
+        assert_eq!(collect(&d, 1)[0].1, LARGE as i64);
+        let dispatched = d.dispatch(batch(vec![FakeEntry::read(fd, 2, 0)]));
+        assert_eq!(dispatched.accepted, 0);
+        assert!(matches!(dispatched.error, Some(DispatchError::Closed)));
+        assert_eq!(dispatched.refused.len(), 1);
     }
 }
