@@ -257,7 +257,8 @@ impl<E: Entry> Driver<E> for UringDriver<E> {
         }
     }
 
-    /// `Some(ZERO)` only asks the kernel to post what it has (no parking). Otherwise the
+    /// `min` 0 returns at once, without a syscall. `Some(ZERO)` only asks the kernel to
+    /// post what it has (no parking). Otherwise the
     /// thread is parked for the whole wait (see the module's documentation); on its way
     /// out it wakes the other parked threads, and announces on the eventfd completions it
     /// reaped if it ends with an error.
@@ -484,7 +485,6 @@ mod tests {
         let mut out = Vec::new();
         driver.flush(&mut out).unwrap();
         assert!(out.is_empty(), "flush took the parked thread's completion");
-        assert!(driver.ring_fd() >= 0);
         assert!(uring::wait_readable(driver.ring_fd(), Some(LONG)).unwrap());
         driver.take(usize::MAX, &mut out).unwrap();
         assert!(out.is_empty(), "take reaped the parked thread's completion");
@@ -519,6 +519,36 @@ mod tests {
             assert_eq!(&got[0].0.buf[..14], b"for the waiter");
         });
         assert_eq!(driver.parked.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_waiter_leaving_wakes_the_other_parked_waiters() {
+        require_uring!();
+        let driver = new_driver(8, false);
+        let f = temp_file(b"one for two");
+        std::thread::scope(|s| {
+            // Neither takes: the first to reap leaves the completion ready for the other,
+            // which sees it only if it is woken.
+            let waiters: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        let began = Instant::now();
+                        driver.wait(1, Some(LONG), &mut || true).unwrap();
+                        began.elapsed()
+                    })
+                })
+                .collect();
+            spin_until(|| driver.parked.load(Ordering::SeqCst) == 2);
+            dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), 16, 0)]);
+            driver.flush(&mut Vec::new()).unwrap();
+            for waiter in waiters {
+                let took = waiter.join().unwrap();
+                assert!(took < LONG / 2, "a parked waiter slept on for {took:?}");
+            }
+        });
+        let mut out = Vec::new();
+        driver.take(usize::MAX, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
     }
 
     #[test]
@@ -583,6 +613,19 @@ mod tests {
         assert_eq!(ret, 0);
     }
 
+    /// Sends SIGUSR1 to the thread `tid` (joinable, not joined yet) until it reports on
+    /// `done`: a signal that lands before the thread blocks interrupts nothing.
+    fn signal_until(tid: libc::pthread_t, done: &mpsc::Receiver<()>) {
+        loop {
+            // SAFETY: `tid` is a thread not joined yet, so its id is still valid, and
+            // SIGUSR1 has a handler.
+            assert_eq!(unsafe { libc::pthread_kill(tid, libc::SIGUSR1) }, 0);
+            if done.recv_timeout(Duration::from_millis(5)).is_ok() {
+                return;
+            }
+        }
+    }
+
     #[test]
     fn a_signal_during_a_wait_asks_on_signal_which_may_resume_it_or_end_it_interrupted() {
         require_uring!();
@@ -604,20 +647,46 @@ mod tests {
             });
             let tid = tid_rx.recv().unwrap();
             spin_until(|| driver.parked.load(Ordering::SeqCst) == 1);
-            // A signal that lands before the waiter blocks interrupts nothing: repeat.
-            loop {
-                // SAFETY: `tid` is the waiter, not joined yet (so its id is still valid),
-                // and SIGUSR1 has a handler.
-                assert_eq!(unsafe { libc::pthread_kill(tid, libc::SIGUSR1) }, 0);
-                if done_rx.recv_timeout(Duration::from_millis(5)).is_ok() {
-                    break;
-                }
-            }
+            signal_until(tid, &done_rx);
             let err = waiter.join().unwrap().unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::Interrupted);
         });
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(driver.parked.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_wait_ended_by_a_signal_announces_what_it_reaped_on_the_eventfd() {
+        require_uring!();
+        install_sigusr1_handler();
+        let driver = new_driver(8, false);
+        let f = temp_file(b"reaped");
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                // SAFETY: pthread_self has no preconditions.
+                tid_tx.send(unsafe { libc::pthread_self() }).unwrap();
+                let result = driver.wait(2, Some(LONG), &mut || false);
+                done_tx.send(()).unwrap();
+                result
+            });
+            let tid = tid_rx.recv().unwrap();
+            spin_until(|| driver.parked.load(Ordering::SeqCst) == 1);
+            dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), 16, 0)]);
+            driver.flush(&mut Vec::new()).unwrap();
+            // The waiter reaps it and waits on for a second one.
+            spin_until(|| driver.lock().ready.len() == 1);
+            let efd = driver.eventfd().unwrap();
+            while efd.read().is_ok() {}
+            signal_until(tid, &done_rx);
+            let err = waiter.join().unwrap().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+            assert!(efd.read().is_ok(), "a reaped completion went unannounced");
+        });
+        let mut out = Vec::new();
+        driver.take(usize::MAX, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
     }
 
     fn a_cancelled_read_on_an_empty_pipe_comes_back_once(sqpoll: bool) {
@@ -661,10 +730,8 @@ mod tests {
         a_cancelled_read_on_an_empty_pipe_comes_back_once(true);
     }
 
-    #[test]
-    fn a_cancel_of_no_request_is_requested_and_touches_no_other() {
-        require_uring!();
-        let driver = new_driver(8, false);
+    fn a_cancel_of_no_request_is_requested_and_touches_no_other(sqpoll: bool) {
+        let driver = new_driver(8, sqpoll);
         let (r, w) = pipe();
         dispatch_all(&driver, vec![FakeEntry::read(r.as_raw_fd(), 16, 0)]);
         let mut out = Vec::new();
@@ -675,7 +742,8 @@ mod tests {
             driver.cancel(RequestId::NONE).unwrap(),
             CancelOutcome::Requested
         ));
-        // The cancel's own completion (a sentinel) signals the eventfd.
+        // The cancel's own completion (a sentinel) signals the eventfd, or the driver
+        // does, for a sync cancel (SQPOLL), which posts none.
         assert!(crate::io::wait_readable(efd.as_raw_fd(), Some(LONG)).unwrap());
         driver.take(usize::MAX, &mut out).unwrap();
         assert!(out.is_empty());
@@ -684,6 +752,22 @@ mod tests {
         std::io::Write::write_all(&mut std::fs::File::from(w), b"done").unwrap();
         let got = take_n(&driver, 1);
         assert_eq!((got[0].1, &got[0].0.buf[..4]), (4, &b"done"[..]));
+    }
+
+    #[test]
+    fn a_cancel_of_no_request_is_requested_announced_and_touches_no_other() {
+        require_uring!();
+        a_cancel_of_no_request_is_requested_and_touches_no_other(false);
+    }
+
+    #[test]
+    fn a_cancel_of_no_request_is_requested_announced_and_touches_no_other_under_sqpoll() {
+        require_uring!();
+        if !Ring::probe_sqpoll() {
+            eprintln!("SQPOLL not allowed here; skipped");
+            return;
+        }
+        a_cancel_of_no_request_is_requested_and_touches_no_other(true);
     }
 
     #[test]
