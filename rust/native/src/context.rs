@@ -13,7 +13,7 @@ use crate::args::parse_args;
 use crate::drainer;
 use crate::error::{entry, Error, Result};
 use crate::ffi::{self, PyObject, PyTypeObject};
-use crate::operation::{self, OpPtr};
+use crate::operation::{self, OpRef};
 use crate::types::{getset_end, leak, TypeBuilder};
 use crate::values;
 
@@ -284,7 +284,7 @@ pub(crate) fn run_inline(
     }
     // SAFETY: type-checked just above.
     Ok(values::boolean(operation::run_inline(unsafe {
-        OpPtr::new(arg)
+        OpRef::new(arg)
     })))
 }
 

@@ -26,7 +26,7 @@ use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::{wait_interruptibly, without_gil, Waited};
 use crate::inflight::InFlight;
 use crate::limits::{explain, setup_error, Resource};
-use crate::operation::{self, deliver, Flavor, OpPtr};
+use crate::operation::{self, deliver, Flavor, OpRef};
 use crate::values;
 
 static OPERATION_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
@@ -171,7 +171,7 @@ impl Engine {
     fn roll_back(&self, id: RequestId) {
         if let Some(entry) = self.inflight.lock().remove(id) {
             // SAFETY: the registry only holds our Operation objects.
-            let op = unsafe { OpPtr::new(entry.op.as_ptr()) };
+            let op = unsafe { OpRef::new(entry.op.as_ptr()) };
             op.unclaim();
         }
     }
@@ -339,7 +339,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
         let mut iocbs: Vec<*mut Iocb> = Vec::new();
         for &obj in &objs {
             // SAFETY: type-checked above.
-            let op = unsafe { OpPtr::new(obj) };
+            let op = unsafe { OpRef::new(obj) };
             if !op.state().try_claim() {
                 continue;
             }
@@ -532,7 +532,7 @@ unsafe extern "C" fn ctx_cancel(
             )));
         }
         // SAFETY: type-checked above.
-        let op = unsafe { OpPtr::new(obj) };
+        let op = unsafe { OpRef::new(obj) };
         let id = RequestId(op.request_id());
         let iocb = if op.phase() == Phase::InFlight && op.context() == slf {
             engine

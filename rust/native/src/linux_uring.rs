@@ -25,7 +25,7 @@ use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::{wait_interruptibly, without_gil, Waited};
 use crate::inflight::InFlight;
 use crate::limits::{setup_error, Resource};
-use crate::operation::{self, deliver, Flavor, OpPtr};
+use crate::operation::{self, deliver, Flavor, OpRef};
 use crate::values;
 
 static OPERATION_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
@@ -244,7 +244,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
         let mut accepted: i64 = 0;
         for &obj in &ops {
             // SAFETY: type-checked above.
-            let op = unsafe { OpPtr::new(obj) };
+            let op = unsafe { OpRef::new(obj) };
             if !op.state().try_claim() {
                 continue;
             }
@@ -347,7 +347,7 @@ unsafe extern "C" fn ctx_cancel(
             )));
         }
         // SAFETY: type-checked above.
-        let op = unsafe { OpPtr::new(obj) };
+        let op = unsafe { OpRef::new(obj) };
         // Only an op in flight on this ring is targeted; anything else gets an id no
         // request has, so the kernel answers ENOENT and no other request is touched.
         let target = if op.phase() == Phase::InFlight && op.context() == slf {

@@ -24,7 +24,7 @@ use crate::error::{entry, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::{wait_interruptibly, without_gil, Waited};
 use crate::inflight::InFlight;
-use crate::operation::{self, deliver, OpPtr};
+use crate::operation::{self, deliver, OpRef};
 use crate::values;
 
 static OPERATION_TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(ptr::null_mut());
@@ -232,7 +232,7 @@ unsafe extern "C" fn ctx_submit(slf: *mut PyObject, args: *mut PyObject) -> *mut
         let mut accepted: i64 = 0;
         for &obj in &ops {
             // SAFETY: type-checked above.
-            let op = unsafe { OpPtr::new(obj) };
+            let op = unsafe { OpRef::new(obj) };
             if !op.state().try_claim() {
                 continue;
             }
@@ -281,7 +281,7 @@ unsafe extern "C" fn ctx_cancel(
                 continue;
             }
             // SAFETY: type-checked just above.
-            let op = unsafe { OpPtr::new(obj) };
+            let op = unsafe { OpRef::new(obj) };
             if op.phase() == Phase::InFlight
                 && op.context() == slf
                 && engine.cancel(RequestId(op.request_id()))
