@@ -37,7 +37,7 @@ pub(crate) use pytype::create_type;
 /// an atomic), so the shared references [`OpRef`] hands out stay sound while Python code
 /// run from a callback or a finaliser reaches the same op through another reference.
 #[repr(C)]
-pub(crate) struct OperationObject {
+struct OperationObject {
     /// The interpreter changes the refcount behind our back, hence the cell.
     ob_base: UnsafeCell<PyObject>,
     weakreflist: Cell<*mut PyObject>,

@@ -97,16 +97,6 @@ fn zeroed_bytes(len: usize) -> Result<PyOwned> {
     .ok_or(Error::AlreadySet)
 }
 
-/// A new bytes object holding a copy of `len` bytes at `data`.
-///
-/// # Safety
-/// `data` is readable for `len` bytes and nobody writes there meanwhile; GIL held.
-unsafe fn bytes_copy(data: *const u8, len: usize) -> Result<PyOwned> {
-    // SAFETY: the function's contract.
-    unsafe { PyOwned::from_new(ffi::PyBytes_FromStringAndSize(data.cast(), len as _)) }
-        .ok_or(Error::AlreadySet)
-}
-
 pub(super) unsafe extern "C" fn op_get_value(
     slf: *mut PyObject,
     _: *mut PyObject,
@@ -124,13 +114,17 @@ pub(super) unsafe extern "C" fn op_get_value(
         match fields.kind {
             IoKind::Read if !done => zeroed_bytes(fields.nbytes.get()).map(PyOwned::into_ptr),
             IoKind::Read => {
-                let got = fields.result.get() as usize;
                 let (data, kept) = fields.buffer_data();
+                let got = (fields.result.get() as usize).min(kept);
                 if got == kept {
                     fields.buffer.cloned().ok_or(Error::AlreadySet)
                 } else {
-                    // SAFETY: `got < kept` bytes of a done op's buffer, which nobody writes.
-                    unsafe { bytes_copy(data, got) }
+                    // SAFETY: `got` of the `kept` bytes of a done op's buffer, which nobody
+                    // writes any more; GIL held.
+                    unsafe {
+                        PyOwned::from_new(ffi::PyBytes_FromStringAndSize(data.cast(), got as _))
+                    }
+                    .ok_or(Error::AlreadySet)
                 }
                 .map(PyOwned::into_ptr)
             }
