@@ -23,7 +23,7 @@ use crate::entry::OpEntry;
 use crate::error::{entry, str_object, Error, Result};
 use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
 use crate::gil::{blocking_wait, without_gil};
-use crate::operation::{self, Flavor, OpPtr};
+use crate::operation::{self, Flavor, OpRef};
 use crate::types::{getset_end, leak, method, method_kw, TypeBuilder};
 use crate::values;
 
@@ -186,7 +186,7 @@ pub(crate) fn in_flight_here<B: Backend>(
         return None;
     }
     // SAFETY: type-checked just above.
-    let op = unsafe { OpPtr::new(obj) };
+    let op = unsafe { OpRef::new(obj) };
     (op.phase() == Phase::InFlight && op.context() == slf).then(|| RequestId(op.request_id()))
 }
 
@@ -370,7 +370,7 @@ unsafe extern "C" fn run_inline<B: Backend>(
             )));
         }
         // SAFETY: type-checked just above.
-        let op = unsafe { OpPtr::new(arg) };
+        let op = unsafe { OpRef::new(arg) };
         Ok(values::boolean(operation::run_inline(op)))
     })
 }

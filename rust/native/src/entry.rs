@@ -8,7 +8,7 @@ use caio_backends::{Entry, IoRequest};
 use caio_core::RequestId;
 
 use crate::ffi::{PyObject, PyOwned};
-use crate::operation::{self, OpPtr};
+use crate::operation::{self, OpRef};
 
 /// A claimed Operation in flight on one Context. Made by [`OpEntry::claim`], it either
 /// completes ([`OpEntry::complete`], which delivers the result and runs the callback) or,
@@ -29,7 +29,7 @@ impl OpEntry {
     /// the GIL is held.
     pub(crate) unsafe fn claim(obj: *mut PyObject, ctx: *mut PyObject) -> Option<Self> {
         // SAFETY: see the function's contract.
-        let op = unsafe { OpPtr::new(obj) };
+        let op = unsafe { OpRef::new(obj) };
         if !op.state().try_claim() {
             return None;
         }
@@ -42,9 +42,10 @@ impl OpEntry {
         })
     }
 
-    fn op(&self) -> OpPtr {
-        // SAFETY: the entry holds a strong reference to one of our Operation objects.
-        unsafe { OpPtr::new(self.op.as_ptr()) }
+    fn op(&self) -> OpRef<'_> {
+        // SAFETY: the entry holds a strong reference to one of our Operation objects; every
+        // caller holds the GIL (see the `Entry` impl below).
+        unsafe { OpRef::of(&self.op) }
     }
 
     /// The request id this entry was claimed under.
@@ -81,7 +82,9 @@ impl Drop for OpEntry {
 // reach a read's buffer while the op is in flight (`get_value`/`payload` refuse, the GC is
 // not shown it), a write's payload is immutable bytes, and the op itself stays alive
 // because the entry holds a strong reference to it. An entry moves between threads
-// without touching Python; only `complete` and `drop`, which take the GIL's word, do.
+// without touching Python; `complete` and `drop` need the GIL (see the type's docs), and
+// drivers ask `request`, `is_direct` and `priority` only in `dispatch`, which the bridge
+// calls with the GIL held.
 unsafe impl Entry for OpEntry {
     fn request(&self) -> IoRequest {
         self.op().request()
