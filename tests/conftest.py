@@ -28,7 +28,7 @@ DEFAULT_TEST_BASE = REPO_ROOT / ".pytest-tmp"
 # Per-test hang guard: a hung test kills the run with tracebacks instead of stalling CI.
 HANG_GUARD_SECONDS = 120
 
-# Exceptions an adapter may raise for an I/O on a closed file descriptor (caio's adapters differ).
+# Exceptions an adapter may raise for an I/O on a closed file descriptor (the backends' adapters differ).
 BAD_FD_ERRORS = (SystemError, OSError, AssertionError, ValueError)
 
 SELECTORS = {

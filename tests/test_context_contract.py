@@ -23,11 +23,17 @@ import time
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Optional
 
 import pytest
-from conftest import NATIVE_BACKENDS, CallbackBlocker, Calls, Tracker, closed_fd, run_python, \
-    wait_until
+from conftest import (
+    NATIVE_BACKENDS,
+    CallbackBlocker,
+    Calls,
+    Tracker,
+    closed_fd,
+    run_python,
+    wait_until,
+)
 
 WAIT = 10  # seconds; hang guards only
 KiB = 1024
@@ -48,11 +54,11 @@ class Behaviour:
     wrong_type: str  # format with {index} and {repr}
     # cancel(x) of something that is not an Operation of this backend: the TypeError's message
     # (None: cancel() accepts anything and returns 0)
-    cancel_wrong_type: Optional[str]
+    cancel_wrong_type: str | None
     # cancel(op) of an op that is not in flight: the exception, or None for "returns 0"
-    cancel_not_in_flight: Optional[type]
+    cancel_not_in_flight: type | None
     # the callback argument of a read on a closed fd (None: refused at submit instead)
-    bad_fd_callback: Optional[int]
+    bad_fd_callback: int | None
     # a completed buffered small read signals the eventfd before process_events() runs
     # (False where completions are staged until flush()/process_events(): io_uring)
     signals_before_delivery: bool
@@ -729,40 +735,42 @@ def test_in_flight_op_holds_one_reference_and_is_gated(native, files, size):
     to it) and refuses get_value()/payload; once delivered, every count is back."""
     fd = files.open(b"r" * size)
     ctx = native.Context(**dict(behaviour(native).blocked_kwargs))
-    op = native.read(size, fd, 0)
-    write = native.write(b"W", fd, size + 10)
-    tracker = Tracker(2)
-    op.set_callback(tracker.callback(0))
-    write.set_callback(tracker.callback(1))
-    assert op.context is None
+    ops = [native.read(size, fd, 0), native.write(b"W", fd, size + 10),
+           native.Operation.fsync(fd)]
+    tracker = Tracker(len(ops))
+    for i, op in enumerate(ops):
+        op.set_callback(tracker.callback(i))
+        assert op.context is None
+    del op
     with held_in_flight(native, ctx, fd):
-        op_refs, write_refs, ctx_refs = sys.getrefcount(op), sys.getrefcount(write), \
-            sys.getrefcount(ctx)
-        assert ctx.submit(op, write) == 2
+        before = [sys.getrefcount(op) for op in ops]
+        ctx_refs = sys.getrefcount(ctx)
+        assert ctx.submit(*ops) == len(ops)
         if behaviour(native).signals_before_delivery:
             # done by the kernel or a worker, but nothing is applied before process_events()
             readable, _, _ = select.select([ctx.fileno], [], [], WAIT)
             assert readable == [ctx.fileno]
-        assert op.context is ctx and write.context is ctx
-        assert sys.getrefcount(op) == op_refs + 1  # exactly one engine reference
-        assert sys.getrefcount(write) == write_refs + 1
-        assert sys.getrefcount(ctx) == ctx_refs + 2  # op.context, write.context
-        for x in (op, write):
+        assert all(op.context is ctx for op in ops)
+        # exactly one engine reference each; each op.context holds the Context once
+        assert [sys.getrefcount(op) for op in ops] == [b + 1 for b in before]
+        assert sys.getrefcount(ctx) == ctx_refs + len(ops)
+        for op in ops[:2]:
             with pytest.raises(RuntimeError, match=re.escape(f"get_value() {IN_FLIGHT}")):
-                x.get_value()
+                op.get_value()
             with pytest.raises(RuntimeError, match=f"payload {IN_FLIGHT}"):
-                x.payload  # noqa: B018
-        del x
+                op.payload  # noqa: B018
+        del op
         assert tracker.count() == 0
-    deliver(native, ctx, lambda: tracker.count() == 2)
+    deliver(native, ctx, lambda: tracker.count() == len(ops))
     native.settle(ctx)
-    assert (sys.getrefcount(op), sys.getrefcount(write)) == (op_refs, write_refs)
+    assert [sys.getrefcount(op) for op in ops] == before
     assert sys.getrefcount(ctx) == ctx_refs
-    assert op.context is None and write.context is None
-    assert op.get_value() == b"r" * size
-    assert bytes(op.payload) == b"r" * size
+    assert all(op.context is None for op in ops)
+    read, write, _ = ops
+    assert read.get_value() == b"r" * size
+    assert bytes(read.payload) == b"r" * size
     assert write.get_value() == 1
-    assert tracker.ordered() == [size, 1]
+    assert tracker.ordered() == [size, 1, 0]
 
 
 @pytest.mark.parametrize("size", SIZES)
