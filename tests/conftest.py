@@ -343,6 +343,29 @@ def native_backend(request) -> Backend:
     return request.param
 
 
+def pump_until(ctx, predicate, timeout=10.0):
+    """Deliver completions on this thread until ``predicate()`` holds (hang-guarded); a
+    Context that stages requests (io_uring) is flushed first."""
+    deadline = time.monotonic() + timeout
+    if hasattr(ctx, "flush"):
+        ctx.flush()
+    while not predicate():
+        assert time.monotonic() < deadline, "completions did not arrive"
+        ctx.process_events(min_requests=1, timeout=1)
+
+
+def run_ops(ctx, *ops):
+    """Submit ``ops`` to a pumped Context (all accepted), deliver them; returns each op's list
+    of callback arguments, after checking that nothing is delivered twice."""
+    calls = [Calls() for _ in ops]
+    for op, cb in zip(ops, calls):
+        op.set_callback(cb)
+    assert ctx.submit(*ops) == len(ops)
+    pump_until(ctx, lambda: all(cb.results for cb in calls))
+    assert ctx.process_events() == 0
+    return [cb.results for cb in calls]
+
+
 # --------------------------------------------------------------------------------------------
 # asyncio adapters and event loops
 

@@ -31,6 +31,7 @@ from conftest import (
     Calls,
     Tracker,
     closed_fd,
+    pump_until,
     run_python,
     wait_until,
 )
@@ -140,15 +141,6 @@ def start(ctx) -> int:
     """Hand staged requests to the kernel where the backend stages them (io_uring's flush());
     returns the completions that delivered meanwhile."""
     return ctx.flush() if hasattr(ctx, "flush") else 0
-
-
-def pump_until(ctx, predicate, timeout=WAIT):
-    """Deliver completions on this thread until ``predicate()`` holds (hang-guarded)."""
-    deadline = time.monotonic() + timeout
-    start(ctx)
-    while not predicate():
-        assert time.monotonic() < deadline, "completions did not arrive"
-        ctx.process_events(min_requests=1, timeout=1)
 
 
 def held_in_flight(backend, ctx, fd):
@@ -676,6 +668,16 @@ def test_failed_operation_reports_its_errno_and_is_never_resubmitted(backend):
 # cancel()
 
 
+def expect_cancel(ctx, error, match, *args, **kwargs):
+    """ctx.cancel(...) raises ``error`` (matching ``match``), or returns 0 when ``error`` is
+    None."""
+    if error is None:
+        assert ctx.cancel(*args, **kwargs) == 0
+        return
+    with pytest.raises(error, match=match):
+        ctx.cancel(*args, **kwargs)
+
+
 def test_cancel_checks_its_argument(native, files):
     fd = files.open(b"x")
     ctx = native.Context()
@@ -684,16 +686,11 @@ def test_cancel_checks_its_argument(native, files):
     foreign = [p.values[0].read(1, fd, 0) for p in NATIVE_BACKENDS
                if p.values[0].module is not native.module]
     wrong = [(1,), ("op",), (None,), (object(),), *((f,) for f in foreign)]
-    if message is None:  # accepts anything and does nothing
-        for args in (*wrong, (), (op, op), (1, "x", None)):
-            assert ctx.cancel(*args) == 0
-    else:
-        for args in wrong:
-            with pytest.raises(TypeError, match=message):
-                ctx.cancel(*args)
-        for args in ((), (op, op)):
-            with pytest.raises(TypeError):
-                ctx.cancel(*args)
+    error = None if message is None else TypeError  # None: accepts anything, does nothing
+    for args in wrong:
+        expect_cancel(ctx, error, message, *args)
+    for args in ((), (op, op), (1, "x", None)):
+        expect_cancel(ctx, error, None, *args)
     native.settle(ctx)
 
 
@@ -704,11 +701,7 @@ def test_cancel_of_an_op_that_is_not_in_flight_changes_nothing(native, files):
     outcome = behaviour(native).cancel_not_in_flight
 
     def cancel(*args, **kwargs):
-        if outcome is None:
-            assert ctx.cancel(*args, **kwargs) == 0
-        else:
-            with pytest.raises(outcome):
-                ctx.cancel(*args, **kwargs)
+        expect_cancel(ctx, outcome, None, *args, **kwargs)
 
     cancel(op)  # never submitted
     assert op.context is None

@@ -28,7 +28,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO_ROOT, Calls, LoopRunner, closed_fd, run_python
+from conftest import REPO_ROOT, Calls, LoopRunner, closed_fd, pump_until, run_ops, run_python
 
 from caio.errors import SubmitError
 
@@ -46,26 +46,6 @@ OFFLOAD_LIMIT = 64 * KiB
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def pump_until(ctx, predicate, timeout=10.0):
-    """Deliver completions on this thread until ``predicate()`` holds (hang-guarded)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "completions did not arrive"
-        ctx.process_events(min_requests=1, timeout=1)
-
-
-def run(ctx, *ops):
-    """Submit ``ops`` (all accepted), deliver them; returns each op's callback arguments."""
-    calls = [Calls() for _ in ops]
-    for op, cb in zip(ops, calls):
-        op.set_callback(cb)
-    assert ctx.submit(*ops) == len(ops)
-    pump_until(ctx, lambda: all(cb.results for cb in calls))
-    # nothing is delivered twice
-    assert ctx.process_events() == 0
-    return [cb.results for cb in calls]
 
 
 def read_only_fd(files, data=b"read only data"):
@@ -243,7 +223,7 @@ def test_first_iocb_refused_rolls_back_the_whole_call(files):
     with pytest.raises(ValueError, match="EBADF"):
         ctx.submit(bad, good)
     assert good.context is None and bad.context is None
-    assert run(ctx, good) == [[4]]
+    assert run_ops(ctx, good) == [[4]]
     assert good.get_value() == b"good"
 
 
@@ -299,15 +279,15 @@ def test_large_requests_on_a_pipe_work_like_small_ones(files):
     ctx = Context()
     os.write(w, b"small")
     small = Operation.read(16, r, 0)
-    assert run(ctx, small) == [[5]]  # the kernel path ignores the offset of a pipe
+    assert run_ops(ctx, small) == [[5]]  # the kernel path ignores the offset of a pipe
     assert small.get_value() == b"small"
     os.write(w, b"large")
     large = Operation.read(LARGE, r, 0)
-    assert run(ctx, large) == [[5]]
+    assert run_ops(ctx, large) == [[5]]
     assert large.get_value() == b"large"
     payload = os.urandom(100 * KiB)
     write = Operation.write(payload, w, 0)
-    assert run(ctx, write) == [[len(payload)]]
+    assert run_ops(ctx, write) == [[len(payload)]]
     assert os.read(r, 2 * len(payload)) == payload
 
 
@@ -398,7 +378,7 @@ def test_prioritised_ops_still_run(files):
     fd = files.open(b"prio")
     ctx = Context()
     op = Operation.read(4, fd, 0, 3)
-    assert run(ctx, op) == [[4]]
+    assert run_ops(ctx, op) == [[4]]
     assert op.get_value() == b"prio"
     assert op.priority == 3
 
@@ -410,7 +390,7 @@ def test_write_keeps_payload_and_reports_bytes_written(files, size):
     payload = bytes(range(256)) * (size // 256) if size > 256 else b"abcdef"
     op = Operation.write(payload, fd, 10)
     assert op.nbytes == len(payload)
-    assert run(ctx, op) == [[len(payload)]]
+    assert run_ops(ctx, op) == [[len(payload)]]
     assert op.get_value() == len(payload)
     assert op.nbytes == len(payload)
     assert op.payload == payload  # still there after completion
@@ -422,7 +402,7 @@ def test_short_read_at_eof(files):
     ctx = Context()
     short = Operation.read(100, fd, 4)
     past = Operation.read(100, fd, 1000)
-    assert run(ctx, short, past) == [[6], [0]]
+    assert run_ops(ctx, short, past) == [[6], [0]]
     assert short.get_value() == b"456789"
     assert short.nbytes == 6
     assert past.get_value() == b""
@@ -432,7 +412,7 @@ def test_short_read_at_eof(files):
     os.pwrite(fd, b"ABCDEFGHIJ", 10)
     again = Operation.read(100, fd, 4)
     assert again.nbytes == 100
-    assert run(ctx, again) == [[16]]
+    assert run_ops(ctx, again) == [[16]]
     assert again.get_value() == b"456789ABCDEFGHIJ"
 
 
@@ -440,7 +420,7 @@ def test_fsync_and_fdsync(files):
     fd = files.open(b"sync me")
     ctx = Context()
     ops = [Operation.fsync(fd), Operation.fdsync(fd)]
-    assert run(ctx, *ops) == [[0], [0]]
+    assert run_ops(ctx, *ops) == [[0], [0]]
     assert [op.get_value() for op in ops] == [None, None]
 
 
@@ -453,11 +433,11 @@ def test_large_buffered_write_and_read_round_trip(files):
     ctx = Context()
     payload = os.urandom(LARGE)
     w = Operation.write(payload, fd, 0)
-    assert run(ctx, w) == [[LARGE]]
+    assert run_ops(ctx, w) == [[LARGE]]
     assert w.get_value() == LARGE
     assert os.pread(fd, LARGE + 1, 0) == payload
     r = Operation.read(LARGE, fd, 0)
-    assert run(ctx, r) == [[LARGE]]
+    assert run_ops(ctx, r) == [[LARGE]]
     assert r.get_value() == payload
     assert r.nbytes == LARGE
 
@@ -472,7 +452,7 @@ def test_mixed_kernel_and_helper_requests_in_one_submit(files):
     big_write = Operation.write(expect[:LARGE], dst, 0)
     edge = Operation.read(OFFLOAD_LIMIT, src, 7)  # exactly at the limit: stays in the kernel
     short = Operation.read(LARGE, src, 3 * MiB - 10)  # helper thread, short at EOF
-    results = run(ctx, small, big_read, big_write, edge, short)
+    results = run_ops(ctx, small, big_read, big_write, edge, short)
     assert results == [[100], [2 * MiB], [LARGE], [OFFLOAD_LIMIT], [10]]
     assert small.get_value() == expect[5:105]
     assert big_read.get_value() == expect[MiB:]
@@ -517,7 +497,7 @@ def test_submit_count_is_always_a_prefix_of_the_claimed_ops(files):
     with pytest.raises(ValueError):
         ctx.submit(refused, big_after)
     assert big_after.context is None
-    assert run(ctx, big_after) == [[LARGE]]
+    assert run_ops(ctx, big_after) == [[LARGE]]
     assert big_after.get_value() == os.pread(src, LARGE, MiB)
 
 
@@ -569,7 +549,7 @@ def test_kernel_request_failing_when_it_runs_gets_negative_errno(files):
     fd = files.open()
     ctx = Context()
     op = Operation.write(b"x", fd, 2**62)
-    assert run(ctx, op) == [[-errno.EFBIG]]
+    assert run_ops(ctx, op) == [[-errno.EFBIG]]
     with pytest.raises(SystemError) as excinfo:
         op.get_value()
     assert excinfo.value.errno == errno.EFBIG
@@ -605,7 +585,7 @@ def test_run_inline_completes_small_cached_reads_only(files):
     for other in (write, large, busy):
         assert ctx.run_inline(other) is False
     assert write.context is None and large.context is None
-    assert run(ctx, write, large) == [[1], [12]]
+    assert run_ops(ctx, write, large) == [[1], [12]]
     pump_until(ctx, lambda: busy.context is None)
     assert busy.get_value() == b"cach"
     with pytest.raises(TypeError):

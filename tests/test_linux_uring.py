@@ -25,7 +25,7 @@ import weakref
 from collections import Counter
 
 import pytest
-from conftest import Calls, LoopRunner, closed_fd, run_python
+from conftest import Calls, LoopRunner, closed_fd, pump_until, run_ops, run_python
 
 try:
     from caio import linux_uring
@@ -41,25 +41,6 @@ ECANCELED = errno.ECANCELED
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def pump_until(ctx, predicate, timeout=10.0):
-    """flush(), then deliver completions on this thread until ``predicate()`` holds."""
-    deadline = time.monotonic() + timeout
-    ctx.flush()
-    while not predicate():
-        assert time.monotonic() < deadline, "completions did not arrive"
-        ctx.process_events(min_requests=1, timeout=1)
-
-
-def run(ctx, *ops):
-    """Submit ``ops``, deliver them all; returns each op's list of callback arguments."""
-    calls = [Calls() for _ in ops]
-    for op, cb in zip(ops, calls):
-        op.set_callback(cb)
-    assert ctx.submit(*ops) == len(ops)
-    pump_until(ctx, lambda: all(cb.results for cb in calls))
-    return [cb.results for cb in calls]
 
 
 def fill_pipe(w):
@@ -165,14 +146,14 @@ def test_sqpoll_context_round_trip(files):
     ctx = Context(sqpoll=True)
     assert ctx.sqpoll in (0, 1)
     w = Operation.write(b"sqpoll says hi", fd, 0)
-    assert run(ctx, w) == [[14]]
+    assert run_ops(ctx, w) == [[14]]
     r = Operation.read(64, fd, 0)
     s = Operation.fdsync(fd)
-    assert run(ctx, r, s) == [[14], [0]]
+    assert run_ops(ctx, r, s) == [[14], [0]]
     assert r.get_value() == b"sqpoll says hi"
     # the staged-op counts survive many rounds in SQPOLL mode
     ops = [Operation.read(2, fd, i) for i in range(12)]
-    assert run(ctx, *ops) == [[2]] * 12
+    assert run_ops(ctx, *ops) == [[2]] * 12
     assert [op.get_value() for op in ops] == [b"sqpoll says hi"[i:i + 2] for i in range(12)]
 
 
@@ -393,7 +374,7 @@ def test_cancel_sentinel_does_not_satisfy_min_requests(files, pipe):
     fd = files.open(b"done")
     ctx = Context()
     finished = Operation.read(4, fd, 0)
-    assert run(ctx, finished) == [[4]]
+    assert run_ops(ctx, finished) == [[4]]
 
     pending = Operation.read(16, r, CURRENT_POSITION)
     calls = Calls()
@@ -608,7 +589,7 @@ def test_short_read_keeps_zero_tail(files):
     ctx = Context()
     op = Operation.read(256, fd, 0)
     assert op.nbytes == 256
-    assert run(ctx, op) == [[2]]
+    assert run_ops(ctx, op) == [[2]]
     assert op.get_value() == b"AB"
     payload = op.payload
     assert type(payload) is bytes
@@ -619,7 +600,7 @@ def test_short_read_keeps_zero_tail(files):
 
     fresh = Operation.read(256, fd, 0)
     assert fresh.nbytes == 256
-    assert run(ctx, fresh) == [[2]]
+    assert run_ops(ctx, fresh) == [[2]]
     assert fresh.get_value() == b"AB"
 
 
@@ -627,7 +608,7 @@ def test_full_read_returns_the_buffer_itself(files):
     fd = files.open(b"exactly16bytes!!")
     ctx = Context()
     op = Operation.read(16, fd, 0)
-    assert run(ctx, op) == [[16]]
+    assert run_ops(ctx, op) == [[16]]
     value = op.get_value()
     assert value == b"exactly16bytes!!"
     assert op.get_value() is value  # zero-copy: the buffer the kernel filled
@@ -640,7 +621,7 @@ def test_read_at_eof_and_zero_sized_requests(files):
     eof = Operation.read(8, fd, 3)
     empty_read = Operation.read(0, fd, 0)
     empty_write = Operation.write(b"", fd, 0)
-    assert run(ctx, eof, empty_read, empty_write) == [[0], [0], [0]]
+    assert run_ops(ctx, eof, empty_read, empty_write) == [[0], [0], [0]]
     assert eof.get_value() == b""
     assert empty_read.get_value() == b""
     assert empty_write.get_value() == 0
@@ -652,7 +633,7 @@ def test_write_payload_is_kept_after_completion(files):
     payload = b"kept after completion"
     op = Operation.write(payload, fd, 0)
     assert op.payload is payload
-    assert run(ctx, op) == [[len(payload)]]
+    assert run_ops(ctx, op) == [[len(payload)]]
     assert op.payload is payload
     assert op.get_value() == len(payload)
     assert op.nbytes == len(payload)
@@ -710,7 +691,7 @@ def test_bytes_subclass_payload_is_accepted(files):
     fd = files.open()
     ctx = Context()
     op = Operation.write(Payload(b"sub"), fd, 0)
-    assert run(ctx, op) == [[3]]
+    assert run_ops(ctx, op) == [[3]]
     assert os.pread(fd, 8, 0) == b"sub"
 
 
@@ -777,7 +758,7 @@ def test_run_inline_completes_a_cached_read(files):
     bad = Operation.read(6, closed_fd(), 0)
     assert ctx.run_inline(bad) is False  # errors are left to the ring, which reports them
     assert bad.context is None
-    assert run(ctx, bad) == [[-errno.EBADF]]
+    assert run_ops(ctx, bad) == [[-errno.EBADF]]
     with pytest.raises(SystemError):
         bad.get_value()
 
@@ -807,7 +788,7 @@ def test_run_inline_declines_and_leaves_the_op_untouched(files, pipe):
     assert blocked_calls.results == []
 
     # all of them still run normally afterwards
-    assert run(ctx, big, write, sync) == [[64 * 1024 + 1], [1], [0]]
+    assert run_ops(ctx, big, write, sync) == [[64 * 1024 + 1], [1], [0]]
     assert big.get_value() == b"x" * (64 * 1024 + 1)
     assert ctx.submit(blocked) == 1
     assert ctx.run_inline(blocked) is False  # in flight
