@@ -32,6 +32,7 @@ from conftest import (
     Tracker,
     closed_fd,
     pump_until,
+    run_ops,
     run_python,
     wait_until,
 )
@@ -67,6 +68,11 @@ class Behaviour:
     signalled_by_submit: bool = False
     # large requests go to helper threads, whose wait differs from the kernel's
     helper_threads: bool = False
+    # what op.payload of a read is: bytes (the buffer get_value() returns after a full read)
+    # or a read-only memoryview of the buffer
+    read_payload: type = memoryview
+    # a write keeps its payload after completion (else it is released: None)
+    write_payload_kept: bool = True
     # Context() keyword arguments for tests that park the only worker (CallbackBlocker)
     blocked_kwargs: tuple = ()
 
@@ -80,6 +86,7 @@ BEHAVIOUR = {
         cancel_not_in_flight=None,  # returns 0; the kernel answers with a sentinel completion
         bad_fd_callback=-errno.EBADF,
         signals_before_delivery=False,
+        read_payload=bytes,
     ),
     "linux_aio": Behaviour(
         properties=("fileno", "max_requests"),
@@ -100,6 +107,7 @@ BEHAVIOUR = {
         cancel_not_in_flight=None,
         bad_fd_callback=-1,
         signals_before_delivery=False,  # no eventfd
+        write_payload_kept=False,
         blocked_kwargs=(("pool_size", 1),),
     ),
     "thread_aio-eventfd": Behaviour(
@@ -110,6 +118,7 @@ BEHAVIOUR = {
         cancel_not_in_flight=None,
         bad_fd_callback=-1,
         signals_before_delivery=True,
+        write_payload_kept=False,
     ),
 }
 
@@ -839,3 +848,165 @@ def test_dropped_op_lives_until_its_completion_is_delivered(native, files):
     assert tracker.ordered() == [8, 2]
     assert all(ref() is None for ref in refs)  # released once delivered
     assert os.pread(fd, 100, 0) == b"payload!!!"
+
+
+# --------------------------------------------------------------------------------------------
+# operation values and payloads
+
+
+def check_read_payload(backend, op, expected):
+    """op.payload is the whole buffer (``expected``, zero tail included) in the backend's
+    type; a view is read-only."""
+    payload = op.payload
+    assert type(payload) is behaviour(backend).read_payload
+    assert len(payload) == len(expected)
+    assert bytes(payload) == expected
+    if isinstance(payload, memoryview):
+        assert payload.readonly
+        with pytest.raises(TypeError):
+            payload[0] = 1
+
+
+def test_short_read_keeps_the_zero_tail_and_reports_what_was_read(native, files):
+    fd = files.open(b"xyAB")
+    ctx = native.Context()
+    op = native.read(256, fd, 2)
+    assert op.nbytes == 256
+    check_read_payload(native, op, bytes(256))
+    past = native.read(100, fd, 1000)
+    assert native.run(ctx, op, past) == [2, 0]
+    assert op.get_value() == b"AB"
+    check_read_payload(native, op, b"AB" + b"\0" * 254)
+    assert (op.nbytes, op.result, op.error) == (2, 2, 0)
+    assert past.get_value() == b""
+    assert past.nbytes == 0
+    assert ctx.submit(op, past) == 0  # completed ops are never resubmitted
+    # a fresh op asks for the full size again
+    os.pwrite(fd, b"CDEF", 4)
+    again = native.read(256, fd, 2)
+    assert again.nbytes == 256
+    assert native.run(ctx, again) == [6]
+    assert again.get_value() == b"ABCDEF"
+    native.settle(ctx)
+
+
+def test_full_read_returns_the_same_buffer_every_time(native, files):
+    fd = files.open(b"exactly16bytes!!")
+    ctx = native.Context()
+    op = native.read(16, fd, 0)
+    assert native.run(ctx, op) == [16]
+    value = op.get_value()
+    assert value == b"exactly16bytes!!"
+    assert op.get_value() is value  # zero-copy: the buffer that was filled
+    if behaviour(native).read_payload is bytes:
+        assert op.payload is value
+    check_read_payload(native, op, value)
+    native.settle(ctx)
+
+
+def test_read_at_eof_and_zero_sized_requests(native, files):
+    fd = files.open(b"abc")
+    ctx = native.Context()
+    eof = native.read(8, fd, 3)
+    empty_read = native.read(0, fd, 0)
+    empty_write = native.write(b"", fd, 0)
+    assert native.run(ctx, eof, empty_read, empty_write) == [0, 0, 0]
+    assert eof.get_value() == b""
+    assert empty_read.get_value() == b""
+    assert empty_write.get_value() == 0
+    native.settle(ctx)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_write_reports_bytes_written_and_keeps_or_releases_its_payload(native, files, size):
+    fd = files.open()
+    ctx = native.Context()
+    payload = os.urandom(size)
+    refs = sys.getrefcount(payload)
+    op = native.write(payload, fd, 10)
+    assert op.payload is payload
+    assert sys.getrefcount(payload) == refs + 1
+    assert op.nbytes == size
+    assert native.run(ctx, op) == [size]
+    native.settle(ctx)
+    assert op.get_value() == size
+    assert (op.result, op.nbytes) == (size, size)
+    if behaviour(native).write_payload_kept:
+        assert op.payload is payload
+        assert sys.getrefcount(payload) == refs + 1
+    else:
+        assert op.payload is None
+        assert sys.getrefcount(payload) == refs
+    assert os.pread(fd, size + 20, 0) == b"\0" * 10 + payload
+
+
+# --------------------------------------------------------------------------------------------
+# run_inline(): small cached reads done on the caller, everything else left untouched
+
+INLINE_LIMIT = 64 * KiB
+
+
+def test_run_inline_completes_a_small_cached_read_on_this_thread(pumped, files):
+    data = os.urandom(INLINE_LIMIT)
+    fd = files.open(data + b"tiny")
+    assert os.pread(fd, INLINE_LIMIT, 0) == data  # make sure the pages are cached
+    ctx = pumped.Context()
+    op = pumped.read(4096, fd, 0)
+    tracker = Tracker(1)
+    op.set_callback(tracker.callback(0))
+    assert ctx.run_inline(op) is True
+    # done right away, the callback ran inside run_inline on this thread
+    assert tracker.ordered() == [4096]
+    assert tracker.calls[0][2] == threading.get_ident()
+    assert op.get_value() == data[:4096]
+    assert op.result == 4096
+    assert op.context is None
+    assert ctx.submit(op) == 0  # completed: never again
+    assert ctx.run_inline(op) is False
+    assert ctx.process_events() == 0
+    assert tracker.count() == 1
+    # exactly at the limit, short at the end of the file, past it
+    whole = pumped.read(INLINE_LIMIT, fd, 0)
+    short = pumped.read(100, fd, INLINE_LIMIT)
+    eof = pumped.read(6, fd, 10 * INLINE_LIMIT)
+    assert [ctx.run_inline(x) for x in (whole, short, eof)] == [True, True, True]
+    assert whole.get_value() == data
+    assert short.get_value() == b"tiny"
+    assert eof.get_value() == b""
+    pumped.settle(ctx)
+
+
+def test_run_inline_declines_and_leaves_the_op_untouched(pumped, files):
+    data = os.urandom(LARGE)
+    fd = files.open(data)
+    ctx = pumped.Context()
+    over = pumped.read(INLINE_LIMIT + 1, fd, 0)  # over the limit: left to the engine
+    large = pumped.read(LARGE, fd, 0)
+    write = pumped.write(b"w", fd, LARGE)  # only reads qualify
+    sync = pumped.Operation.fsync(fd)
+    bad = pumped.read(6, closed_fd(), 0)  # errors are left to the engine, which reports them
+    declined = (over, large, write, sync, bad)
+    calls = [Calls() for _ in declined]
+    for op, cb in zip(declined, calls):
+        op.set_callback(cb)
+    busy = pumped.read(4, fd, 0)
+    assert ctx.submit(busy) == 1
+    for op in (*declined, busy):  # an op already claimed is left alone too
+        assert ctx.run_inline(op) is False
+    assert all(cb.results == [] for cb in calls)
+    for op in declined:
+        assert op.context is None
+    assert over.nbytes == INLINE_LIMIT + 1
+    assert over.get_value() == b"\0" * (INLINE_LIMIT + 1)
+    assert bad.result == 0 and bad.error == 0
+    with pytest.raises(TypeError, match=f"must be a {pumped.module.__name__}.Operation"):
+        ctx.run_inline("not an operation")
+    with pytest.raises(TypeError):
+        ctx.run_inline()
+    # all of them still run normally afterwards
+    assert run_ops(ctx, over, large, write, sync) == [[INLINE_LIMIT + 1], [LARGE], [1], [0]]
+    assert over.get_value() == data[:INLINE_LIMIT + 1]
+    assert large.get_value() == data
+    pump_until(ctx, lambda: busy.context is None)
+    assert busy.get_value() == data[:4]
+    pumped.settle(ctx)

@@ -345,7 +345,7 @@ def test_cancel_of_own_in_flight_request_fails_and_it_still_completes_once(files
 
 
 # --------------------------------------------------------------------------------------------
-# operation values: priority, offsets, payloads, short reads
+# operation values: priority, offsets, sync operations
 
 
 def test_priority_is_kept_and_range_checked():
@@ -381,39 +381,6 @@ def test_prioritised_ops_still_run(files):
     assert run_ops(ctx, op) == [[4]]
     assert op.get_value() == b"prio"
     assert op.priority == 3
-
-
-@pytest.mark.parametrize("size", [6, LARGE], ids=["kernel", "helper-thread"])
-def test_write_keeps_payload_and_reports_bytes_written(files, size):
-    fd = files.open()
-    ctx = Context()
-    payload = bytes(range(256)) * (size // 256) if size > 256 else b"abcdef"
-    op = Operation.write(payload, fd, 10)
-    assert op.nbytes == len(payload)
-    assert run_ops(ctx, op) == [[len(payload)]]
-    assert op.get_value() == len(payload)
-    assert op.nbytes == len(payload)
-    assert op.payload == payload  # still there after completion
-    assert os.pread(fd, len(payload) + 20, 0) == b"\0" * 10 + payload
-
-
-def test_short_read_at_eof(files):
-    fd = files.open(b"0123456789")
-    ctx = Context()
-    short = Operation.read(100, fd, 4)
-    past = Operation.read(100, fd, 1000)
-    assert run_ops(ctx, short, past) == [[6], [0]]
-    assert short.get_value() == b"456789"
-    assert short.nbytes == 6
-    assert past.get_value() == b""
-    assert past.nbytes == 0
-    assert ctx.submit(short, past) == 0  # completed ops are never resubmitted
-    # a fresh op asks for the full size again
-    os.pwrite(fd, b"ABCDEFGHIJ", 10)
-    again = Operation.read(100, fd, 4)
-    assert again.nbytes == 100
-    assert run_ops(ctx, again) == [[16]]
-    assert again.get_value() == b"456789ABCDEFGHIJ"
 
 
 def test_fsync_and_fdsync(files):
@@ -556,40 +523,6 @@ def test_kernel_request_failing_when_it_runs_gets_negative_errno(files):
     assert op.context is None
     assert ctx.submit(op) == 0
     assert os.fstat(fd).st_size == 0
-
-
-# --------------------------------------------------------------------------------------------
-# run_inline (our extra)
-
-
-def test_run_inline_completes_small_cached_reads_only(files):
-    fd = files.open(b"cached bytes")
-    ctx = Context()
-    op = Operation.read(6, fd, 0)
-    calls = Calls()
-    op.set_callback(calls)
-    assert ctx.run_inline(op) is True
-    assert calls.results == [6]  # synchronously, on this thread
-    assert calls.threads == [threading.get_ident()]
-    assert op.get_value() == b"cached"
-    assert op.context is None
-    assert ctx.submit(op) == 0  # completed: never again
-    assert ctx.run_inline(op) is False
-    assert calls.results == [6]
-
-    # not for writes, large reads or ops already in flight: left untouched
-    write = Operation.write(b"W", fd, 0)
-    large = Operation.read(LARGE, fd, 0)
-    busy = Operation.read(4, fd, 0)
-    assert ctx.submit(busy) == 1
-    for other in (write, large, busy):
-        assert ctx.run_inline(other) is False
-    assert write.context is None and large.context is None
-    assert run_ops(ctx, write, large) == [[1], [12]]
-    pump_until(ctx, lambda: busy.context is None)
-    assert busy.get_value() == b"cach"
-    with pytest.raises(TypeError):
-        ctx.run_inline("op")
 
 
 # --------------------------------------------------------------------------------------------

@@ -214,64 +214,6 @@ def test_queue_full_rolls_back_and_stays_retryable_eventfd_mode(files):
 
 
 # ---------------------------------------------------------------------------------------------
-# references, in-flight gating, lifetime
-
-
-# ---------------------------------------------------------------------------------------------
-# callbacks
-
-
-# ---------------------------------------------------------------------------------------------
-# payload and values
-
-
-def test_write_payload_released_after_completion(eventfd, files):
-    fd = files.open()
-    ctx = make_context(eventfd=eventfd)
-    payload = b"payload-" + os.urandom(8)
-    refs = sys.getrefcount(payload)
-    op = Operation.write(payload, fd, 0)
-    assert op.payload is payload
-    assert sys.getrefcount(payload) == refs + 1
-    tracker = Tracker(1)
-    op.set_callback(tracker.callback(0))
-    assert ctx.submit(op) == 1
-    deliver(ctx, eventfd, tracker)
-    ctx.close()
-    assert op.payload is None
-    assert sys.getrefcount(payload) == refs
-    assert op.get_value() == len(payload)
-    assert op.result == len(payload)
-    assert os.pread(fd, 100, 0) == payload
-
-
-def test_read_payload_is_readonly_view_with_zero_tail(eventfd, files):
-    fd = files.open(b"AB")
-    ctx = make_context(eventfd=eventfd)
-    op = Operation.read(256, fd, 0)
-    before = op.payload
-    assert isinstance(before, memoryview)
-    assert bytes(before) == bytes(256)
-    del before
-    tracker = Tracker(1)
-    op.set_callback(tracker.callback(0))
-    assert ctx.submit(op) == 1
-    deliver(ctx, eventfd, tracker)
-    view = op.payload
-    assert isinstance(view, memoryview)
-    assert view.readonly
-    assert len(view) == 256
-    assert bytes(view) == b"AB" + b"\0" * 254
-    with pytest.raises(TypeError):
-        view[0] = 1
-    assert op.get_value() == b"AB"
-    assert op.nbytes == 2
-    assert op.result == 2
-    assert op.error == 0
-    ctx.close()
-
-
-# ---------------------------------------------------------------------------------------------
 # close
 
 
@@ -321,75 +263,15 @@ def test_close_waits_for_queued_tasks_default_mode(files):
 
 
 # ---------------------------------------------------------------------------------------------
-# eventfd mode: poll / process_events / run_inline
+# eventfd mode: run_inline
 
 
-def test_run_inline_small_cached_read(files):
-    data = os.urandom(4096)
-    fd = files.open(data)
-    assert os.pread(fd, 4096, 0) == data  # make sure the pages are cached
-    ctx = EventfdContext()
-    op = Operation.read(4096, fd, 0)
-    tracker = Tracker(1)
-    op.set_callback(tracker.callback(0))
-    assert ctx.run_inline(op) is True
-    # done right away, the callback ran inside run_inline on this thread
-    assert tracker.ordered() == [4096]
-    assert tracker.calls[0][2] == threading.get_ident()
-    assert op.get_value() == data
-    assert op.result == 4096
-    assert ctx.submit(op) == 0
-    assert ctx.run_inline(op) is False
-    assert ctx.process_events() == 0
-    assert tracker.count() == 1
-    ctx.close()
-
-
-def test_run_inline_short_read_at_eof(files):
-    fd = files.open(b"tiny")
-    os.pread(fd, 4, 0)
-    ctx = EventfdContext()
-    op = Operation.read(100, fd, 0)
-    assert ctx.run_inline(op) is True
-    assert op.get_value() == b"tiny"
-    ctx.close()
-
-
-def test_run_inline_large_read_is_left_untouched(files):
-    size = 1024 * 1024
-    data = os.urandom(size)
-    fd = files.open(data)
-    ctx = EventfdContext()
-    op = Operation.read(size, fd, 0)
-    tracker = Tracker(1)
-    op.set_callback(tracker.callback(0))
-    assert ctx.run_inline(op) is False
-    assert tracker.count() == 0
-    assert op.get_value() == bytes(size)  # still never submitted
-    assert ctx.submit(op) == 1
-    deliver(ctx, True, tracker)
-    assert op.get_value() == data
-    ctx.close()
-
-
-def test_run_inline_errors(files):
+def test_run_inline_after_close_raises_runtime_error(files):
     fd = files.open(b"abc")
     ctx = EventfdContext()
-    with pytest.raises(TypeError):
-        ctx.run_inline("not an operation")
-    # only reads qualify
-    w = Operation.write(b"x", fd, 0)
-    assert ctx.run_inline(w) is False
-    assert ctx.submit(w) == 1
-    # an op that was already claimed is left alone
-    r = Operation.read(3, fd, 0)
-    tracker = Tracker(2)
-    w.set_callback(tracker.callback(0))
-    r.set_callback(tracker.callback(1))
-    assert ctx.submit(r) == 1
-    assert ctx.run_inline(r) is False
-    deliver(ctx, True, tracker)
-    assert tracker.count(1) == 1
     ctx.close()
+    op = Operation.read(3, fd, 0)
     with pytest.raises(RuntimeError):
-        ctx.run_inline(Operation.read(3, fd, 0))
+        ctx.run_inline(op)
+    assert op.context is None
+    assert op.get_value() == bytes(3)
