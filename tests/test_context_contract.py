@@ -52,8 +52,9 @@ class Behaviour:
     properties: tuple
     # process_events(max_requests=M, min_requests=N) with N > M
     min_over_max: str  # format with {min} and {max}
-    # submit() of a non-Operation at position i (0-based) of the call
-    wrong_type: str  # format with {index} and {repr}
+    # submit() of a non-Operation at some position of the call: the TypeError's message (a
+    # regex), formatted with {index} (0-based), {index1} (1-based) and {repr} of the argument
+    wrong_type: str
     # cancel(x) of something that is not an Operation of this backend: the TypeError's message
     # (None: cancel() accepts anything and returns 0)
     cancel_wrong_type: str | None
@@ -309,6 +310,7 @@ if {history!r} == "after-large-requests":
         assert ctx.submit(op) == 1
         while op.context is not None:
             ctx.process_events(min_requests=1, timeout=5)
+        assert op.result == {large}
     assert ctx.process_events() == 0
 ticks = 0
 stop = threading.Event()
@@ -990,6 +992,8 @@ def test_run_inline_declines_and_leaves_the_op_untouched(pumped, files):
     for op, cb in zip(declined, calls):
         op.set_callback(cb)
     busy = pumped.read(4, fd, 0)
+    busy_calls = Calls()
+    busy.set_callback(busy_calls)
     assert ctx.submit(busy) == 1
     for op in (*declined, busy):  # an op already claimed is left alone too
         assert ctx.run_inline(op) is False
@@ -1008,5 +1012,11 @@ def test_run_inline_declines_and_leaves_the_op_untouched(pumped, files):
     assert over.get_value() == data[:INLINE_LIMIT + 1]
     assert large.get_value() == data
     pump_until(ctx, lambda: busy.context is None)
+    assert busy_calls.results == [4]
     assert busy.get_value() == data[:4]
+    expected = behaviour(pumped).bad_fd_callback
+    if expected is not None:  # (kernel AIO refuses it at submit: test_linux_aio.py)
+        assert run_ops(ctx, bad) == [[expected]]
+        with pytest.raises(SystemError):
+            bad.get_value()
     pumped.settle(ctx)
