@@ -485,7 +485,10 @@ unsafe extern "C" fn finalize<B: Backend>(slf: *mut PyObject) {
 }
 
 /// The Context types and their retire function, registered by [`register`].
-static RETIRERS: Mutex<Vec<(usize, unsafe fn(*mut PyObject))>> = Mutex::new(Vec::new());
+static RETIRERS: Mutex<Vec<(usize, Retire)>> = Mutex::new(Vec::new());
+
+/// Hands a Context of one type to the drainer (see [`hand_to_drainer`]).
+type Retire = unsafe fn(*mut PyObject);
 
 /// `caio._native.retire(context)`: the owner of `context` (an adapter being closed) is
 /// done with it. With nothing in flight this does nothing (the caller's reference going
