@@ -38,12 +38,8 @@ pub(crate) struct OperationSpec {
 }
 
 impl OperationSpec {
-    pub(crate) const fn new(
-        name: &'static CStr,
-        attr: &'static CStr,
-        doc: &'static CStr,
-        flavor: Flavor,
-    ) -> Self {
+    pub(crate) const fn new(flavor: Flavor) -> Self {
+        let (name, attr, doc) = flavor.type_names();
         Self {
             name,
             attr,
@@ -99,7 +95,8 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     /// Context whose workers run the callbacks (thread_aio's caio type).
     const PUMPED: bool = true;
 
-    fn types() -> &'static TypeSlots;
+    /// Where its types are kept.
+    const TYPES: &'static TypeSlots;
     /// `tp_new`: the constructor's arguments, parsed as caio did, and the driver built.
     fn new(args: *mut PyObject, kwargs: *mut PyObject) -> Result<(Self, Self::Driver)>;
     /// `submit`'s error for argument `index`, which is not an Operation.
@@ -107,12 +104,31 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     /// `submit`'s error when the driver refused a request.
     fn dispatch_error(error: DispatchError) -> Error;
     /// Checks `process_events`' arguments beyond their types.
-    fn check_drain(drain: &DrainArgs) -> Result<()>;
-    /// What `repr` shows after the name and address.
+    fn check_drain(drain: &DrainArgs) -> Result<()> {
+        drain.check_min_le_max()
+    }
+    const CANCEL_DOC: &'static CStr;
+    /// `cancel(...)`: each backend's own arguments and answer.
+    fn cancel(call: Call<'_, Self>) -> Result<*mut PyObject>;
+    /// What `repr` shows after the name and address (the in-flight count follows).
     fn describe(engine: &Engine<Self>) -> String;
-    /// Methods of this backend's own (`cancel`, `flush`, `close`...).
+    /// Methods of this backend's own (`flush`, `close`).
     fn methods() -> Vec<ffi::PyMethodDef>;
-    fn properties() -> Vec<Property<Self>>;
+    /// `max_requests` as the Context was made with (0 replaced by the default).
+    fn max_requests(&self) -> u32;
+    const MAX_REQUESTS_DOC: &'static CStr;
+    /// Read-only properties of this backend's own, beside `max_requests` (and `fileno`).
+    fn properties() -> Vec<Property<Self>> {
+        Vec::new()
+    }
+}
+
+/// A method call on a Context: its engine, the Context itself, and the arguments.
+pub(crate) struct Call<'a, B: Backend> {
+    pub(crate) engine: &'a Engine<B>,
+    pub(crate) slf: *mut PyObject,
+    pub(crate) args: *mut PyObject,
+    pub(crate) kwargs: *mut PyObject,
 }
 
 /// A Context instance: the Python object header and the backend's engine.
@@ -174,7 +190,7 @@ pub(crate) unsafe fn engine<'a, B: Backend>(slf: *mut PyObject) -> Result<&'a En
 pub(crate) fn is_operation<B: Backend>(obj: *mut PyObject) -> bool {
     // SAFETY: `obj` is a live argument. Operation types cannot be subclassed, so the exact
     // type is the whole check.
-    unsafe { (*obj).ob_type == B::types().operation.ty.load(Ordering::Acquire) }
+    unsafe { (*obj).ob_type == B::TYPES.operation.ty.load(Ordering::Acquire) }
 }
 
 /// The request id of `obj` if it is an Operation in flight on the Context `slf`.
@@ -341,6 +357,39 @@ unsafe extern "C" fn process_events<B: Backend>(
     })
 }
 
+unsafe extern "C" fn cancel<B: Backend>(
+    slf: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        // SAFETY: `slf` is our instance.
+        let engine = unsafe { engine::<B>(slf)? };
+        B::cancel(Call {
+            engine,
+            slf,
+            args,
+            kwargs,
+        })
+    })
+}
+
+/// The one argument of `cancel(operation)`; `wrong` makes the error for anything but one
+/// of `B`'s Operations.
+pub(crate) fn operation_arg<B: Backend>(
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+    wrong: fn(*mut PyObject) -> Error,
+) -> Result<*mut PyObject> {
+    let mut obj: *mut PyObject = ptr::null_mut();
+    parse_args!(args, kwargs, c"O:cancel", [c"operation"], &mut obj)?;
+    if is_operation::<B>(obj) {
+        Ok(obj)
+    } else {
+        Err(wrong(obj))
+    }
+}
+
 /// `poll()`: reads and resets the eventfd counter; a bare `BlockingIOError` when zero.
 unsafe extern "C" fn poll<B: Backend>(slf: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
     entry(|| {
@@ -366,7 +415,7 @@ unsafe extern "C" fn run_inline<B: Backend>(
         if !is_operation::<B>(arg) {
             return Err(Error::Type(format!(
                 "run_inline() argument must be a {}",
-                B::types().operation.name.to_string_lossy()
+                B::TYPES.operation.name.to_string_lossy()
             )));
         }
         // SAFETY: type-checked just above.
@@ -404,7 +453,11 @@ unsafe extern "C" fn repr<B: Backend>(slf: *mut PyObject) -> *mut PyObject {
     entry(|| {
         // SAFETY: `slf` is our instance.
         let state = match unsafe { engine::<B>(slf) } {
-            Ok(engine) => B::describe(engine),
+            Ok(engine) => format!(
+                "{}, in_flight={}",
+                B::describe(engine),
+                engine.driver.in_flight()
+            ),
             Err(_) => "uninitialized".into(),
         };
         let text = format!("<{} at {slf:p}: {state}>", B::NAME.to_string_lossy());
@@ -549,6 +602,7 @@ fn create_type<B: Backend>() -> Result<*mut PyTypeObject> {
         ffi::METH_VARARGS,
         B::SUBMIT_DOC,
     )];
+    methods.push(method_kw(c"cancel", cancel::<B>, 0, B::CANCEL_DOC));
     methods.extend(B::methods());
     let mut getsets = Vec::new();
     if B::PUMPED {
@@ -581,7 +635,13 @@ fn create_type<B: Backend>() -> Result<*mut PyTypeObject> {
         });
     }
     methods.push(ffi::PyMethodDef::zeroed());
-    getsets.extend(B::properties().into_iter().map(|p| ffi::PyGetSetDef {
+    let max_requests = Property::<B> {
+        name: c"max_requests",
+        doc: B::MAX_REQUESTS_DOC,
+        get: |e| e.backend.max_requests().into(),
+    };
+    let properties = std::iter::once(max_requests).chain(B::properties());
+    getsets.extend(properties.map(|p| ffi::PyGetSetDef {
         name: p.name.as_ptr(),
         get: Some(get_property::<B>),
         set: None,
@@ -614,12 +674,12 @@ fn create_type<B: Backend>() -> Result<*mut PyTypeObject> {
 /// Creates `B`'s Context type and its Operation type (each once per process) and adds
 /// both to the module being executed.
 pub(crate) fn register<B: Backend>(module: *mut PyObject) -> Result<()> {
-    let spec = B::types().operation;
+    let spec = B::TYPES.operation;
     if spec.ty.load(Ordering::Acquire).is_null() {
         let ty = operation::create_type(spec.name, spec.doc, spec.flavor)?;
         spec.ty.store(ty, Ordering::Release);
     }
-    let slot = &B::types().context;
+    let slot = &B::TYPES.context;
     if slot.load(Ordering::Acquire).is_null() {
         slot.store(create_type::<B>()?, Ordering::Release);
     }

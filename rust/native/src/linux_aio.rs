@@ -6,33 +6,25 @@
 
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;
-use std::ptr;
 
 use caio_backends::driver::aio::{AioDriver, AioSetupError};
 use caio_backends::{process, CancelOutcome, DispatchError, Driver};
 
 use crate::args::parse_args;
 use crate::context::{
-    self, in_flight_here, is_operation, Backend, DrainArgs, Engine, OperationSpec, Property,
-    TypeSlots,
+    in_flight_here, operation_arg, Backend, Call, DrainArgs, Engine, OperationSpec, TypeSlots,
 };
 use crate::entry::OpEntry;
-use crate::error::{entry, repr_of, Error, Result};
+use crate::error::{repr_of, Error, Result};
 use crate::ffi::{self, PyObject};
 use crate::limits::{explain, setup_error, Resource};
 use crate::operation::Flavor;
-use crate::types::method_kw;
 use crate::values;
 
 const DEFAULT_MAX_REQUESTS: u32 = 32;
 const MAX_DRAIN: u32 = 1 << 20;
 
-static OPERATION: OperationSpec = OperationSpec::new(
-    c"caio.linux_aio.Operation",
-    c"AioOperation",
-    c"A file operation for caio.linux_aio.Context (read, write, fsync, fdsync).",
-    Flavor::Aio,
-);
+static OPERATION: OperationSpec = OperationSpec::new(Flavor::Aio);
 
 static TYPES: TypeSlots = TypeSlots::new(&OPERATION);
 
@@ -88,6 +80,7 @@ impl Backend for Aio {
     const ATTR: &'static CStr = c"AioContext";
     const DOC: &'static CStr = c"Context(max_requests=32)\n\nlinux aio context representation.";
     const SUBMIT_DOC: &'static CStr = c"submit(*operations) -> int: io_submit them (buffered files: the transfer happens here, except large requests, which go to helper threads; requests on pipes, sockets and other streams each run on a thread of their own).";
+    const TYPES: &'static TypeSlots = &TYPES;
 
     fn new(args: *mut PyObject, kwargs: *mut PyObject) -> Result<(Self, Self::Driver)> {
         let mut max_requests: u32 = 0;
@@ -149,58 +142,25 @@ impl Backend for Aio {
 
     fn describe(engine: &Engine<Self>) -> String {
         format!(
-            "max_requests={}, eventfd={}, in_flight={}",
+            "max_requests={}, eventfd={}",
             engine.backend.max_requests,
             engine.driver.eventfd().map_or(-1, |fd| fd.as_raw_fd()),
-            engine.driver.in_flight(),
         )
     }
 
-    fn methods() -> Vec<ffi::PyMethodDef> {
-        vec![method_kw(
-            c"cancel",
-            cancel,
-            0,
-            c"cancel(operation) -> int: io_cancel (regular files: always ValueError on current kernels).",
-        )]
-    }
+    const CANCEL_DOC: &'static CStr = c"cancel(operation) -> int: io_cancel (regular files: always ValueError on current kernels).";
 
-    fn types() -> &'static TypeSlots {
-        &TYPES
-    }
-
-    fn properties() -> Vec<Property<Self>> {
-        vec![Property {
-            name: c"max_requests",
-            doc: c"The io_setup capacity.",
-            get: |e| e.backend.max_requests.into(),
-        }]
-    }
-}
-
-/// Only a kernel request of this Context can be cancelled; for anything else the kernel
-/// would answer EINVAL, and so do we (without asking it). A cancelled request's completion
-/// comes back from `io_cancel` and is delivered here.
-unsafe extern "C" fn cancel(
-    slf: *mut PyObject,
-    args: *mut PyObject,
-    kwargs: *mut PyObject,
-) -> *mut PyObject {
-    entry(|| {
-        // SAFETY: `slf` is our instance.
-        let driver = &unsafe { context::engine::<Aio>(slf)? }.driver;
-        let mut obj: *mut PyObject = ptr::null_mut();
-        parse_args!(args, kwargs, c"O:cancel", [c"operation"], &mut obj)?;
-        if !is_operation::<Aio>(obj) {
-            return Err(Error::Type(format!(
-                "Operation required not {}",
-                repr_of(obj)
-            )));
-        }
-        let Some(id) = in_flight_here::<Aio>(slf, obj) else {
+    /// Only a kernel request of this Context can be cancelled; for anything else the
+    /// kernel would answer EINVAL, and so do we (without asking it). A cancelled request's
+    /// completion comes back from `io_cancel` and is delivered here.
+    fn cancel(call: Call<'_, Self>) -> Result<*mut PyObject> {
+        let obj = operation_arg::<Self>(call.args, call.kwargs, |obj| {
+            Error::Type(format!("Operation required not {}", repr_of(obj)))
+        })?;
+        let Some(id) = in_flight_here::<Self>(call.slf, obj) else {
             return Err(cancel_error(libc::EINVAL));
         };
-        match driver.cancel(id) {
+        match call.engine.driver.cancel(id) {
             Ok(CancelOutcome::Completed(entry, res)) => {
                 entry.complete(res);
                 values::int(res)
@@ -208,7 +168,17 @@ unsafe extern "C" fn cancel(
             Ok(_) => Err(cancel_error(libc::EINVAL)),
             Err(e) => Err(cancel_error(e.raw_os_error().unwrap_or(libc::EIO))),
         }
-    })
+    }
+
+    fn methods() -> Vec<ffi::PyMethodDef> {
+        Vec::new()
+    }
+
+    fn max_requests(&self) -> u32 {
+        self.max_requests
+    }
+
+    const MAX_REQUESTS_DOC: &'static CStr = c"The io_setup capacity.";
 }
 
 /// `None` if kernel AIO works here, else the reason (the text `ImportError` carries).

@@ -4,9 +4,9 @@
 //! completed (page-cache reads often finish inside that syscall); `process_events` delivers
 //! the rest. Callbacks always run on the thread that calls `flush`/`process_events`.
 
+use std::ffi::CStr;
 use std::os::fd::AsRawFd;
 use std::os::raw::c_int;
-use std::ptr;
 
 use caio_backends::driver::uring::{UringDriver, UringSetupError};
 use caio_backends::{process, DispatchError, Driver, Ring};
@@ -14,7 +14,7 @@ use caio_core::RequestId;
 
 use crate::args::parse_args;
 use crate::context::{
-    self, deliver_all, in_flight_here, is_operation, os_error, Backend, DrainArgs, Engine,
+    self, deliver_all, in_flight_here, operation_arg, os_error, Backend, Call, Engine,
     OperationSpec, Property, TypeSlots,
 };
 use crate::entry::OpEntry;
@@ -23,17 +23,12 @@ use crate::ffi::{self, PyObject};
 use crate::gil::without_gil;
 use crate::limits::{setup_error, Resource};
 use crate::operation::Flavor;
-use crate::types::{method, method_kw};
+use crate::types::method;
 use crate::values;
 
 const DEFAULT_MAX_REQUESTS: u32 = 32;
 
-static OPERATION: OperationSpec = OperationSpec::new(
-    c"caio.linux_uring.Operation",
-    c"UringOperation",
-    c"A file operation for caio.linux_uring.Context (read, write, fsync, fdsync).",
-    Flavor::Uring,
-);
+static OPERATION: OperationSpec = OperationSpec::new(Flavor::Uring);
 
 static TYPES: TypeSlots = TypeSlots::new(&OPERATION);
 
@@ -43,12 +38,12 @@ pub(crate) struct Uring {
 
 impl Backend for Uring {
     type Driver = UringDriver<OpEntry>;
-    const NAME: &'static std::ffi::CStr = c"caio.linux_uring.Context";
-    const ATTR: &'static std::ffi::CStr = c"UringContext";
-    const DOC: &'static std::ffi::CStr =
-        c"Context(max_requests=32, sqpoll=False)\n\nio_uring AIO context.";
-    const SUBMIT_DOC: &'static std::ffi::CStr =
+    const NAME: &'static CStr = c"caio.linux_uring.Context";
+    const ATTR: &'static CStr = c"UringContext";
+    const DOC: &'static CStr = c"Context(max_requests=32, sqpoll=False)\n\nio_uring AIO context.";
+    const SUBMIT_DOC: &'static CStr =
         c"submit(*operations) -> int: stage operations (no syscall); flush() sends them.";
+    const TYPES: &'static TypeSlots = &TYPES;
 
     fn new(args: *mut PyObject, kwargs: *mut PyObject) -> Result<(Self, Self::Driver)> {
         let (mut max_requests, mut sqpoll): (u32, c_int) = (0, 0);
@@ -85,56 +80,56 @@ impl Backend for Uring {
         }
     }
 
-    fn check_drain(drain: &DrainArgs) -> Result<()> {
-        drain.check_min_le_max()
+    fn describe(engine: &Engine<Self>) -> String {
+        let (max, d) = (engine.backend.max_requests, &engine.driver);
+        let eventfd = d.eventfd().map_or(-1, |fd| fd.as_raw_fd());
+        let (ring, sqpoll) = (d.ring_fd(), d.sqpoll() as u8);
+        format!("max_requests={max}, uring_fd={ring}, eventfd={eventfd}, sqpoll={sqpoll}")
     }
 
-    fn describe(engine: &Engine<Self>) -> String {
-        let d = &engine.driver;
-        format!(
-            "max_requests={}, uring_fd={}, eventfd={}, sqpoll={}, in_flight={}",
-            engine.backend.max_requests,
-            d.ring_fd(),
-            d.eventfd().map_or(-1, |fd| fd.as_raw_fd()),
-            d.sqpoll() as u8,
-            d.in_flight(),
-        )
+    const CANCEL_DOC: &'static CStr =
+        c"cancel(operation) -> 0: ask the kernel to cancel an in-flight operation.";
+
+    /// Only an op in flight on this ring is targeted; anything else gets an id no request
+    /// has, so the kernel answers ENOENT and no other request is touched. The op stays in
+    /// flight (its buffer owned) until its own completion. A cancel may nap while the SQ
+    /// is full, so it runs without the GIL.
+    fn cancel(call: Call<'_, Self>) -> Result<*mut PyObject> {
+        let obj = operation_arg::<Self>(call.args, call.kwargs, |obj| {
+            // SAFETY: a live argument; its type is always set.
+            let ty = repr_of(unsafe { (*obj).ob_type }.cast());
+            Error::Type(format!(
+                "argument 1 must be caio.linux_uring.Operation, not {ty}"
+            ))
+        })?;
+        let target = in_flight_here::<Self>(call.slf, obj).unwrap_or(RequestId::NONE);
+        without_gil(|| call.engine.driver.cancel(target)).map_err(os_error)?;
+        values::int(0)
     }
 
     fn methods() -> Vec<ffi::PyMethodDef> {
-        vec![
-            method(
-                c"flush",
-                flush,
-                ffi::METH_NOARGS,
-                c"flush() -> int: hand staged operations to the kernel, deliver what completed.",
-            ),
-            method_kw(
-                c"cancel",
-                cancel,
-                0,
-                c"cancel(operation) -> 0: ask the kernel to cancel an in-flight operation.",
-            ),
-        ]
+        vec![method(
+            c"flush",
+            flush,
+            ffi::METH_NOARGS,
+            c"flush() -> int: hand staged operations to the kernel, deliver what completed.",
+        )]
     }
 
-    fn types() -> &'static TypeSlots {
-        &TYPES
+    fn max_requests(&self) -> u32 {
+        self.max_requests
     }
+
+    const MAX_REQUESTS_DOC: &'static CStr = c"The requested capacity.";
 
     fn properties() -> Vec<Property<Self>> {
-        vec![
-            Property {
-                name: c"max_requests",
-                doc: c"The requested capacity.",
-                get: |e| e.backend.max_requests.into(),
-            },
-            Property {
-                name: c"sqpoll",
-                doc: c"1 if SQPOLL was negotiated, else 0.",
-                get: |e| e.driver.sqpoll().into(),
-            },
-        ]
+        let sqpoll = |e: &Engine<Self>| e.driver.sqpoll().into();
+        let doc = c"1 if SQPOLL was negotiated, else 0.";
+        vec![Property {
+            name: c"sqpoll",
+            doc,
+            get: sqpoll,
+        }]
     }
 }
 
@@ -145,33 +140,6 @@ unsafe extern "C" fn flush(slf: *mut PyObject, _: *mut PyObject) -> *mut PyObjec
         let mut batch = Vec::new();
         driver.flush(&mut batch).map_err(os_error)?;
         values::int(deliver_all(batch) as i64)
-    })
-}
-
-/// Only an op in flight on this ring is targeted; anything else gets an id no request has,
-/// so the kernel answers ENOENT and no other request is touched. The op stays in flight
-/// (its buffer owned) until its own completion. A cancel may nap while the SQ is full,
-/// so it runs without the GIL.
-unsafe extern "C" fn cancel(
-    slf: *mut PyObject,
-    args: *mut PyObject,
-    kwargs: *mut PyObject,
-) -> *mut PyObject {
-    entry(|| {
-        // SAFETY: `slf` is our instance.
-        let driver = &unsafe { context::engine::<Uring>(slf)? }.driver;
-        let mut obj: *mut PyObject = ptr::null_mut();
-        parse_args!(args, kwargs, c"O:cancel", [c"operation"], &mut obj)?;
-        if !is_operation::<Uring>(obj) {
-            // SAFETY: live argument; its type is always set.
-            let ty = repr_of(unsafe { (*obj).ob_type }.cast());
-            return Err(Error::Type(format!(
-                "argument 1 must be caio.linux_uring.Operation, not {ty}"
-            )));
-        }
-        let target = in_flight_here::<Uring>(slf, obj).unwrap_or(RequestId::NONE);
-        without_gil(|| driver.cancel(target)).map_err(os_error)?;
-        values::int(0)
     })
 }
 

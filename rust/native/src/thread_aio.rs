@@ -11,31 +11,26 @@
 use std::ffi::CStr;
 
 use caio_backends::driver::thread::{ThreadDriver, ThreadSetupError};
-use caio_backends::{Delivery, DispatchError, Driver};
+use caio_backends::{CancelOutcome, Delivery, DispatchError, Driver};
 
 use crate::args::parse_args;
 use crate::context::{
-    self, arguments, deliver_all, in_flight_here, Backend, DrainArgs, Engine, OperationSpec,
-    Property, TypeSlots,
+    self, arguments, deliver_all, in_flight_here, Backend, Call, Engine, OperationSpec, Property,
+    TypeSlots,
 };
 use crate::entry::OpEntry;
 use crate::error::{entry, Error, Result};
 use crate::ffi::{self, PyObject};
 use crate::gil::{without_gil, GilGuard};
 use crate::operation::Flavor;
-use crate::types::{method, method_kw};
+use crate::types::method;
 use crate::values;
 
 const DEFAULT_MAX_REQUESTS: u16 = 512;
 const DEFAULT_POOL_SIZE: u16 = 8;
 const MAX_POOL_SIZE: u16 = 128;
 
-static OPERATION: OperationSpec = OperationSpec::new(
-    c"caio.thread_aio.Operation",
-    c"ThreadOperation",
-    c"A file operation for caio.thread_aio.Context (read, write, fsync, fdsync).",
-    Flavor::Thread,
-);
+static OPERATION: OperationSpec = OperationSpec::new(Flavor::Thread);
 
 static CALLBACK_TYPES: TypeSlots = TypeSlots::new(&OPERATION);
 static EVENTFD_TYPES: TypeSlots = TypeSlots::new(&OPERATION);
@@ -91,14 +86,11 @@ impl<const EVENTFD: bool> Backend for Threads<EVENTFD> {
     };
     const SUBMIT_DOC: &'static CStr = c"submit(*operations) -> int: number of operations accepted.";
     const PUMPED: bool = EVENTFD;
-
-    fn types() -> &'static TypeSlots {
-        if EVENTFD {
-            &EVENTFD_TYPES
-        } else {
-            &CALLBACK_TYPES
-        }
-    }
+    const TYPES: &'static TypeSlots = if EVENTFD {
+        &EVENTFD_TYPES
+    } else {
+        &CALLBACK_TYPES
+    };
 
     /// `(max_requests=512, pool_size=8)` parsed as caio did (masked 16-bit, 0 = the default).
     fn new(args: *mut PyObject, kwargs: *mut PyObject) -> Result<(Self, Self::Driver)> {
@@ -153,79 +145,52 @@ impl<const EVENTFD: bool> Backend for Threads<EVENTFD> {
         )
     }
 
-    fn check_drain(drain: &DrainArgs) -> Result<()> {
-        drain.check_min_le_max()
-    }
-
     fn describe(engine: &Engine<Self>) -> String {
         let driver = &engine.driver;
         format!(
-            "max_requests={}, pool_size={}, in_flight={}, {}",
+            "max_requests={}, pool_size={}, {}",
             engine.backend.max_requests,
             driver.pool_size(),
-            driver.in_flight(),
             if driver.is_open() { "open" } else { "closed" },
         )
     }
 
-    fn methods() -> Vec<ffi::PyMethodDef> {
-        vec![
-            method_kw(
-                c"cancel",
-                cancel::<EVENTFD>,
-                0,
-                c"cancel(*operations) -> int: how many queued operations were taken out \
-                  before a worker started them (they complete with ECANCELED); a running \
-                  syscall cannot be interrupted and completes normally.",
-            ),
-            method(
-                c"close",
-                close::<EVENTFD>,
-                ffi::METH_NOARGS,
-                c"close(): stop accepting work; queued work still runs, workers are joined.",
-            ),
-        ]
+    const CANCEL_DOC: &'static CStr = c"cancel(*operations) -> int: how many queued operations were taken out before a worker started them (they complete with ECANCELED); a running syscall cannot be interrupted and completes normally.";
+
+    /// Accepts anything, as caio did; only ops in flight on this Context are looked at.
+    /// Taking a queued request out never blocks; in caio's mode its callback runs right
+    /// here, on this thread, which holds the GIL already.
+    fn cancel(call: Call<'_, Self>) -> Result<*mut PyObject> {
+        let cancelled = arguments(call.args)
+            .into_iter()
+            .filter_map(|obj| in_flight_here::<Self>(call.slf, obj))
+            .filter(|&id| matches!(call.engine.driver.cancel(id), Ok(CancelOutcome::Requested)))
+            .count();
+        values::int(cancelled as i64)
     }
+
+    fn methods() -> Vec<ffi::PyMethodDef> {
+        vec![method(
+            c"close",
+            close::<EVENTFD>,
+            ffi::METH_NOARGS,
+            c"close(): stop accepting work; queued work still runs, workers are joined.",
+        )]
+    }
+
+    fn max_requests(&self) -> u32 {
+        self.max_requests.into()
+    }
+
+    const MAX_REQUESTS_DOC: &'static CStr = c"How many requests may wait for a worker.";
 
     fn properties() -> Vec<Property<Self>> {
-        vec![
-            Property {
-                name: c"max_requests",
-                doc: c"How many requests may wait for a worker.",
-                get: |e| e.backend.max_requests.into(),
-            },
-            Property {
-                name: c"pool_size",
-                doc: c"Number of worker threads.",
-                get: |e| e.driver.pool_size() as i64,
-            },
-        ]
+        vec![Property {
+            name: c"pool_size",
+            doc: c"Number of worker threads.",
+            get: |e| e.driver.pool_size() as i64,
+        }]
     }
-}
-
-/// Accepts anything, as caio did; only ops in flight on this Context are looked at. A
-/// syscall a worker already runs cannot be interrupted: that op completes normally.
-unsafe extern "C" fn cancel<const EVENTFD: bool>(
-    slf: *mut PyObject,
-    args: *mut PyObject,
-    _kwargs: *mut PyObject,
-) -> *mut PyObject {
-    entry(|| {
-        // SAFETY: `slf` is our instance.
-        let driver = &unsafe { context::engine::<Threads<EVENTFD>>(slf)? }.driver;
-        let mut cancelled: i64 = 0;
-        for obj in arguments(args) {
-            let Some(id) = in_flight_here::<Threads<EVENTFD>>(slf, obj) else {
-                continue;
-            };
-            // Taking a queued request out never blocks; its callback (caio's mode) runs
-            // right here, on this thread, which holds the GIL already.
-            if let Ok(caio_backends::CancelOutcome::Requested) = driver.cancel(id) {
-                cancelled += 1;
-            }
-        }
-        values::int(cancelled)
-    })
 }
 
 /// Stops the pool (queued work still runs) with the GIL released, then, in eventfd mode,

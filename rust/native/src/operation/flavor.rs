@@ -28,6 +28,27 @@ impl Flavor {
         }
     }
 
+    /// The Operation type's qualified name, its name in `caio._native`, and its doc.
+    pub(crate) const fn type_names(self) -> (&'static CStr, &'static CStr, &'static CStr) {
+        match self {
+            Flavor::Thread => (
+                c"caio.thread_aio.Operation",
+                c"ThreadOperation",
+                c"A file operation for caio.thread_aio.Context (read, write, fsync, fdsync).",
+            ),
+            Flavor::Uring => (
+                c"caio.linux_uring.Operation",
+                c"UringOperation",
+                c"A file operation for caio.linux_uring.Context (read, write, fsync, fdsync).",
+            ),
+            Flavor::Aio => (
+                c"caio.linux_aio.Operation",
+                c"AioOperation",
+                c"A file operation for caio.linux_aio.Context (read, write, fsync, fdsync).",
+            ),
+        }
+    }
+
     pub(super) const fn behaviour(self) -> &'static Behaviour {
         match self {
             Flavor::Thread => &THREAD,
