@@ -1,7 +1,9 @@
-"""Shared pieces of the caio benchmarks: data files, page-cache warming, workloads.
+"""The page-cache workloads of the caio benchmarks: data files, page-cache warming,
+runners, timed and counted runs, the big read.
 
 Used by ``benchmarks/compare.py`` (time-boxed runs in fresh subprocesses) and by the
-pytest-benchmark suite (``pytest benchmarks/ --benchmark-only``).
+pytest-benchmark suite (``pytest benchmarks/ --benchmark-only``); the measuring machinery
+(subprocesses, sides, repeats, statistics, tables) is ``harness.py``.
 
 Nothing here imports ``caio`` at module level: ``compare.py`` runs this module in
 subprocesses whose ``PYTHONPATH`` decides which ``caio`` (this project or upstream
@@ -12,20 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
-import importlib
 import mmap
 import os
 import random
-import resource
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-KiB = 1024
-MiB = 1024 * KiB
+from harness import (
+    KiB,
+    MiB,
+    Stopwatch,
+    caio_backends,
+    close_context,
+    cpu_us_per_op,
+    current_rss_mib,
+    libc,
+    peak_rss_mib,
+)
 
 # File sizes used by default. The read file is small enough to stay in the page cache
 # of any CI machine and large enough that 4 KiB random reads do not all hit one page.
@@ -36,15 +44,6 @@ BIG_READ_SIZE = 256 * MiB
 DATA_FILE_NAME = "read.dat"
 WRITE_FILE_NAME = "write.dat"
 BIG_FILE_NAME = "big.dat"
-
-# Backend short names as compare.py and the pytest suite spell them.
-BACKEND_MODULES = {
-    "uring": "linux_uring_asyncio",
-    "linux": "linux_aio_asyncio",
-    "thread": "thread_aio_asyncio",
-    "python": "python_aio_asyncio",
-}
-MODULE_TO_BACKEND = {v: k for k, v in BACKEND_MODULES.items()}
 
 
 @dataclass(frozen=True)
@@ -133,24 +132,6 @@ def filesystem_type(path: str | Path) -> str:
 
 # --------------------------------------------------------------------- page cache
 
-_libc: Any = None
-
-
-def _get_libc() -> Any:
-    global _libc
-    if _libc is None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_long]
-        libc.munmap.restype = ctypes.c_int
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        libc.mincore.restype = ctypes.c_int
-        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-        _libc = libc
-    return _libc
-
-
 def mincore_residency(fd: int, size: int) -> float:
     """Fraction of the first ``size`` bytes of ``fd`` that is in the page cache.
 
@@ -159,21 +140,21 @@ def mincore_residency(fd: int, size: int) -> float:
     """
     if size <= 0:
         return 1.0
-    libc = _get_libc()
-    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    lib = libc()
+    addr = lib.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
     if addr is None or addr == ctypes.c_void_p(-1).value:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     try:
         pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
         vec = (ctypes.c_ubyte * pages)()
-        if libc.mincore(addr, size, vec) != 0:
+        if lib.mincore(addr, size, vec) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
         resident = sum(1 for b in vec if b & 1)
         return resident / pages
     finally:
-        libc.munmap(addr, size)
+        lib.munmap(addr, size)
 
 
 def _read_through(fd: int, size: int) -> float:
@@ -220,67 +201,32 @@ def warm_file(path: str, size: int | None = None) -> dict[str, Any]:
         os.close(fd)
 
 
-# ----------------------------------------------------------------------- loops
+def workload_file(workload: Workload, files: dict[str, str]) -> str:
+    """The file a workload works on: reads the data file, the others the write file."""
+    return files["data"] if workload.op == "read" else files["write"]
 
 
-def available_loops() -> list[str]:
-    loops = ["asyncio"]
+def sync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDWR)
     try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        loops.append("uvloop")
-    return loops
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def new_loop(name: str) -> asyncio.AbstractEventLoop:
-    if name == "asyncio":
-        return asyncio.new_event_loop()
-    if name == "uvloop":
-        import uvloop
+def before_run(workload: Workload, files: dict[str, str]) -> dict[str, Any]:
+    """Set the stage for one run; returns ``warm_file``'s report on the workload's file."""
+    if workload.op in ("fsync", "fdsync"):
+        sync_file(files["write"])  # start from a clean file (write runs leave dirty pages)
+    return warm_file(workload_file(workload, files))
 
-        return uvloop.new_event_loop()
-    raise ValueError(f"unknown loop {name!r}")
+
+def after_run(workload: Workload, files: dict[str, str]) -> None:
+    if workload.op == "write":
+        sync_file(files["write"])  # do not leave writeback to the next run
 
 
 # ---------------------------------------------------------------------- backends
-
-
-def caio_backends() -> dict[str, Any]:
-    """Asyncio adapter modules of the imported ``caio``, by short name.
-
-    Discovered from ``caio.variants_asyncio`` so backends that are absent on one side
-    (or not built yet) simply do not show up.
-    """
-    import caio
-
-    found = {}
-    for module in getattr(caio, "variants_asyncio", ()):
-        short = module.__name__.rsplit(".", 1)[-1]
-        found[MODULE_TO_BACKEND.get(short, short)] = module
-    return found
-
-
-def caio_info() -> dict[str, Any]:
-    import caio
-
-    # caio.AsyncioContext is ours a subclass of the selected backend's adapter (it can fall
-    # back when a limit is hit); caio 0.12's is the adapter itself.
-    default_cls = next(c for c in caio.AsyncioContext.__mro__ if c.__module__ != "caio")
-    default_mod = default_cls.__module__.rsplit(".", 1)[-1]
-    try:
-        from importlib.metadata import version
-
-        dist_version = version("caio")
-    except Exception:  # noqa: BLE001 - metadata may be missing for a --target install
-        dist_version = None
-    return {
-        "file": os.path.dirname(os.path.abspath(caio.__file__)),
-        "version": getattr(caio, "__version__", None) or dist_version,
-        "backends": sorted(caio_backends()),
-        "default": MODULE_TO_BACKEND.get(default_mod, default_mod),
-    }
 
 
 def caio_context_class(backend: str) -> Any:
@@ -342,14 +288,19 @@ class Runner:
         else:
             raise LookupError(f"unknown runner {kind!r}")
 
+    async def start(self, concurrency: int) -> OffsetSource:
+        """Open and validate; returns the offsets to run with. ``close`` in any case."""
+        await self.open(concurrency)
+        await self.validate()
+        path = workload_file(self.workload, self.files)
+        return OffsetSource(self.workload, os.path.getsize(path))
+
     async def close(self) -> None:
         for handle in self._aiofiles_handles:
             await handle.close()
         self._aiofiles_handles.clear()
         if self.ctx is not None:
-            result = self.ctx.close()
-            if asyncio.iscoroutine(result):
-                await result
+            await close_context(self.ctx)
             self.ctx = None
         for fd in (self.fd, self.wfd):
             if fd >= 0:
@@ -445,6 +396,33 @@ class OffsetSource:
         return 0
 
 
+class Ticker:
+    """A task that sleeps ``tick`` seconds in a loop from its creation until ``stop``,
+    keeping the longest gap between two wake-ups: how long the loop was kept busy."""
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+        self.max_gap = 0.0
+        self.ticks = 0
+        self._running = True
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        perf = time.perf_counter
+        last = perf()
+        while self._running:
+            await asyncio.sleep(self.tick)
+            now = perf()
+            self.max_gap = max(self.max_gap, now - last)
+            self.ticks += 1
+            last = now
+
+    async def stop(self) -> None:
+        """Ends after the current sleep (its gap counts)."""
+        self._running = False
+        await self._task
+
+
 async def run_timed(runner: Runner, concurrency: int, seconds: float,
                     offsets: OffsetSource, tick: float = 0.001) -> dict[str, Any]:
     """Run ``concurrency`` workers for ``seconds``; latency of every operation recorded.
@@ -461,18 +439,6 @@ async def run_timed(runner: Runner, concurrency: int, seconds: float,
     nxt = offsets.next
     ops = [runner.make_op(i) for i in range(concurrency)]
     per_worker: list[int] = []
-    stop = False
-    max_gap = 0.0
-
-    async def ticker() -> None:
-        nonlocal max_gap
-        last = perf()
-        while not stop:
-            await asyncio.sleep(tick)
-            now = perf()
-            max_gap = max(max_gap, now - last)
-            last = now
-
     deadline = 0.0
 
     async def worker(op: OpFunc) -> None:
@@ -486,20 +452,16 @@ async def run_timed(runner: Runner, concurrency: int, seconds: float,
             n += 1
         per_worker.append(n)
 
-    tick_task = asyncio.ensure_future(ticker())
+    ticker = Ticker(tick)
     await asyncio.sleep(0)  # let the ticker take its first timestamp
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    start = perf()
-    deadline = start + seconds
+    window = Stopwatch()
+    deadline = window.start + seconds
     await asyncio.gather(*(worker(op) for op in ops))
-    elapsed = perf() - start
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    stop = True
+    elapsed, cpu = window.read()
     # The ticker's last gap ends at this point at the latest.
-    await tick_task
-    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    await ticker.stop()
     result = summarize(latencies, elapsed, cpu)
-    result["max_stall_ms"] = max_gap * 1e3
+    result["max_stall_ms"] = ticker.max_gap * 1e3
     result["workers_active"] = sum(1 for n in per_worker if n)
     return result
 
@@ -536,24 +498,11 @@ def summarize(latencies: list[float], elapsed: float, cpu: float) -> dict[str, A
         "p50_us": percentile(lat, 0.50) * 1e6,
         "p99_us": percentile(lat, 0.99) * 1e6,
         "cpu_s": cpu,
-        "cpu_us_per_op": cpu / n * 1e6 if n else float("nan"),
+        "cpu_us_per_op": cpu_us_per_op(cpu, n),
     }
 
 
 # ------------------------------------------------------------------- big read
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def current_rss_mib() -> float:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fp:
-            return int(fp.read().split()[1]) * mmap.PAGESIZE / MiB
-    except (OSError, ValueError, IndexError):
-        return float("nan")
 
 
 async def big_read(runner_kind: str, path: str, size: int, tick: float = 0.001) -> dict[str, Any]:
@@ -582,35 +531,18 @@ async def big_read(runner_kind: str, path: str, size: int, tick: float = 0.001) 
         else:
             raise LookupError(f"runner {runner_kind!r} has no big-read variant")
 
-        perf = time.perf_counter
-        done = False
-        max_gap = 0.0
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal max_gap, ticks
-            last = perf()
-            while not done:
-                await asyncio.sleep(tick)
-                now = perf()
-                max_gap = max(max_gap, now - last)
-                ticks += 1
-                last = now
-
         # Baseline: how long does a tick take on an idle loop?
-        task = asyncio.ensure_future(ticker())
+        ticker = Ticker(tick)
         await asyncio.sleep(0.05)
-        idle_gap = max_gap
-        max_gap = 0.0
-        ticks = 0
+        idle_gap = ticker.max_gap
+        ticker.max_gap, ticker.ticks = 0.0, 0
 
         rss_before = current_rss_mib()
         peak_before = peak_rss_mib()
-        t0 = perf()
+        t0 = time.perf_counter()
         data = await read()
-        elapsed = perf() - t0
-        done = True
-        await task
+        elapsed = time.perf_counter() - t0
+        await ticker.stop()
         n = len(data)
         del data
         if n != size:
@@ -618,9 +550,9 @@ async def big_read(runner_kind: str, path: str, size: int, tick: float = 0.001) 
         peak_after = peak_rss_mib()
         return {
             "elapsed_s": elapsed,
-            "max_stall_ms": max_gap * 1e3,
+            "max_stall_ms": ticker.max_gap * 1e3,
             "idle_tick_ms": idle_gap * 1e3,
-            "ticks": ticks,
+            "ticks": ticker.ticks,
             "rss_before_mib": rss_before,
             "peak_rss_mib": peak_after,
             "peak_delta_mib": peak_after - min(peak_before, rss_before),
@@ -630,12 +562,6 @@ async def big_read(runner_kind: str, path: str, size: int, tick: float = 0.001) 
         if handle is not None:
             await handle.close()
         if ctx is not None:
-            result = ctx.close()
-            if asyncio.iscoroutine(result):
-                await result
+            await close_context(ctx)
         os.close(fd)
 
-
-def import_check() -> None:
-    """Raise ImportError early if caio cannot be imported at all."""
-    importlib.import_module("caio")

@@ -27,14 +27,9 @@ Reference rows (run with this project's interpreter, no caio involved):
 from __future__ import annotations
 
 import argparse
-import atexit
-import json
-import math
-import os
-import platform
+import asyncio
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,14 +37,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-
 import benchlib
+import harness
+from harness import (
+    UPSTREAM_VERSION,
+    Side,
+    field_values,
+    fmt_num,
+    fmt_stat,
+    log,
+    paired_ratios,
+    parse_int_list,
+    parse_str_list,
+    render_table,
+    stats,
+)
 
-RESULT_MARK = "@@RESULT@@ "
-UPSTREAM_VERSION = "0.12.10"
+SCRIPT = Path(__file__).resolve()
 DEFAULT_CONCURRENCY = (1, 16, 64, 256)
 OTHER_CONCURRENCY = 16
 NATIVE_MATCHED = ("uring", "linux", "thread")
@@ -68,50 +72,21 @@ KEY_TARGETS = {1: 3.0, 64: 5.0}
 
 
 def worker_main(spec: dict[str, Any]) -> dict[str, Any]:
-    kind = spec["kind"]
-    if kind == "probe":
-        info = benchlib.caio_info()
-        try:
-            import aiofiles  # type: ignore[import-untyped]  # noqa: F401
-
-            info["aiofiles"] = True
-        except ImportError:
-            info["aiofiles"] = False
-        info["loops"] = benchlib.available_loops()
-        info["python"] = sys.version.split()[0]
-        return info
-
     files = spec["files"]
-    loop = benchlib.new_loop(spec["loop"])
+    loop = harness.new_loop(spec["loop"])
     try:
-        import asyncio
-
         asyncio.set_event_loop(loop)
-        if kind == "bigread":
+        if spec["kind"] == "bigread":
             warm = benchlib.warm_file(files["big"])
             result = loop.run_until_complete(
                 benchlib.big_read(spec["runner"], files["big"], spec["big_size"]))
-        elif kind == "timed":
+        elif spec["kind"] == "timed":
             workload = benchlib.WORKLOADS[spec["workload"]]
-            target = files["data"] if workload.op == "read" else files["write"]
-            warm = benchlib.warm_file(target)
-            if workload.op in ("fsync", "fdsync"):
-                # Start from a clean file (earlier write runs leave dirty pages).
-                fd = os.open(files["write"], os.O_RDWR)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            warm = benchlib.before_run(workload, files)
             result = loop.run_until_complete(_timed(spec, workload, files))
-            if workload.op == "write":
-                # Do not leave writeback to the next configuration.
-                fd = os.open(files["write"], os.O_RDWR)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            benchlib.after_run(workload, files)
         else:
-            raise ValueError(f"unknown worker kind {kind!r}")
+            raise ValueError(f"unknown worker kind {spec['kind']!r}")
         result["warm"] = warm
         return result
     finally:
@@ -123,11 +98,8 @@ async def _timed(spec: dict[str, Any], workload: benchlib.Workload,
                  files: dict[str, str]) -> dict[str, Any]:
     concurrency = spec["concurrency"]
     runner = benchlib.Runner(spec["runner"], workload, files)
-    await runner.open(concurrency)
     try:
-        await runner.validate()
-        size_file = files["data"] if workload.op == "read" else files["write"]
-        offsets = benchlib.OffsetSource(workload, os.path.getsize(size_file))
+        offsets = await runner.start(concurrency)
         if spec["warmup"] > 0:
             await benchlib.run_timed(runner, concurrency, spec["warmup"], offsets)
         return await benchlib.run_timed(runner, concurrency, spec["seconds"], offsets)
@@ -135,28 +107,9 @@ async def _timed(spec: dict[str, Any], workload: benchlib.Workload,
         await runner.close()
 
 
-def run_worker_cli(arg: str) -> int:
-    spec = json.loads(arg)
-    result = worker_main(spec)
-    sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
-    sys.stdout.flush()
-    return 0
-
-
 # =============================================================================
 # driver side
 # =============================================================================
-
-
-@dataclass
-class Side:
-    name: str  # "ours" / "theirs"
-    env: dict[str, str]
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def title(self) -> str:
-        return "ours" if self.name == "ours" else f"caio {UPSTREAM_VERSION}"
 
 
 @dataclass
@@ -178,52 +131,6 @@ class Config:
         if self.kind == "bigread":
             return f"bigread {self.loop} {self.label}"
         return f"{self.workload} c={self.concurrency} {self.loop} {self.label}"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def run_subprocess(side: Side, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, env=side.env, capture_output=True, text=True, timeout=timeout,
-                          cwd=str(HERE), check=False)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise RuntimeError(f"worker exited with {proc.returncode}: {tail}")
-
-
-def side_env(prepend: list[str], drop: list[str]) -> dict[str, str]:
-    env = dict(os.environ)
-    drop_real = {os.path.realpath(p) for p in drop}
-    old = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    old = [p for p in old if os.path.realpath(p) not in drop_real]
-    env["PYTHONPATH"] = os.pathsep.join(prepend + old)
-    if not env["PYTHONPATH"]:
-        del env["PYTHONPATH"]
-    return env
-
-
-def ensure_upstream(upstream_dir: Path, version: str) -> None:
-    marker = upstream_dir / "caio" / "__init__.py"
-    dist = list(upstream_dir.glob(f"caio-{version}.dist-info"))
-    if marker.exists() and dist:
-        return
-    log(f"installing caio=={version} from PyPI into {upstream_dir} ...")
-    upstream_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-           "--no-deps", "--upgrade", "--target", str(upstream_dir), f"caio=={version}"]
-    subprocess.run(cmd, check=True)
-
-
-def parse_int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def parse_str_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
@@ -296,67 +203,39 @@ def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
 
 def run_all(args: argparse.Namespace, configs: list[Config], sides: dict[str, Side],
             files: dict[str, str]) -> None:
-    total = sum(len(c.runners) for c in configs) * args.repeat
-    done = 0
-    t_start = time.monotonic()
-    for rep in range(args.repeat):
-        for index, cfg in enumerate(configs):
-            order = list(cfg.runners)
-            if len(order) == 2 and (rep + index) % 2 == 1:
-                order.reverse()  # alternate which side goes first
-            for side_name in order:
-                runner = cfg.runners[side_name]
-                side = sides["ours" if side_name == "ref" else side_name]
-                spec: dict[str, Any] = {
-                    "kind": cfg.kind,
-                    "runner": runner,
-                    "workload": cfg.workload,
-                    "concurrency": cfg.concurrency,
-                    "loop": cfg.loop,
-                    "seconds": args.seconds,
-                    "warmup": args.warmup,
-                    "files": files,
-                    "big_size": args.big_read_mib * benchlib.MiB,
-                }
-                slot = cfg.results.setdefault(side_name, [None] * args.repeat)
-                try:
-                    result = run_subprocess(side, spec, timeout=60 + 20 * args.seconds)
-                    slot[rep] = result
-                    summary = (f"{result['ops_per_s']:,.0f} ops/s" if cfg.kind == "timed"
-                               else f"stall {result['max_stall_ms']:.1f} ms")
-                except Exception as exc:  # noqa: BLE001 - reported in the table
-                    msg = f"{side_name}: {exc}"
-                    if msg not in cfg.errors:
-                        cfg.errors.append(msg)
-                    summary = f"ERROR {exc}"
-                done += 1
-                if not args.quiet:
-                    elapsed = time.monotonic() - t_start
-                    log(f"[{done}/{total} {elapsed:5.0f}s] rep {rep + 1} {cfg.describe()} "
-                        f"{side_name}: {summary}")
+    """Per configuration its sides back to back ("ref" rows run on our side)."""
+    for cfg in configs:
+        cfg.results = {name: [None] * args.repeat for name in cfg.runners}
+
+    def measure(rep: int, member: tuple[Config, str]) -> str:
+        cfg, side_name = member
+        spec: dict[str, Any] = {
+            "kind": cfg.kind,
+            "runner": cfg.runners[side_name],
+            "workload": cfg.workload,
+            "concurrency": cfg.concurrency,
+            "loop": cfg.loop,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "files": files,
+            "big_size": args.big_read_mib * harness.MiB,
+        }
+        side = sides["ours" if side_name == "ref" else side_name]
+        try:
+            result = side.run(spec, timeout=60 + 20 * args.seconds)
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            harness.note_failure(cfg.errors, f"{side_name}: {exc}")
+            return f"ERROR {exc}"
+        cfg.results[side_name][rep] = result
+        return (f"{result['ops_per_s']:,.0f} ops/s" if cfg.kind == "timed"
+                else f"stall {result['max_stall_ms']:.1f} ms")
+
+    groups = [[(cfg, name) for name in cfg.runners] for cfg in configs]
+    harness.run_interleaved(args.repeat, groups, measure,
+                            lambda m: f"{m[0].describe()} {m[1]}", args.quiet)
 
 
 # ----------------------------------------------------------------- aggregation
-
-
-def stats(values: list[float]) -> dict[str, float] | None:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return None
-    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
-
-
-def field_values(results: list[dict[str, Any] | None], key: str) -> list[float]:
-    return [r[key] for r in results if r is not None and key in r]
-
-
-def paired_ratios(a: list[dict[str, Any] | None], b: list[dict[str, Any] | None],
-                  key: str) -> list[float]:
-    out = []
-    for ra, rb in zip(a, b):
-        if ra is not None and rb is not None and rb.get(key):
-            out.append(ra[key] / rb[key])
-    return out
 
 
 TIMED_KEYS = ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_op", "max_stall_ms",
@@ -388,35 +267,6 @@ def aggregate(configs: list[Config], sides: dict[str, Side],
 
 
 # --------------------------------------------------------------------- output
-
-
-def fmt_num(v: float | None) -> str:
-    if v is None or math.isnan(v):
-        return "-"
-    a = abs(v)
-    if a >= 1e6:
-        return f"{v / 1e6:.2f}M"
-    if a >= 1e4:
-        return f"{v / 1e3:.0f}k"
-    if a >= 1e3:
-        return f"{v / 1e3:.1f}k"
-    if a >= 100:
-        return f"{v:.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
-def fmt_stat(s: dict[str, float] | None, ratio: bool = False) -> str:
-    if not s:
-        return "-"
-    if ratio:
-        core = f"{s['median']:.2f}x"
-        rng = f"{s['min']:.2f}-{s['max']:.2f}"
-    else:
-        core = fmt_num(s["median"])
-        rng = f"{fmt_num(s['min'])}-{fmt_num(s['max'])}"
-    return core if s["n"] == 1 else f"{core} [{rng}]"
 
 
 def med(side: dict[str, Any] | None, key: str) -> float | None:
@@ -467,23 +317,6 @@ def row_label(row: dict[str, Any]) -> str:
         t = (row.get("theirs") or {}).get("resolved")
         return f"default ({o} vs {t})" if t else f"default ({o})"
     return label
-
-
-def render_table(headers: list[str], body: list[list[str]], align: str) -> list[str]:
-    widths = [len(h) for h in headers]
-    for r in body:
-        if r:
-            widths = [max(w, len(c)) for w, c in zip(widths, r)]
-
-    def line(cells: list[str]) -> str:
-        out = []
-        for cell, w, a in zip(cells, widths, align):
-            out.append(cell.ljust(w) if a == "l" else cell.rjust(w))
-        return "  ".join(out).rstrip()
-
-    lines = [line(headers), line(["-" * w for w in widths])]
-    lines += [line(r) if r else "" for r in body]
-    return lines
 
 
 def print_report(rows: list[dict[str, Any]], meta: dict[str, Any], has_theirs: bool) -> str:
@@ -603,34 +436,27 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any], has_theirs: b
 
     # Key figures.
     unfair = [(r, fairness_caveat(r, meta["seconds"])) for r in timed if not r["is_ref"]]
-    unfair = [(r, c) for r, c in unfair if c]
-    if unfair:
-        out.append("")
-        out.append("event-loop fairness: ours kept the loop to itself in these runs (operations "
-                   "that complete without suspending):")
-        for r, c in unfair:
-            out.append(f"  {r['loop']} {r['workload']} c={r['concurrency']} {row_label(r)}: {c}")
+    harness.add_section(
+        out, "event-loop fairness: ours kept the loop to itself in these runs (operations "
+        "that complete without suspending):",
+        [f"  {r['loop']} {r['workload']} c={r['concurrency']} {row_label(r)}: {c}"
+         for r, c in unfair if c])
+    key_lines = []
     if has_theirs:
-        key_lines = []
         for r in timed:
             if r["label"] == "thread" and r["workload"] == "rand4k" and \
                     r["concurrency"] in KEY_TARGETS and r.get("ratio"):
                 s = r["ratio"].get("ops_per_s")
                 target = KEY_TARGETS[r["concurrency"]]
-                verdict = "-" if not s else ("met" if s["median"] >= target else "NOT met")
+                verdict = harness.target_verdict(s, target)
                 line = (f"  thread_aio_asyncio rand4k c={r['concurrency']:<3} "
                         f"{r['loop']:<7}: ours/theirs {fmt_stat(s, ratio=True)} "
                         f"(target >= {target:g}x: {verdict})")
                 caveat = fairness_caveat(r, meta["seconds"])
                 key_lines.append(line + (f"; caveat: {caveat}" if caveat else ""))
-        if key_lines:
-            out.append("")
-            out.append("key figures (4 KiB random reads in page cache, ops/s ratio):")
-            out += key_lines
-    out.append(f"total wall time: {meta['wall_s']:.0f} s")
-    text = "\n".join(out)
-    print(text, flush=True)
-    return text
+    harness.add_section(out, "key figures (4 KiB random reads in page cache, ops/s ratio):",
+                        key_lines)
+    return harness.emit_report(out, meta["wall_s"])
 
 
 def make_plot(rows: list[dict[str, Any]], path: str, has_theirs: bool) -> bool:
@@ -715,24 +541,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="size of the single big read (256; 0 disables)")
     p.add_argument("--no-refs", action="store_true",
                    help="skip the reference rows (executor, aiofiles, floor)")
-    p.add_argument("--no-upstream", action="store_true",
-                   help="measure this project only (no PyPI install, no ratios)")
-    p.add_argument("--upstream-dir", default=os.environ.get("CAIO_UPSTREAM_DIR"),
-                   help=f"pip --target folder with caio {UPSTREAM_VERSION}; created if missing "
-                        f"(default benchmarks/.upstream/caio-{UPSTREAM_VERSION})")
+    harness.add_side_options(p, "measure this project only (no PyPI install, no ratios)")
     p.add_argument("--ours-path", default=None,
                    help="folder to put first on PYTHONPATH for our side "
                         "(default: the caio that this interpreter imports)")
-    p.add_argument("--no-snapshot", action="store_true",
-                   help="import our caio from where it lives instead of a frozen copy taken "
-                        "at start (the copy protects a run from concurrent rebuilds)")
     p.add_argument("--data-dir", default=None,
                    help="folder for the data files (default: a temporary folder, removed "
                         "afterwards); must be a real filesystem, not tmpfs")
-    p.add_argument("--json", dest="json_out", default=None, help="write all results as JSON")
     p.add_argument("--plot", default=None, help="write ops/s vs concurrency plot (PNG)")
-    p.add_argument("--quiet", action="store_true", help="no per-run progress on stderr")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    harness.add_output_options(p, "write all results as JSON")
     args = p.parse_args(argv)
 
     if args.quick:
@@ -749,57 +566,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def prepare_ours(upstream_dir: Path, extra_paths: list[str], snapshot: bool) -> Side:
-    """Our side, probed. With ``snapshot`` it imports a frozen copy of our package, so
-    edits or rebuilds of the working tree during the run cannot mix two versions into one
-    table."""
-    ours = Side("ours", side_env(extra_paths, [str(upstream_dir)]))
-    ours.info = run_subprocess(ours, {"kind": "probe"}, timeout=60)
-    if os.path.realpath(ours.info["file"]).startswith(str(upstream_dir)):
-        raise SystemExit(f"our side imports caio from the upstream folder {ours.info['file']}")
-    if snapshot:
-        source = ours.info["file"]
-        snapshot_dir = Path(tempfile.mkdtemp(prefix="caio-ours-"))
-        atexit.register(shutil.rmtree, snapshot_dir, True)
-        shutil.copytree(source, snapshot_dir / "caio",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        ours.env = side_env([str(snapshot_dir), *extra_paths], [str(upstream_dir)])
-        ours.info = run_subprocess(ours, {"kind": "probe"}, timeout=60)
-        if not os.path.realpath(ours.info["file"]).startswith(str(snapshot_dir.resolve())):
-            raise SystemExit(f"snapshot of {source} did not load: got {ours.info['file']}")
-        ours.info["file"] = f"snapshot of {source}"
-    return ours
-
-
-def prepare_theirs(upstream_dir: Path) -> Side:
-    """caio 0.12.10 from its ``pip install --target`` folder (installed if missing), probed."""
-    ensure_upstream(upstream_dir, UPSTREAM_VERSION)
-    theirs = Side("theirs", side_env([str(upstream_dir)], []))
-    theirs.info = run_subprocess(theirs, {"kind": "probe"}, timeout=60)
-    if theirs.info["version"] != UPSTREAM_VERSION or \
-            not os.path.realpath(theirs.info["file"]).startswith(str(upstream_dir)):
-        raise SystemExit(f"upstream side loaded caio {theirs.info['version']} from "
-                         f"{theirs.info['file']}, expected {UPSTREAM_VERSION} from "
-                         f"{upstream_dir}")
-    return theirs
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
-        return run_worker_cli(args.worker)
+        return harness.serve_worker(worker_main, args.worker)
 
     t0 = time.monotonic()
-    upstream_dir = Path(args.upstream_dir or HERE / ".upstream" / f"caio-{UPSTREAM_VERSION}")
-    upstream_dir = upstream_dir.resolve()
-    extra = [args.ours_path] if args.ours_path else []
-    ours = prepare_ours(upstream_dir, extra, snapshot=not args.no_snapshot)
-    log(f"ours: caio {ours.info['version']} from {ours.info['file']}, backends "
-        f"{ours.info['backends']}, default {ours.info['default']}")
-    theirs = None if args.no_upstream else prepare_theirs(upstream_dir)
-    if theirs is not None:
-        log(f"theirs: caio {theirs.info['version']} from {theirs.info['file']}, backends "
-            f"{theirs.info['backends']}, default {theirs.info['default']}")
+    sides = harness.prepare_sides(SCRIPT, args, [args.ours_path] if args.ours_path else [])
+    ours, theirs = sides["ours"], sides.get("theirs")
 
     loops = parse_str_list(args.loops) if args.loops else ours.info["loops"]
     for loop in loops:
@@ -818,13 +592,10 @@ def main(argv: list[str] | None = None) -> int:
         workloads = parse_str_list(args.workloads) if args.workloads else None
         need_big = (workloads is None or "bigread" in workloads) and args.big_read_mib > 0
         files = benchlib.prepare_data_dir(
-            data_dir, big_size=args.big_read_mib * benchlib.MiB if need_big else 0)
+            data_dir, big_size=args.big_read_mib * harness.MiB if need_big else 0)
         if workloads is None:
             args.workloads = ",".join(list(benchlib.WORKLOADS) + ["bigread"])
 
-        sides = {"ours": ours}
-        if theirs is not None:
-            sides["theirs"] = theirs
         configs = build_configs(args, ours, theirs, loops)
         if not configs:
             raise SystemExit("nothing to run")
@@ -835,12 +606,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = aggregate(configs, sides, args.default_alias)
     meta = {
-        "ours": ours.info,
-        "theirs": theirs.info if theirs else None,
-        "upstream_version": UPSTREAM_VERSION,
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+        **harness.sides_meta(sides),
+        **harness.machine_meta(),
         "fstype": fstype,
         "data_dir": str(data_dir) + (" (temporary)" if tmp_created else ""),
         "repeat": args.repeat,
@@ -856,9 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = [{"kind": c.kind, "workload": c.workload, "concurrency": c.concurrency,
                 "loop": c.loop, "label": c.label, "runners": c.runners, "results": c.results,
                 "errors": c.errors} for c in configs]
-        with open(args.json_out, "w", encoding="utf-8") as fp:
-            json.dump({"meta": meta, "rows": rows, "runs": raw, "report": report}, fp, indent=1)
-        log(f"wrote {args.json_out}")
+        harness.write_json(args.json_out, meta, rows, raw, report)
     if args.plot and make_plot(rows, args.plot, theirs is not None):
         log(f"wrote {args.plot}")
     return 1 if any(c.errors for c in configs) else 0

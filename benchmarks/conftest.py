@@ -15,16 +15,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
+import harness
 
 
 def pytest_report_header(config):
     try:
-        info = benchlib.caio_info()
+        info = harness.caio_info()
     except Exception as exc:  # noqa: BLE001
         return [f"caio: import failed: {exc}"]
     line = (f"caio {info['version']} from {info['file']}; backends "
             f"{', '.join(info['backends'])} (default {info['default']}); "
-            f"loops {', '.join(benchlib.available_loops())}")
+            f"loops {', '.join(harness.available_loops())}")
     return [line]
 
 

@@ -45,9 +45,7 @@ import datetime
 import errno
 import json
 import os
-import platform
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -56,29 +54,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-
 import benchlib
-from compare import (
-    RESULT_MARK,
+import harness
+from harness import (
+    REPO_ROOT,
     UPSTREAM_VERSION,
+    MiB,
     Side,
     fmt_num,
     fmt_stat,
     log,
     parse_int_list,
     parse_str_list,
-    prepare_ours,
-    prepare_theirs,
     render_table,
     stats,
 )
 
+SCRIPT = Path(__file__).resolve()
 BLOCK = 4096
-DEFAULT_SIZE = benchlib.MiB * 1024
-DEFAULT_FILE = HERE / ".direct" / "direct.dat"
+DEFAULT_SIZE = MiB * 1024
+DEFAULT_FILE = SCRIPT.parent / ".direct" / "direct.dat"
 DEFAULT_DEPTHS = (1, 32)
 BACKENDS = ("linux", "uring", "thread")
 MODULES = {"linux": "linux_aio", "uring": "linux_uring", "thread": "thread_aio"}
@@ -143,7 +138,7 @@ class Tally:
         if self.errors >= ABORT_AFTER_ERRORS and self.errors > 10 * self.ok:
             self.stop = self.aborted = True
 
-    def result(self, elapsed: float, cpu: float) -> dict[str, Any]:
+    def result(self, elapsed: float, cpu: float, validation: str | None) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "errors": self.errors,
@@ -153,13 +148,9 @@ class Tally:
             "elapsed_s": elapsed,
             "ops_per_s": self.ok / elapsed if elapsed > 0 else 0.0,
             "cpu_s": cpu,
-            "cpu_us_per_op": cpu / self.ok * 1e6 if self.ok else None,
+            "cpu_us_per_op": harness.cpu_us_per_op(cpu, self.ok),
+            "validation": validation,
         }
-
-
-def cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def validate_read(data: Any, path: str, offset: int) -> str | None:
@@ -211,21 +202,15 @@ async def run_asyncio(spec: dict[str, Any]) -> dict[str, Any]:
             tally.stop = True
 
         loop = asyncio.get_running_loop()
-        cpu0 = cpu_seconds()
-        t0 = time.perf_counter()
+        window = harness.Stopwatch()
         handle = loop.call_later(spec["seconds"], stop)
         await asyncio.gather(*(worker() for _ in range(depth)))
-        elapsed = time.perf_counter() - t0
-        cpu = cpu_seconds() - cpu0
+        elapsed, cpu = window.read()
         handle.cancel()
-        result = tally.result(elapsed, cpu)
-        result["validation"] = validation
-        return result
+        return tally.result(elapsed, cpu, validation)
     finally:
         if ctx is not None:
-            closed = ctx.close()
-            if asyncio.iscoroutine(closed):
-                await closed
+            await harness.close_context(ctx)
         os.close(fd)
 
 
@@ -290,9 +275,8 @@ def run_raw(spec: dict[str, Any]) -> dict[str, Any]:
             done.clear()
 
         perf = time.perf_counter
-        cpu0 = cpu_seconds()
-        t0 = perf()
-        deadline = t0 + seconds
+        window = harness.Stopwatch()
+        deadline = window.start + seconds
         for _ in range(depth):
             submit_one()
         while in_flight and not tally.stop:
@@ -305,13 +289,10 @@ def run_raw(spec: dict[str, Any]) -> dict[str, Any]:
             if not done:
                 ctx.process_events(depth, 1, -1)
             reap()
-        elapsed = perf() - t0
-        cpu = cpu_seconds() - cpu0
+        elapsed, cpu = window.read()
         if tally.ok == 0 and tally.errors and not tally.aborted and elapsed < seconds:
             tally.aborted = True  # every submit failed at once
-        result = tally.result(elapsed, cpu)
-        result["validation"] = validation
-        return result
+        return tally.result(elapsed, cpu, validation)
     finally:
         os.close(fd)
 
@@ -325,17 +306,6 @@ def worker_main(spec: dict[str, Any]) -> dict[str, Any]:
         result = asyncio.run(run_asyncio(spec))
     result["caio_file"] = os.path.dirname(os.path.abspath(caio.__file__))
     return result
-
-
-def run_worker_cli(arg: str) -> int:
-    spec = json.loads(arg)
-    try:
-        result = worker_main(spec)
-    except Exception as exc:  # noqa: BLE001 - the driver reports it
-        result = {"fatal": f"{error_kind(exc)}: {exc!r}"}
-    sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
-    sys.stdout.flush()
-    return 0
 
 
 # =============================================================================
@@ -367,20 +337,6 @@ class Config:
 
     def describe(self) -> str:
         return f"depth {self.depth} {self.side_title} {self.what}"
-
-
-def run_worker(side: Side, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, env=side.env, capture_output=True, text=True, timeout=timeout,
-                          cwd=str(HERE), check=False)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
-            if "fatal" in result:
-                raise RuntimeError(result["fatal"])
-            return result
-    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise RuntimeError(f"worker exited with {proc.returncode}: {tail}")
 
 
 def fio_version(fio: str) -> str:
@@ -421,7 +377,7 @@ def run_fio(fio: str, path: str, depth: int, seconds: float, timeout: float) -> 
         "elapsed_s": runtime_s,
         "ops_per_s": read["iops"],
         "cpu_s": cpu,
-        "cpu_us_per_op": cpu / ios * 1e6 if ios else None,
+        "cpu_us_per_op": harness.cpu_us_per_op(cpu, ios),
         "usr_cpu": job["usr_cpu"],
         "sys_cpu": job["sys_cpu"],
         "lat_mean_us": read.get("lat_ns", {}).get("mean", 0) / 1000,
@@ -432,7 +388,7 @@ def prepare_file(args: argparse.Namespace) -> tuple[Path, int, str]:
     """The data file: created (non-zero data, 1 MiB chunks) or reused; never on tmpfs."""
     path = Path(args.file).resolve() if args.file else DEFAULT_FILE
     wanted = args.size if args.size is not None else DEFAULT_SIZE
-    if wanted < benchlib.MiB or wanted % BLOCK:
+    if wanted < MiB or wanted % BLOCK:
         raise SystemExit(f"--size must be >= 1 MiB and a multiple of {BLOCK}")
     existing = path.stat().st_size if path.exists() else None
     if path == DEFAULT_FILE:
@@ -446,13 +402,13 @@ def prepare_file(args: argparse.Namespace) -> tuple[Path, int, str]:
     if existing is not None and existing != wanted:
         if path != DEFAULT_FILE and args.size is None:
             size = existing - existing % BLOCK  # a file of the user's: use it as it is
-            if size < benchlib.MiB:
+            if size < MiB:
                 raise SystemExit(f"{path} has only {existing} bytes; need >= 1 MiB")
         elif path != DEFAULT_FILE:
             raise SystemExit(f"{path} exists with {existing} bytes, not --size {wanted}; "
                              "not overwriting it")
     if existing is None or (path == DEFAULT_FILE and existing != wanted):
-        log(f"creating {path} ({wanted / benchlib.MiB:.0f} MiB) ...")
+        log(f"creating {path} ({wanted / MiB:.0f} MiB) ...")
         path.parent.mkdir(parents=True, exist_ok=True)
         benchlib.make_file(path, wanted, seed=11)
     try:
@@ -488,45 +444,36 @@ def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
 
 def run_all(args: argparse.Namespace, configs: list[Config], sides: dict[str, Side],
             fio: str | None, path: Path, size: int) -> None:
-    total = len(configs) * args.repeat
-    done = 0
-    t_start = time.monotonic()
+    """Per depth every side back to back."""
     timeout = 60 + 10 * args.seconds
     for cfg in configs:
         cfg.results = [None] * args.repeat
-    for rep in range(args.repeat):
-        for depth in args.depth_list:
-            order = [c for c in configs if c.depth == depth]
-            if rep % 2 == 1:
-                order.reverse()  # slow drifts of a noisy machine hit all sides alike
-            for cfg in order:
-                try:
-                    if cfg.side == "fio":
-                        assert fio is not None
-                        result = run_fio(fio, str(path), depth, args.seconds, timeout)
-                    else:
-                        spec = {"backend": cfg.backend, "mode": cfg.mode, "depth": depth,
-                                "seconds": args.seconds, "file": str(path), "size": size,
-                                "seed": 1000 + rep}
-                        result = run_worker(sides[cfg.side], spec, timeout)
-                    cfg.results[rep] = result
-                    summary = f"{result['ops_per_s']:,.0f} IOPS"
-                    if result["errors"]:
-                        summary += (f", {result['errors']} errors ({result['error_kind']}), "
-                                    f"first {result['first_error']}")
-                    if result.get("validation") and not (
-                            result["first_error"]
-                            and result["validation"].endswith(result["first_error"])):
-                        summary += f", validation: {result['validation']}"
-                except Exception as exc:  # noqa: BLE001 - reported in the table
-                    msg = str(exc)
-                    if msg not in cfg.failures:
-                        cfg.failures.append(msg)
-                    summary = f"FAILED {exc}"
-                done += 1
-                if not args.quiet:
-                    log(f"[{done}/{total} {time.monotonic() - t_start:4.0f}s] rep {rep + 1} "
-                        f"{cfg.describe()}: {summary}")
+
+    def measure(rep: int, cfg: Config) -> str:
+        try:
+            if cfg.side == "fio":
+                assert fio is not None
+                result = run_fio(fio, str(path), cfg.depth, args.seconds, timeout)
+            else:
+                spec = {"backend": cfg.backend, "mode": cfg.mode, "depth": cfg.depth,
+                        "seconds": args.seconds, "file": str(path), "size": size,
+                        "seed": 1000 + rep}
+                result = sides[cfg.side].run(spec, timeout)
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            harness.note_failure(cfg.failures, str(exc))
+            return f"FAILED {exc}"
+        cfg.results[rep] = result
+        summary = f"{result['ops_per_s']:,.0f} IOPS"
+        if result["errors"]:
+            summary += (f", {result['errors']} errors ({result['error_kind']}), "
+                        f"first {result['first_error']}")
+        if result.get("validation") and not (
+                result["first_error"] and result["validation"].endswith(result["first_error"])):
+            summary += f", validation: {result['validation']}"
+        return summary
+
+    groups = [[c for c in configs if c.depth == depth] for depth in args.depth_list]
+    harness.run_interleaved(args.repeat, groups, measure, Config.describe, args.quiet)
 
 
 # ----------------------------------------------------------------- aggregation
@@ -561,11 +508,9 @@ def aggregate(configs: list[Config]) -> list[dict[str, Any]]:
             row["errors"] > FAIL_FRACTION * row["attempts"]
         fio_cfg = fio_by_depth.get(cfg.depth)
         if fio_cfg is not None and cfg.side != "fio":
-            ratios = [r["ops_per_s"] / f["ops_per_s"]
-                      for r, f in zip(runs, fio_cfg.results)
-                      if r is not None and f is not None and r["ok"] > 0 and f["ok"] > 0
-                      and r["errors"] == 0]
-            row["vs_fio"] = stats(ratios)
+            row["vs_fio"] = stats(harness.paired_ratios(
+                runs, fio_cfg.results, "ops_per_s",
+                usable=lambda r: r["ok"] > 0 and r["errors"] == 0))
         rows.append(row)
     return rows
 
@@ -578,7 +523,7 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     out.append(f"O_DIRECT 4 KiB random reads, {meta['date']}")
     out.append(f"machine: Linux {meta['kernel']}, {meta['cpus']} CPUs, Python {meta['python']}")
     out.append(f"fio: {meta['fio']}")
-    out.append(f"file: {meta['file']} ({meta['size'] / benchlib.MiB:.0f} MiB, {meta['fstype']})")
+    out.append(f"file: {meta['file']} ({meta['size'] / MiB:.0f} MiB, {meta['fstype']})")
     out.append(f"ours: caio {meta['ours']['version']} ({meta['ours']['file']})")
     if meta["theirs"]:
         out.append(f"theirs: caio {meta['theirs']['version']} ({meta['theirs']['file']})")
@@ -628,10 +573,7 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 notes.append(f"  {label}: validation read: {v}")
         for f in r["failed_runs"]:
             notes.append(f"  {label}: run failed: {f}")
-    if notes:
-        out.append("")
-        out.append("errors:")
-        out += notes
+    harness.add_section(out, "errors:", notes)
 
     key = []
     cpu_theirs = {(r["depth"], r["backend"], r["mode"]): r for r in rows if r["side"] == "theirs"}
@@ -639,8 +581,7 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         if r["side"] != "ours" or r["backend"] != "linux" or r["mode"] == "raw":
             continue
         s = r.get("vs_fio")
-        verdict = "no fio" if "vs_fio" not in r else \
-            ("-" if not s else ("met" if s["median"] >= TARGET_RATIO else "NOT met"))
+        verdict = "no fio" if "vs_fio" not in r else harness.target_verdict(s, TARGET_RATIO)
         line = (f"  depth {r['depth']:<3} {r['what']:<28}: x fio {fmt_stat(s, ratio=True)} "
                 f"(target >= {TARGET_RATIO:g}: {verdict}); CPU {fmt_stat(r['cpu_us_per_op'])} "
                 "us/op")
@@ -654,14 +595,8 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             else:
                 line += f" vs caio {UPSTREAM_VERSION}: {fmt_num(tc['median'])}"
         key.append(line)
-    if key:
-        out.append("")
-        out.append("key figures (linux_aio, ours):")
-        out += key
-    out.append(f"total wall time: {meta['wall_s']:.0f} s")
-    text = "\n".join(out)
-    print(text, flush=True)
-    return text
+    harness.add_section(out, "key figures (linux_aio, ours):", key)
+    return harness.emit_report(out, meta["wall_s"])
 
 
 # ----------------------------------------------------------------------- main
@@ -683,20 +618,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"data file size in bytes when creating it ({DEFAULT_SIZE})")
     p.add_argument("--backends", default="linux",
                    help="comma list among linux,uring,thread (linux)")
-    p.add_argument("--no-upstream", action="store_true",
-                   help=f"do not measure caio {UPSTREAM_VERSION}")
-    p.add_argument("--upstream-dir", default=os.environ.get("CAIO_UPSTREAM_DIR"),
-                   help=f"pip --target folder with caio {UPSTREAM_VERSION}; created if missing "
-                        f"(default benchmarks/.upstream/caio-{UPSTREAM_VERSION})")
+    harness.add_side_options(p, f"do not measure caio {UPSTREAM_VERSION}")
     p.add_argument("--no-fio", action="store_true", help="skip the fio rows")
-    p.add_argument("--no-snapshot", action="store_true",
-                   help="import our caio from where it lives instead of a frozen copy taken "
-                        "at start (the copy protects a run from concurrent rebuilds)")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke run: 1 s runs, 1 repeat, depths 1,8")
-    p.add_argument("--json", dest="json_out", default=None, help="write all raw results as JSON")
-    p.add_argument("--quiet", action="store_true", help="no per-run progress on stderr")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    harness.add_output_options(p, "write all raw results as JSON")
     args = p.parse_args(argv)
     if args.quick:
         defaults: dict[str, Any] = {"repeat": 1, "seconds": 1.0, "depths": "1,8"}
@@ -715,20 +641,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
-        return run_worker_cli(args.worker)
+        return harness.serve_worker(worker_main, args.worker,
+                                    lambda exc: f"{error_kind(exc)}: {exc!r}")
 
     t0 = time.monotonic()
     path, size, fstype = prepare_file(args)
-
-    upstream_dir = Path(args.upstream_dir or HERE / ".upstream" / f"caio-{UPSTREAM_VERSION}")
-    upstream_dir = upstream_dir.resolve()
-    ours = prepare_ours(upstream_dir, [], snapshot=not args.no_snapshot)
-    log(f"ours: caio {ours.info['version']} from {ours.info['file']}, backends "
-        f"{ours.info['backends']}")
-    theirs = None if args.no_upstream else prepare_theirs(upstream_dir)
-    if theirs is not None:
-        log(f"theirs: caio {theirs.info['version']} from {theirs.info['file']}, backends "
-            f"{theirs.info['backends']}")
+    sides = harness.prepare_sides(SCRIPT, args, [])
 
     fio = None if args.no_fio else shutil.which("fio")
     if fio:
@@ -737,10 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         fio_ver = "skipped (--no-fio)" if args.no_fio else "not installed: no fio rows"
         log(f"fio: {fio_ver}")
 
-    sides = {"ours": ours}
-    if theirs is not None:
-        sides["theirs"] = theirs
-    configs = build_configs(args, ours, theirs, fio)
+    configs = build_configs(args, sides["ours"], sides.get("theirs"), fio)
     if not configs:
         raise SystemExit("nothing to run")
     run_all(args, configs, sides, fio, path, size)
@@ -748,16 +663,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = aggregate(configs)
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
+        **harness.machine_meta(),
         "fio": fio_ver,
         "file": str(path),
         "size": size,
         "fstype": fstype,
-        "ours": ours.info,
-        "theirs": theirs.info if theirs else None,
-        "upstream_version": UPSTREAM_VERSION,
+        **harness.sides_meta(sides),
         "repeat": args.repeat,
         "seconds": args.seconds,
         "depths": args.depth_list,
@@ -769,9 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         raw = [{"side": c.side, "backend": c.backend, "mode": c.mode, "depth": c.depth,
                 "results": c.results, "failures": c.failures} for c in configs]
-        with open(args.json_out, "w", encoding="utf-8") as fp:
-            json.dump({"meta": meta, "rows": rows, "runs": raw, "report": report}, fp, indent=1)
-        log(f"wrote {args.json_out}")
+        harness.write_json(args.json_out, meta, rows, raw, report)
     return 1 if any(c.failures for c in configs) else 0
 
 

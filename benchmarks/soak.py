@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import ctypes.util
 import errno
 import gc
 import os
@@ -51,8 +49,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KiB = 1024
-MiB = 1024 * KiB
+from harness import (
+    REPO_ROOT,
+    KiB,
+    MiB,
+    available_loops,
+    fd_count,
+    new_loop,
+    settled_anon_rss_bytes,
+    thread_count,
+)
 
 BLOCK = 128 * KiB
 BLOCKS_PER_WORKER = 2
@@ -60,41 +66,6 @@ CANCEL_RATE = 0.05
 SYNC_RATE = 0.004
 # hang guard for cancelled operations, closing, and for the counts to settle
 WAIT_SECONDS = float(os.environ.get("CAIO_SOAK_WAIT", "30"))
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-# --------------------------------------------------------------------------------------------
-# process counters
-
-
-def rss_bytes() -> int:
-    """Resident anonymous memory: the heap, stacks and mappings a leak would grow (the
-    pages of shared libraries, first touched late by some code path, do not count)."""
-    with open("/proc/self/status") as fp:
-        for line in fp:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
-
-
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def thread_count() -> int:
-    # includes the kernel's io_uring threads (iou-sqp-*, iou-wrk-*), which belong to us
-    return len(os.listdir("/proc/self/task"))
-
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def settled_rss() -> int:
-    gc.collect()
-    if hasattr(_libc, "malloc_trim"):
-        _libc.malloc_trim(0)
-    return rss_bytes()
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,15 +248,10 @@ class Worker:
 # one thread: its own loop, one adapter per backend, a few workers per adapter
 
 
-def loop_factory(thread_index):
-    if thread_index % 2:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.new_event_loop, "uvloop"
-    return asyncio.new_event_loop, "asyncio"
+def loop_name(thread_index):
+    """asyncio, and uvloop on every other thread when it is installed."""
+    loops = available_loops()
+    return loops[thread_index % len(loops)]
 
 
 class SoakThread(threading.Thread):
@@ -301,8 +267,8 @@ class SoakThread(threading.Thread):
         self.loop_name = ""
 
     def run(self):
-        factory, self.loop_name = loop_factory(self.index)
-        loop = factory()
+        self.loop_name = loop_name(self.index)
+        loop = new_loop(self.loop_name)
         try:
             loop.run_until_complete(self.main())
         except BaseException as exc:  # noqa: BLE001 (reported, and the barrier released)
@@ -452,7 +418,7 @@ def run_soak(ops=20_000, threads=3, workers=4, directory=None, seed=1, warmup=0.
     folder = Path(tempfile.mkdtemp(prefix="caio-soak-", dir=str(base)))
     for i in range(min(threads, 2)):
         # libuv opens a process-wide signal pipe with its first loop, and keeps it
-        loop_factory(i)[0]().close()
+        new_loop(loop_name(i)).close()
     fds0, tasks0 = fd_count(), thread_count()
     barrier = threading.Barrier(threads + 1)
     pool = [SoakThread(i, options, str(folder / f"soak-{i}.bin"), barrier, adapters)
@@ -466,10 +432,10 @@ def run_soak(ops=20_000, threads=3, workers=4, directory=None, seed=1, warmup=0.
             t.start()
         try:
             barrier.wait(timeout=600)  # warm-up done
-            rss_warm = settled_rss()
+            rss_warm = settled_anon_rss_bytes()
             barrier.wait(timeout=600)
             barrier.wait(timeout=3600)  # run done
-            rss_end = settled_rss()
+            rss_end = settled_anon_rss_bytes()
             fds_running, tasks_running = fd_count(), thread_count()
             barrier.wait(timeout=600)
         except threading.BrokenBarrierError:
@@ -493,7 +459,7 @@ def run_soak(ops=20_000, threads=3, workers=4, directory=None, seed=1, warmup=0.
     report = Report(ops=stats.ops, seconds=seconds, threads=threads,
                     backends=[m.__name__.split(".")[-1].removesuffix("_asyncio")
                               for m in adapters],
-                    loops=[loop_factory(i)[1] for i in range(threads)], stats=stats,
+                    loops=[loop_name(i) for i in range(threads)], stats=stats,
                     rss_warm=rss_warm, rss_end=rss_end,
                     fds=(fds0, fds_running, fds_end), tasks=(tasks0, tasks_running, tasks_end),
                     rss_limit=rss_limit)

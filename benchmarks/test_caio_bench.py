@@ -10,7 +10,6 @@ how many, so ops/s = ops_per_round / mean. The side-by-side comparison with caio
 from __future__ import annotations
 
 import asyncio
-import os
 import warnings
 
 import pytest
@@ -18,13 +17,14 @@ import pytest
 pytest.importorskip("pytest_benchmark")
 
 import benchlib
+import harness
 
 try:
-    BACKENDS = sorted(benchlib.caio_backends())
+    BACKENDS = sorted(harness.caio_backends())
 except ImportError:  # pragma: no cover - caio itself not importable
     BACKENDS = []
 
-LOOPS = benchlib.available_loops()
+LOOPS = harness.available_loops()
 
 # (workload, concurrency, operations per benchmark round)
 CASES = [
@@ -54,24 +54,16 @@ def backend(request):
                          ids=[f"{w}-c{c}" for w, c, _ in CASES])
 def test_caio(benchmark, bench_files, backend, loop_name, workload, concurrency, ops):
     w = benchlib.WORKLOADS[workload]
-    target = bench_files["data"] if w.op == "read" else bench_files["write"]
-    if w.op in ("fsync", "fdsync"):
-        fd = os.open(bench_files["write"], os.O_RDWR)
-        try:
-            os.fsync(fd)  # start from a clean file
-        finally:
-            os.close(fd)
-    warm = benchlib.warm_file(target)
+    warm = benchlib.before_run(w, bench_files)
     if not warm["ok"]:
-        warnings.warn(f"{target} is not fully in the page cache: {warm}", stacklevel=1)
+        warnings.warn(f"{benchlib.workload_file(w, bench_files)} is not fully in the page "
+                      f"cache: {warm}", stacklevel=1)
 
-    loop = benchlib.new_loop(loop_name)
+    loop = harness.new_loop(loop_name)
     asyncio.set_event_loop(loop)
     runner = benchlib.Runner(f"caio:{backend}", w, bench_files)
     try:
-        loop.run_until_complete(runner.open(concurrency))
-        loop.run_until_complete(runner.validate())
-        offsets = benchlib.OffsetSource(w, os.path.getsize(target))
+        offsets = loop.run_until_complete(runner.start(concurrency))
 
         def one_round():
             loop.run_until_complete(benchlib.run_count(runner, concurrency, ops, offsets))
@@ -83,16 +75,12 @@ def test_caio(benchmark, bench_files, backend, loop_name, workload, concurrency,
             "page_cache_resident": warm["resident"], "residency_check": warm["method"],
         })
         benchmark.pedantic(one_round, rounds=20, warmup_rounds=2, iterations=1)
-        mean = benchmark.stats.stats.mean
+        # No stats under --benchmark-disable (one plain call of one_round).
+        mean = benchmark.stats.stats.mean if benchmark.stats else None
         if mean:
             benchmark.extra_info["ops_per_s"] = ops / mean
     finally:
         loop.run_until_complete(runner.close())
         loop.close()
         asyncio.set_event_loop(None)
-        if w.op == "write":
-            fd = os.open(bench_files["write"], os.O_RDWR)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        benchlib.after_run(w, bench_files)

@@ -28,7 +28,7 @@ DEFAULT_TEST_BASE = REPO_ROOT / ".pytest-tmp"
 # Per-test hang guard: a hung test kills the run with tracebacks instead of stalling CI.
 HANG_GUARD_SECONDS = 120
 
-# Exceptions an adapter may raise for an I/O on a closed file descriptor (spec 4.5).
+# Exceptions an adapter may raise for an I/O on a closed file descriptor (the backends' adapters differ).
 BAD_FD_ERRORS = (SystemError, OSError, AssertionError, ValueError)
 
 SELECTORS = {
@@ -212,9 +212,13 @@ class Backend:
         if not self.pumped:
             assert tracker.event.wait(timeout), f"{self.name}: completions did not arrive"
             return
+        if hasattr(ctx, "flush"):
+            # flush() may deliver everything inline; a blocking wait after it would then
+            # sit out its whole timeout
+            ctx.flush()
         while not tracker.event.is_set():
             assert time.monotonic() < deadline, f"{self.name}: completions did not arrive"
-            self.pump(ctx)
+            ctx.process_events(min_requests=1, timeout=1)
 
     def run(self, ctx, *ops, timeout=10.0):
         """Submit ``ops`` (all must be accepted), wait for all callbacks, return their args."""
@@ -232,6 +236,29 @@ class Backend:
         if self.short == "python_aio":
             # ThreadPool.close() does not join; join so that no worker still holds an op
             ctx.pool.join()
+
+
+class CallbackBlocker:
+    """Parks the only worker of a pool_size=1 thread_aio ``Context`` inside a callback, so that
+    ops submitted meanwhile stay queued (in flight) until the ``with`` block ends."""
+
+    def __init__(self, ctx, operation_type, fd, timeout=10.0):
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.op = operation_type.fsync(fd)
+        self.op.set_callback(self._callback)
+        assert ctx.submit(self.op) == 1
+        assert self.started.wait(timeout), "blocker callback did not start"
+
+    def _callback(self, result):
+        self.started.set()
+        self.release.wait(60)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
 
 
 class Calls:
@@ -314,6 +341,29 @@ def backend(request) -> Backend:
     reason="no native backend available"))])
 def native_backend(request) -> Backend:
     return request.param
+
+
+def pump_until(ctx, predicate, timeout=10.0):
+    """Deliver completions on this thread until ``predicate()`` holds (hang-guarded); a
+    Context that stages requests (io_uring) is flushed first."""
+    deadline = time.monotonic() + timeout
+    if hasattr(ctx, "flush"):
+        ctx.flush()
+    while not predicate():
+        assert time.monotonic() < deadline, "completions did not arrive"
+        ctx.process_events(min_requests=1, timeout=1)
+
+
+def run_ops(ctx, *ops):
+    """Submit ``ops`` to a pumped Context (all accepted), deliver them; returns each op's list
+    of callback arguments, after checking that nothing is delivered twice."""
+    calls = [Calls() for _ in ops]
+    for op, cb in zip(ops, calls):
+        op.set_callback(cb)
+    assert ctx.submit(*ops) == len(ops)
+    pump_until(ctx, lambda: all(cb.results for cb in calls))
+    assert ctx.process_events() == 0
+    return [cb.results for cb in calls]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""asyncio adapter round trips (spec 4.5), for every adapter in caio.variants_asyncio,
+"""asyncio adapter round trips (read, write, fsync, cancellation), for every adapter in caio.variants_asyncio,
 on the default asyncio loop and on uvloop (when installed).
 
 Every coroutine runs through ``loop_runner``, whose loop exception handler must never be
@@ -183,7 +183,7 @@ def test_closed_fd_raises(loop_runner, AsyncioContext, files):
 
 @pytest.mark.parametrize("size", [64 * 1024, 128 * 1024], ids=["64k", "128k"])
 def test_cancellation_keep_first(loop_runner, AsyncioContext, files, size):
-    # 64 KiB is the spec's size; 128 KiB reads cannot be completed inline by any backend's
+    # 64 KiB is the size caio's own tests cancel; 128 KiB reads cannot be completed inline by any backend's
     # small-read fast path, so they really are in flight when cancelled
     n = 16
     chunks = [chunk(i, size) for i in range(n)]

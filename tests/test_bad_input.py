@@ -1,5 +1,6 @@
-"""Bad arguments must raise the contract's exception types, never crash, never leak
-(spec 3.1; 0.12.10 addendum for huge sizes)."""
+"""Bad arguments raise the exception types caio raises (TypeError for wrong argument types,
+ValueError for non-bytes payloads, OverflowError for out-of-range numbers, and since caio
+0.12.10 a clear error for huge sizes), never crash, never leak."""
 
 import gc
 import json

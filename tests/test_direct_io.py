@@ -1,5 +1,5 @@
 """O_DIRECT on every native backend (linux_uring, linux_aio, thread_aio; raw API and asyncio
-adapters), spec 3.8 and our improvement of it.
+adapters): caio's alignment rule for direct I/O, and our improvement of it.
 
 Constructing a read or write on a descriptor opened with ``O_DIRECT`` checks that offset and
 size are multiples of the file's direct-I/O alignment (``statx`` ``STATX_DIOALIGN``, else

@@ -1,10 +1,12 @@
 """The kernel AIO backend: ``caio.linux_aio`` (raw Context/Operation) and
-``caio.linux_aio_asyncio.AsyncioContext`` (spec 1.4, 2.2, 3, 4.3, 7).
+``caio.linux_aio_asyncio.AsyncioContext``.
 
 Behaviour every backend shares lives in test_raw_common.py / test_adapters.py /
-test_bad_input.py; this file covers what is specific to linux_aio: eager refusals at
-``io_submit`` with rollback, ``process_events`` limits and waits, cancel, op.context and
-reference lifetimes, priority, and our own choices: negative errno in callbacks, large
+test_bad_input.py, and the Context contract of the native backends (poll, process_events
+limits and waits, the parked waiter, callbacks, claims, cancel outcomes, references) in
+test_context_contract.py; this file covers what is specific to linux_aio: eager refusals
+at ``io_submit`` with rollback, the ``max_requests`` limit of process_events, cancel of
+requests in flight, priority, and our own choices: negative errno in callbacks, large
 buffered requests on helper threads (errors arrive at completion), ``Context.run_inline``,
 the deferred batching adapter and RuntimeError after ``close()``.
 
@@ -15,7 +17,6 @@ aiofile on linux_aio_asyncio is covered by tests/test_aiofile.py (parametrised o
 import asyncio
 import errno
 import fcntl
-import gc
 import os
 import platform
 import select
@@ -25,10 +26,9 @@ import sys
 import textwrap
 import threading
 import time
-import weakref
 
 import pytest
-from conftest import REPO_ROOT, Calls, LoopRunner, closed_fd, run_python
+from conftest import REPO_ROOT, Calls, LoopRunner, closed_fd, pump_until, run_ops, run_python
 
 from caio.errors import SubmitError
 
@@ -46,26 +46,6 @@ OFFLOAD_LIMIT = 64 * KiB
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def pump_until(ctx, predicate, timeout=10.0):
-    """Deliver completions on this thread until ``predicate()`` holds (hang-guarded)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "completions did not arrive"
-        ctx.process_events(min_requests=1, timeout=1)
-
-
-def run(ctx, *ops):
-    """Submit ``ops`` (all accepted), deliver them; returns each op's callback arguments."""
-    calls = [Calls() for _ in ops]
-    for op, cb in zip(ops, calls):
-        op.set_callback(cb)
-    assert ctx.submit(*ops) == len(ops)
-    pump_until(ctx, lambda: all(cb.results for cb in calls))
-    # nothing is delivered twice
-    assert ctx.process_events() == 0
-    return [cb.results for cb in calls]
 
 
 def read_only_fd(files, data=b"read only data"):
@@ -125,7 +105,7 @@ class SubmitSpy:
 
 
 # --------------------------------------------------------------------------------------------
-# 1.4: import-time probe
+# import-time kernel version probe
 
 
 @pytest.mark.skipif(shutil.which("setarch") is None, reason="setarch is not installed")
@@ -163,7 +143,7 @@ def test_import_error_on_a_kernel_older_than_4_18():
 
 
 # --------------------------------------------------------------------------------------------
-# 2.2: construction
+# construction
 
 
 def test_max_requests_default_and_zero():
@@ -190,66 +170,8 @@ def test_extra_constructor_arguments_are_type_errors(args, kwargs):
         Context(*args, **kwargs)
 
 
-def test_fileno_is_an_eventfd_and_repr_is_str():
-    ctx = Context()
-    assert isinstance(ctx.fileno, int) and ctx.fileno >= 0
-    assert os.readlink(f"/proc/self/fd/{ctx.fileno}") == "anon_inode:[eventfd]"
-    assert isinstance(repr(ctx), str)
-    with pytest.raises(AttributeError):
-        ctx.max_requests = 5
-
-
 # --------------------------------------------------------------------------------------------
-# 2.2 / 2.0: submit
-
-
-def test_submit_type_check_happens_before_any_claim(files):
-    fd = files.open(b"0123456789")
-    ctx = Context()
-    first = Operation.read(4, fd, 0)
-    last = Operation.read(4, fd, 4)
-    with pytest.raises(TypeError, match=r"Wrong type for argument 1 -> 'oops'"):
-        ctx.submit(first, "oops", last)
-    with pytest.raises(TypeError, match="Wrong type for argument 0"):
-        ctx.submit(None)
-    # nothing was claimed: both are still fresh and submittable
-    for op in (first, last):
-        assert op.context is None
-        assert op.get_value() == b"\0" * 4
-    assert run(ctx, first, last) == [[4], [4]]
-    assert (first.get_value(), last.get_value()) == (b"0123", b"4567")
-
-
-def test_submit_rejects_operations_of_other_backends(files):
-    import caio
-
-    fd = files.open(b"abc")
-    ctx = Context()
-    foreign = [m.Operation.read(3, fd, 0) for m in caio.variants
-               if m.__name__ in ("caio.linux_uring", "caio.thread_aio")]
-    if not foreign:
-        pytest.skip("no other native backend to take an Operation from")
-    for op in foreign:
-        with pytest.raises(TypeError, match="Wrong type for argument 0"):
-            ctx.submit(op)
-
-
-def test_submit_counts_each_op_once_and_never_resubmits(files):
-    fd = files.open(b"abcdef")
-    ctx = Context()
-    assert ctx.submit() == 0
-    op = Operation.read(3, fd, 1)
-    calls = Calls()
-    op.set_callback(calls)
-    assert ctx.submit(op, op) == 1
-    assert ctx.submit(op) == 0  # still in flight
-    pump_until(ctx, lambda: calls.results)
-    assert calls.results == [3]
-    assert op.get_value() == b"bcd"
-    assert ctx.submit(op) == 0  # completed
-    assert ctx.submit(op, op) == 0
-    assert ctx.process_events() == 0
-    assert calls.results == [3]
+# submit: refusals and rollback
 
 
 # (a negative offset, which io_submit refused too, is refused when the op is built now)
@@ -301,12 +223,12 @@ def test_first_iocb_refused_rolls_back_the_whole_call(files):
     with pytest.raises(ValueError, match="EBADF"):
         ctx.submit(bad, good)
     assert good.context is None and bad.context is None
-    assert run(ctx, good) == [[4]]
+    assert run_ops(ctx, good) == [[4]]
     assert good.get_value() == b"good"
 
 
 # --------------------------------------------------------------------------------------------
-# 2.2: process_events
+# process_events
 
 
 @pytest.mark.parametrize("max_requests", [-1, 2**32 - 1, 2**20 + 1])
@@ -320,76 +242,8 @@ def test_process_events_max_requests_over_limit_is_overflow_error(max_requests):
     assert ctx.process_events(max_requests=2**20) == 0
 
 
-def test_process_events_min_above_max_is_value_error():
-    ctx = Context()
-    with pytest.raises(ValueError, match='min_requests "3" must be lower then max_requests "2"'):
-        ctx.process_events(max_requests=2, min_requests=3)
-    with pytest.raises(ValueError):
-        ctx.process_events(2, 3, 0)  # positional too
-
-
-def test_process_events_delivers_at_most_max_requests(files):
-    fd = files.open(b"0123456789")
-    ctx = Context()
-    ops = [Operation.read(1, fd, i) for i in range(5)]
-    calls = Calls()
-    for op in ops:
-        op.set_callback(calls)
-    assert ctx.submit(*ops) == 5
-    assert ctx.process_events(max_requests=2, min_requests=2, timeout=5) == 2
-    assert len(calls.results) == 2
-    assert ctx.process_events(max_requests=0, min_requests=3, timeout=5) == 3  # 0 -> 512
-    assert calls.results == [1] * 5
-    assert [op.get_value() for op in ops] == [b"0", b"1", b"2", b"3", b"4"]
-
-
-# A signal during process_events: tests/test_aio_faults.py (issue 9 item 6; caio raised
-# SystemError(EINTR), now the handlers run and the wait goes on unless one raises).
-
-
-@pytest.mark.parametrize("history", ["fresh", "after-helper-requests"])
-def test_process_events_timeout_with_nothing_pending(files, history):
-    ctx = Context()
-    if history != "fresh":
-        fd = files.open(b"y" * LARGE)
-        assert run(ctx, Operation.read(LARGE, fd, 0), Operation.write(b"y" * LARGE, fd, 0)) \
-            == [[LARGE], [LARGE]]
-    start = time.monotonic()
-    assert ctx.process_events(min_requests=1, timeout=1) == 0
-    elapsed = time.monotonic() - start
-    assert 0.9 <= elapsed < 5, elapsed
-    # min_requests=0 never waits, whatever the timeout
-    start = time.monotonic()
-    assert ctx.process_events(min_requests=0, timeout=1) == 0
-    assert time.monotonic() - start < 0.5
-
-
-def test_process_events_blocking_forever_returns_once_a_completion_exists(files):
-    fd = files.open(b"payload")
-    ctx = Context()
-    # already completed (inside io_submit): returns right away
-    op = Operation.read(7, fd, 0)
-    assert ctx.submit(op) == 1
-    assert ctx.process_events(min_requests=1, timeout=-1) == 1
-    assert op.get_value() == b"payload"
-
-    # parked waiter, then a submission from another thread
-    got = []
-    started = threading.Event()
-
-    def waiter():
-        started.set()
-        got.append(ctx.process_events(min_requests=1, timeout=-1))
-
-    later = Operation.read(3, fd, 0)
-    thread = threading.Thread(target=waiter, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    wait_until_parked(thread)
-    assert ctx.submit(later) == 1
-    join_or_fail(thread)
-    assert got == [1]
-    assert later.get_value() == b"pay"
+# A signal during process_events: tests/test_aio_faults.py (caio raised SystemError(EINTR);
+# now the handlers run and the wait goes on unless one raises).
 
 
 def test_parked_waiter_receives_helper_thread_completion(files):
@@ -425,84 +279,20 @@ def test_large_requests_on_a_pipe_work_like_small_ones(files):
     ctx = Context()
     os.write(w, b"small")
     small = Operation.read(16, r, 0)
-    assert run(ctx, small) == [[5]]  # the kernel path ignores the offset of a pipe
+    assert run_ops(ctx, small) == [[5]]  # the kernel path ignores the offset of a pipe
     assert small.get_value() == b"small"
     os.write(w, b"large")
     large = Operation.read(LARGE, r, 0)
-    assert run(ctx, large) == [[5]]
+    assert run_ops(ctx, large) == [[5]]
     assert large.get_value() == b"large"
     payload = os.urandom(100 * KiB)
     write = Operation.write(payload, w, 0)
-    assert run(ctx, write) == [[len(payload)]]
+    assert run_ops(ctx, write) == [[len(payload)]]
     assert os.read(r, 2 * len(payload)) == payload
-
-
-def test_callbacks_run_on_the_thread_calling_process_events(files):
-    fd = files.open(b"x" * LARGE)
-    ctx = Context()
-    ops = [Operation.read(8, fd, 0), Operation.read(LARGE, fd, 0)]
-    calls = Calls()
-    for op in ops:
-        op.set_callback(calls)
-    assert ctx.submit(*ops) == 2
-    assert calls.results == []  # nothing runs before process_events
-    idents = []
-
-    def drain():
-        idents.append(threading.get_ident())
-        pump_until(ctx, lambda: len(calls.results) == 2)
-
-    thread = threading.Thread(target=drain)
-    thread.start()
-    join_or_fail(thread)
-    assert sorted(calls.results) == [8, LARGE]
-    assert calls.threads == [idents[0]] * 2
-    assert threading.get_ident() not in calls.threads
-
-
-def test_callback_exception_goes_to_unraisablehook_and_delivery_continues(files, monkeypatch):
-    fd = files.open(b"abcdef")
-    ctx = Context()
-    seen = []
-    monkeypatch.setattr(sys, "unraisablehook", seen.append)
-
-    class Boom(Exception):
-        pass
-
-    def explode(result):
-        raise Boom(result)
-
-    ops = [Operation.read(1, fd, i) for i in range(4)]
-    calls = Calls()
-    ops[0].set_callback(explode)
-    ops[2].set_callback(explode)
-    ops[1].set_callback(calls)
-    ops[3].set_callback(calls)
-    assert ctx.submit(*ops) == 4
-    assert ctx.process_events(min_requests=4, timeout=5) == 4
-    assert calls.results == [1, 1]
-    assert [type(u.exc_value) for u in seen] == [Boom, Boom]
-    assert [op.get_value() for op in ops] == [b"a", b"b", b"c", b"d"]
-    assert all(op.context is None for op in ops)
 
 
 # --------------------------------------------------------------------------------------------
 # poll / eventfd
-
-
-def test_poll_raises_blocking_io_error_when_nothing_is_pending(files):
-    fd = files.open(b"abc")
-    ctx = Context()
-    with pytest.raises(BlockingIOError):
-        ctx.poll()
-    op = Operation.read(3, fd, 0)
-    assert ctx.submit(op) == 1  # buffered: completes inside io_submit, bumps the eventfd
-    assert ctx.poll() >= 1
-    with pytest.raises(BlockingIOError):
-        ctx.poll()
-    # the counter is only a wake-up: the completion is still there to deliver
-    assert ctx.process_events() == 1
-    assert op.get_value() == b"abc"
 
 
 def test_eventfd_signals_helper_thread_completions(files):
@@ -539,20 +329,6 @@ def test_cancel_from_another_context_is_value_error(files):
         assert op.get_value() == b"abcd"
 
 
-def test_cancel_of_completed_or_unsubmitted_op_is_value_error(files):
-    fd = files.open(b"abcd")
-    ctx = Context()
-    op = Operation.read(4, fd, 0)
-    with pytest.raises(ValueError):
-        ctx.cancel(op)  # never submitted
-    assert run(ctx, op) == [[4]]
-    with pytest.raises(ValueError):
-        ctx.cancel(op)
-    with pytest.raises(ValueError):
-        ctx.cancel(operation=op)
-    assert op.get_value() == b"abcd"
-
-
 def test_cancel_of_own_in_flight_request_fails_and_it_still_completes_once(files):
     fd = files.open(b"q" * LARGE)
     ctx = Context()
@@ -568,96 +344,8 @@ def test_cancel_of_own_in_flight_request_fails_and_it_still_completes_once(files
         assert calls.results == [size]
 
 
-def test_cancel_requires_an_operation(files):
-    import caio
-
-    ctx = Context()
-    with pytest.raises(TypeError, match="Operation required not"):
-        ctx.cancel("op")
-    with pytest.raises(TypeError):
-        ctx.cancel(None)
-    with pytest.raises(TypeError):
-        ctx.cancel()
-    fd = files.open(b"abc")
-    for m in caio.variants:
-        if m.__name__ in ("caio.linux_uring", "caio.thread_aio"):
-            with pytest.raises(TypeError):
-                ctx.cancel(m.Operation.read(3, fd, 0))
-
-
 # --------------------------------------------------------------------------------------------
-# 3.3 / 3.4 / 3.7: in-flight gating, op.context, references, GC
-
-
-@pytest.mark.parametrize("size", [8, LARGE], ids=["kernel", "helper-thread"])
-def test_context_attribute_and_refcounts_across_the_lifecycle(files, size):
-    fd = files.open(b"r" * size)
-    ctx = Context()
-    op = Operation.read(size, fd, 0)
-    assert op.context is None
-    op_refs = sys.getrefcount(op)
-    ctx_refs = sys.getrefcount(ctx)
-    assert ctx.submit(op) == 1
-    assert op.context is ctx
-    assert sys.getrefcount(op) == op_refs + 1  # exactly one engine reference
-    assert sys.getrefcount(ctx) == ctx_refs + 1  # op.context
-    with pytest.raises(RuntimeError, match="get_value\\(\\) is not available while"):
-        op.get_value()
-    with pytest.raises(RuntimeError, match="payload is not available while"):
-        op.payload  # noqa: B018
-    pump_until(ctx, lambda: op.context is None)
-    assert sys.getrefcount(op) == op_refs
-    assert sys.getrefcount(ctx) == ctx_refs
-    assert op.get_value() == b"r" * size
-    assert bytes(op.payload) == b"r" * size
-
-
-@pytest.mark.parametrize("size", [8, LARGE], ids=["kernel", "helper-thread"])
-def test_in_flight_op_keeps_context_alive(files, size):
-    fd = files.open(b"k" * size)
-    ctx = Context(max_requests=5)
-    ref = weakref.ref(ctx)
-    op = Operation.read(size, fd, 0)
-    assert ctx.submit(op) == 1
-    del ctx
-    gc.collect()
-    assert ref() is not None
-    assert op.context.max_requests == 5
-    owner = op.context
-    pump_until(owner, lambda: op.context is None)
-    assert op.get_value() == b"k" * size
-    gc.disable()
-    try:
-        del owner
-        assert ref() is None  # no cycle: freed by reference counting alone
-    finally:
-        gc.enable()
-
-
-@pytest.mark.parametrize("size", [8, LARGE], ids=["kernel", "helper-thread"])
-def test_drained_context_is_freed_without_the_cyclic_gc(files, size):
-    fd = files.open(b"d" * size)
-    gc.collect()
-    gc.disable()
-    try:
-        ctx = Context()
-        ref = weakref.ref(ctx)
-        ops = [Operation.read(size, fd, 0), Operation.write(b"w" * size, fd, size)]
-        calls = Calls()
-        for op in ops:
-            op.set_callback(calls)
-        assert ctx.submit(*ops) == 2
-        pump_until(ctx, lambda: len(calls.results) == 2)
-        del ctx
-        assert ref() is None
-        assert all(op.context is None for op in ops)
-    finally:
-        gc.enable()
-    assert os.pread(fd, size, size) == b"w" * size
-
-
-# --------------------------------------------------------------------------------------------
-# 3.1 / 3.3 / 3.4 / 3.8: operation values
+# operation values: priority, offsets, sync operations
 
 
 def test_priority_is_kept_and_range_checked():
@@ -690,49 +378,16 @@ def test_prioritised_ops_still_run(files):
     fd = files.open(b"prio")
     ctx = Context()
     op = Operation.read(4, fd, 0, 3)
-    assert run(ctx, op) == [[4]]
+    assert run_ops(ctx, op) == [[4]]
     assert op.get_value() == b"prio"
     assert op.priority == 3
-
-
-@pytest.mark.parametrize("size", [6, LARGE], ids=["kernel", "helper-thread"])
-def test_write_keeps_payload_and_reports_bytes_written(files, size):
-    fd = files.open()
-    ctx = Context()
-    payload = bytes(range(256)) * (size // 256) if size > 256 else b"abcdef"
-    op = Operation.write(payload, fd, 10)
-    assert op.nbytes == len(payload)
-    assert run(ctx, op) == [[len(payload)]]
-    assert op.get_value() == len(payload)
-    assert op.nbytes == len(payload)
-    assert op.payload == payload  # still there after completion
-    assert os.pread(fd, len(payload) + 20, 0) == b"\0" * 10 + payload
-
-
-def test_short_read_at_eof(files):
-    fd = files.open(b"0123456789")
-    ctx = Context()
-    short = Operation.read(100, fd, 4)
-    past = Operation.read(100, fd, 1000)
-    assert run(ctx, short, past) == [[6], [0]]
-    assert short.get_value() == b"456789"
-    assert short.nbytes == 6
-    assert past.get_value() == b""
-    assert past.nbytes == 0
-    assert ctx.submit(short, past) == 0  # completed ops are never resubmitted
-    # a fresh op asks for the full size again
-    os.pwrite(fd, b"ABCDEFGHIJ", 10)
-    again = Operation.read(100, fd, 4)
-    assert again.nbytes == 100
-    assert run(ctx, again) == [[16]]
-    assert again.get_value() == b"456789ABCDEFGHIJ"
 
 
 def test_fsync_and_fdsync(files):
     fd = files.open(b"sync me")
     ctx = Context()
     ops = [Operation.fsync(fd), Operation.fdsync(fd)]
-    assert run(ctx, *ops) == [[0], [0]]
+    assert run_ops(ctx, *ops) == [[0], [0]]
     assert [op.get_value() for op in ops] == [None, None]
 
 
@@ -745,11 +400,11 @@ def test_large_buffered_write_and_read_round_trip(files):
     ctx = Context()
     payload = os.urandom(LARGE)
     w = Operation.write(payload, fd, 0)
-    assert run(ctx, w) == [[LARGE]]
+    assert run_ops(ctx, w) == [[LARGE]]
     assert w.get_value() == LARGE
     assert os.pread(fd, LARGE + 1, 0) == payload
     r = Operation.read(LARGE, fd, 0)
-    assert run(ctx, r) == [[LARGE]]
+    assert run_ops(ctx, r) == [[LARGE]]
     assert r.get_value() == payload
     assert r.nbytes == LARGE
 
@@ -764,7 +419,7 @@ def test_mixed_kernel_and_helper_requests_in_one_submit(files):
     big_write = Operation.write(expect[:LARGE], dst, 0)
     edge = Operation.read(OFFLOAD_LIMIT, src, 7)  # exactly at the limit: stays in the kernel
     short = Operation.read(LARGE, src, 3 * MiB - 10)  # helper thread, short at EOF
-    results = run(ctx, small, big_read, big_write, edge, short)
+    results = run_ops(ctx, small, big_read, big_write, edge, short)
     assert results == [[100], [2 * MiB], [LARGE], [OFFLOAD_LIMIT], [10]]
     assert small.get_value() == expect[5:105]
     assert big_read.get_value() == expect[MiB:]
@@ -809,7 +464,7 @@ def test_submit_count_is_always_a_prefix_of_the_claimed_ops(files):
     with pytest.raises(ValueError):
         ctx.submit(refused, big_after)
     assert big_after.context is None
-    assert run(ctx, big_after) == [[LARGE]]
+    assert run_ops(ctx, big_after) == [[LARGE]]
     assert big_after.get_value() == os.pread(src, LARGE, MiB)
 
 
@@ -861,7 +516,7 @@ def test_kernel_request_failing_when_it_runs_gets_negative_errno(files):
     fd = files.open()
     ctx = Context()
     op = Operation.write(b"x", fd, 2**62)
-    assert run(ctx, op) == [[-errno.EFBIG]]
+    assert run_ops(ctx, op) == [[-errno.EFBIG]]
     with pytest.raises(SystemError) as excinfo:
         op.get_value()
     assert excinfo.value.errno == errno.EFBIG
@@ -871,41 +526,7 @@ def test_kernel_request_failing_when_it_runs_gets_negative_errno(files):
 
 
 # --------------------------------------------------------------------------------------------
-# run_inline (our extra)
-
-
-def test_run_inline_completes_small_cached_reads_only(files):
-    fd = files.open(b"cached bytes")
-    ctx = Context()
-    op = Operation.read(6, fd, 0)
-    calls = Calls()
-    op.set_callback(calls)
-    assert ctx.run_inline(op) is True
-    assert calls.results == [6]  # synchronously, on this thread
-    assert calls.threads == [threading.get_ident()]
-    assert op.get_value() == b"cached"
-    assert op.context is None
-    assert ctx.submit(op) == 0  # completed: never again
-    assert ctx.run_inline(op) is False
-    assert calls.results == [6]
-
-    # not for writes, large reads or ops already in flight: left untouched
-    write = Operation.write(b"W", fd, 0)
-    large = Operation.read(LARGE, fd, 0)
-    busy = Operation.read(4, fd, 0)
-    assert ctx.submit(busy) == 1
-    for other in (write, large, busy):
-        assert ctx.run_inline(other) is False
-    assert write.context is None and large.context is None
-    assert run(ctx, write, large) == [[1], [12]]
-    pump_until(ctx, lambda: busy.context is None)
-    assert busy.get_value() == b"cach"
-    with pytest.raises(TypeError):
-        ctx.run_inline("op")
-
-
-# --------------------------------------------------------------------------------------------
-# 4.3: the asyncio adapter
+# the asyncio adapter
 
 
 def test_adapter_rejects_extra_kwargs(loop_runner):
@@ -1135,7 +756,7 @@ def test_adapter_deferred_cancel_before_batch_drops_the_op(loop_runner, files):
 
 
 def test_adapter_deferred_submit_errors_reach_the_batch(loop_runner, files):
-    """Spec 4.3: an exception from the batch's submit() goes to every awaiter of the batch;
+    """An exception from the batch's submit() goes to every awaiter of the batch;
     ops past the accepted count get OSError("Operation was not submitted")."""
     fd = files.open(b"0123")
     bad = closed_fd()

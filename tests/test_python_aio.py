@@ -1,4 +1,6 @@
-"""caio.python_aio internals that the contract marks as tested (spec 2.4)."""
+"""caio.python_aio internals: module constants and base classes, Context state, claims and
+their rollback when the pool refuses work, the request limit, callback exceptions, NOOP
+operations and what failed and sync operations report."""
 
 import errno
 import sys

@@ -1,10 +1,11 @@
-"""Raw Context/Operation behaviour shared by every backend (spec 2.0, 3.x), parametrised over
-``caio.variants`` (thread_aio additionally in its eventfd delivery mode)."""
+"""Raw Context/Operation behaviour shared by every backend, python_aio included: submit
+counting, round trips, short reads, sync operations, properties, callbacks and reference
+cycles, parametrised over ``caio.variants`` (thread_aio additionally in its eventfd delivery
+mode). The contract of the native backends' Contexts is in test_context_contract.py."""
 
 import errno
 import gc
 import os
-import sys
 import threading
 import weakref
 
@@ -131,12 +132,6 @@ def test_keyword_arguments(backend, files):
     assert os.pread(fd, 100, 0) == b"01234567ab"
 
 
-def test_never_submitted_get_value(native_backend, files):
-    fd = files.open(b"abc")
-    op = native_backend.read(8, fd, 0)
-    assert op.get_value() == bytes(8)
-
-
 def test_repr_is_str(backend, files):
     fd = files.open()
     ctx = backend.Context()
@@ -218,25 +213,6 @@ def test_operation_and_context_support_weakrefs(backend, files):
     assert weakref.ref(op)() is op
 
 
-def test_refcount_back_after_completion(native_backend, files):
-    backend = native_backend
-    fd = files.open(b"refcount")
-    ctx = backend.Context()
-    ops = [backend.read(8, fd, 0), backend.write(b"12", fd, 0), backend.Operation.fsync(fd)]
-    tracker = Tracker(len(ops))
-    for i, op in enumerate(ops):
-        op.set_callback(tracker.callback(i))
-    del op
-    before = [sys.getrefcount(op) for op in ops]
-    assert ctx.submit(*ops) == len(ops)
-    if backend.in_flight_until_pumped:
-        # exactly one reference held on behalf of the engine while in flight
-        assert [sys.getrefcount(op) for op in ops] == [b + 1 for b in before]
-    backend.wait_done(ctx, tracker)
-    backend.settle(ctx)
-    assert [sys.getrefcount(op) for op in ops] == before
-
-
 def test_last_reference_dropped_while_in_flight(backend, files):
     data = os.urandom(8192)
     fd = files.open(data)
@@ -254,30 +230,6 @@ def test_last_reference_dropped_while_in_flight(backend, files):
     backend.settle(ctx)  # joins the workers of thread-based backends
     gc.collect()
     assert [ref() for ref in refs] == [None, None, None], "operation leaked after completion"
-
-
-def test_in_flight_gating(native_backend, files):
-    """get_value()/payload raise RuntimeError while the op is in flight (pumped backends:
-    an op is in flight until process_events() delivers it)."""
-    backend = native_backend
-    if not backend.in_flight_until_pumped:
-        pytest.skip("covered with a blocked worker in test_thread_aio.py")
-    fd = files.open(b"gating")
-    ctx = backend.Context()
-    r = backend.read(6, fd, 0)
-    w = backend.write(b"W", fd, 10)
-    tracker = Tracker(2)
-    r.set_callback(tracker.callback(0))
-    w.set_callback(tracker.callback(1))
-    assert ctx.submit(r, w) == 2
-    for op in (r, w):
-        with pytest.raises(RuntimeError):
-            op.get_value()
-        with pytest.raises(RuntimeError):
-            _ = op.payload
-    backend.wait_done(ctx, tracker)
-    assert r.get_value() == b"gating"
-    assert w.get_value() == 1
 
 
 def test_many_ops_in_one_submit(backend, files):

@@ -3,7 +3,7 @@
 - The GC never hands Python a read buffer the kernel or a worker may still write.
 - A short read's ``payload`` costs neither the unused bound (no zero-fill, no committed
   memory) nor a new object per access.
-- linux_uring: a cancel signals the eventfd on SQPOLL rings too (spec 2.1).
+- linux_uring: a cancel signals the eventfd on SQPOLL rings too.
 - The adapters refuse a negative offset with the native backends' message.
 - ``cancel()`` of thread_aio reports what the stub says.
 """

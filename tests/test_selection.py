@@ -1,4 +1,5 @@
-"""Backend selection at import time (spec 1.2) and module identity (spec 1.3).
+"""Backend selection at import time (``CAIO_IMPL``, ``default_implementation``, the order of
+fallbacks) and module identity (each module's ``__name__``, and what the package exports).
 
 Every check imports caio in a fresh interpreter, because selection happens once at import.
 """

@@ -33,7 +33,7 @@ linux_uring = module_by_short_name("linux_uring")
 
 needs_uring = pytest.mark.skipif(linux_uring is None, reason="caio.linux_uring is not available")
 
-# What caio 0.12's thread_aio.Context has (spec 2.3), and what the eventfd type adds.
+# What caio 0.12's thread_aio.Context has, and what the eventfd type adds.
 CAIO_THREAD_CONTEXT = {"cancel", "close", "max_requests", "pool_size", "submit"}
 COMPLETION_SURFACE = {"fileno", "poll", "process_events", "run_inline"}
 

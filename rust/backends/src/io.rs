@@ -181,6 +181,23 @@ pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> std::io::Result<bo
     Ok(n > 0)
 }
 
+/// Blocks until one of `fds` is readable or `timeout` passes; returns how many are.
+/// A signal or an error just ends the wait early (the caller looks at everything anyway).
+pub fn wait_any_readable(fds: &[RawFd], timeout: Duration) -> usize {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `polled` is a valid array of `polled.len()` pollfds for the whole call.
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
+    n.max(0) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ pub mod driver;
 pub mod event_queue;
 pub mod eventfd;
 pub mod io;
+pub mod process;
 pub mod thread_pool;
 pub mod uring;
 

@@ -13,16 +13,16 @@
 use std::os::fd::AsRawFd;
 use std::os::raw::c_int;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use caio_backends::EventFd;
+use caio_backends::{io::wait_any_readable, process, EventFd};
 
 use crate::error::{entry, Error};
 use crate::ffi::{self, PyObject, PyOwned};
-use crate::gil::without_gil;
+use crate::gil::{without_gil, GilGuard};
 use crate::values;
 
 /// Counts the in-flight ops of a Context (GIL held).
@@ -51,13 +51,20 @@ struct State {
 /// The state, created on first use. A child of `fork()` starts over with a fresh one (the
 /// parent's may be locked by a thread that does not exist in the child; it is leaked).
 static STATE: AtomicPtr<Mutex<State>> = AtomicPtr::new(ptr::null_mut());
-
-/// Called in the child of `fork()`: only an atomic store (async-signal-safe).
-pub(crate) fn forget_after_fork() {
-    STATE.store(ptr::null_mut(), Ordering::SeqCst);
-}
+/// The fork generation `STATE` belongs to.
+static STATE_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 fn state() -> MutexGuard<'static, State> {
+    let generation = process::fork_generation();
+    let seen = STATE_GENERATION.load(Ordering::SeqCst);
+    if seen != generation
+        && STATE_GENERATION
+            .compare_exchange(seen, generation, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    {
+        // Inherited through fork(): leaked, never locked here.
+        STATE.store(ptr::null_mut(), Ordering::SeqCst);
+    }
     let mut current = STATE.load(Ordering::SeqCst);
     if current.is_null() {
         let fresh = Box::into_raw(Box::default());
@@ -152,15 +159,11 @@ fn run(wake: Arc<EventFd>) {
         if ffi::is_finalizing() {
             return;
         }
-        // SAFETY: PyGILState_Ensure/Release pair on this thread; the interpreter is not
-        // finalizing (checked above, and the atexit hook stops us before it starts).
-        let done = unsafe {
-            let gil = ffi::PyGILState_Ensure();
-            let done = pump_all();
-            ffi::PyGILState_Release(gil);
-            done
+        // The atexit hook stops us before the interpreter starts finalizing.
+        let Some(_gil) = GilGuard::acquire() else {
+            return;
         };
-        if done {
+        if pump_all() {
             return;
         }
     }
@@ -284,24 +287,8 @@ fn clear_error() {
 /// wake-up then costs at most that long, never a spin).
 fn wait_any(fds: &[c_int], wake: c_int) {
     const SAFETY_NET: Duration = Duration::from_millis(500);
-    let mut polled: Vec<libc::pollfd> = fds
-        .iter()
-        .chain(std::iter::once(&wake))
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: `polled` is a valid array of pollfd for the duration of the call. EINTR
-    // and errors just end the wait early; the caller looks at everything anyway.
-    unsafe {
-        libc::poll(
-            polled.as_mut_ptr(),
-            polled.len() as libc::nfds_t,
-            SAFETY_NET.as_millis() as c_int,
-        )
-    };
+    let all: Vec<c_int> = fds.iter().copied().chain(std::iter::once(wake)).collect();
+    wait_any_readable(&all, SAFETY_NET);
 }
 
 /// Registers [`stop`] with `atexit`, so that the thread is gone before the interpreter

@@ -2,15 +2,17 @@
 //!
 //! Layout: [`ffi`] (the C-API surface and owned references), [`error`] (the one place
 //! exceptions are raised), [`types`] (heap-type construction), [`operation`] (the
-//! Operation object every backend shares), and one module per backend's Context.
+//! Operation object every backend shares), [`context`] (the one generic Context, over a
+//! backend's `Driver`), [`entry`] (what a driver carries for an Operation), and one small
+//! module per backend: its names, arguments, error tables and extra methods.
 
 mod args;
 mod context;
 mod drainer;
+mod entry;
 mod error;
 mod ffi;
 mod gil;
-mod inflight;
 mod limits;
 mod linux_aio;
 mod linux_uring;
@@ -27,9 +29,10 @@ use crate::ffi::PyObject;
 unsafe extern "C" fn module_exec(module: *mut PyObject) -> c_int {
     error::entry(|| {
         error::init()?;
-        thread_aio::add_types(module)?;
-        linux_uring::add_types(module)?;
-        linux_aio::add_types(module)?;
+        context::register::<thread_aio::Threads<false>>(module)?;
+        context::register::<thread_aio::Threads<true>>(module)?;
+        context::register::<linux_uring::Uring>(module)?;
+        context::register::<linux_aio::Aio>(module)?;
         Ok(0)
     })
 }

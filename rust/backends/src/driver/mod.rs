@@ -34,7 +34,8 @@ pub(crate) mod testing;
 /// lives, including while it is moved. Drivers rely on this to hand the address to the
 /// kernel. In return a driver never drops an entry it accepted: it hands it back once
 /// (completed, through [`Driver::take`], a [`Delivery::Call`] or [`CancelOutcome::Completed`])
-/// or, if the driver itself is dropped with requests in flight, leaks it.
+/// or, if the driver itself is dropped with requests in flight, leaks it; and it calls the
+/// entry's methods only inside [`Driver::dispatch`], on the dispatching thread.
 pub unsafe trait Entry: Send + 'static {
     /// The request to run; the same every time it is asked.
     fn request(&self) -> IoRequest;

@@ -1,0 +1,286 @@
+//! The classmethods that build an op: `read`, `write`, `fsync`, `fdsync`.
+
+use std::cell::Cell;
+use std::os::raw::c_int;
+use std::ptr::{self, NonNull};
+
+use caio_backends::buffer::{direct_buffer, DirectError};
+use caio_backends::{AlignedBuf, IoKind};
+use caio_core::{OpState, RequestId};
+
+use super::flavor::{Behaviour, Flavor, NegativeOffset};
+use super::{type_name, ObjectField, OperationObject};
+use crate::args::parse_args;
+use crate::error::{entry, repr_of, Error, Result};
+use crate::ffi::{self, PyObject, PyOwned, PyTypeObject};
+use crate::values::uint;
+
+/// What a new Operation is made of.
+struct NewOp {
+    flavor: Flavor,
+    kind: IoKind,
+    fd: u32,
+    offset: i64,
+    nbytes: usize,
+    /// A read's destination or a write's payload, None for syncs.
+    buffer: Option<PyOwned>,
+    direct: Option<Box<AlignedBuf>>,
+    priority: i16,
+}
+
+/// Allocates an instance of `cls` (one of our Operation types) with the given fields.
+fn new_op(cls: *mut PyTypeObject, new: NewOp) -> Result<*mut PyObject> {
+    // SAFETY: `cls` is our heap type (the classmethods receive it from the interpreter);
+    // GIL held. GenericAlloc zero-fills and GC-tracks; the fields are written before
+    // anything reads them, the header (set by GenericAlloc) and the weakref list excepted.
+    unsafe {
+        let obj = ffi::PyType_GenericAlloc(cls, 0);
+        if obj.is_null() {
+            return Err(Error::AlreadySet);
+        }
+        let op = obj.cast::<OperationObject>();
+        ptr::addr_of_mut!((*op).weakreflist).write(Cell::new(ptr::null_mut()));
+        ptr::addr_of_mut!((*op).state).write(OpState::new());
+        ptr::addr_of_mut!((*op).flavor).write(new.flavor);
+        ptr::addr_of_mut!((*op).kind).write(new.kind);
+        ptr::addr_of_mut!((*op).fd).write(new.fd);
+        ptr::addr_of_mut!((*op).offset).write(new.offset);
+        ptr::addr_of_mut!((*op).nbytes).write(Cell::new(new.nbytes));
+        ptr::addr_of_mut!((*op).requested).write(new.nbytes);
+        ptr::addr_of_mut!((*op).result).write(Cell::new(0));
+        ptr::addr_of_mut!((*op).error).write(Cell::new(0));
+        ptr::addr_of_mut!((*op).buffer).write(ObjectField::new(new.buffer));
+        ptr::addr_of_mut!((*op).whole_payload).write(ObjectField::new(None));
+        ptr::addr_of_mut!((*op).callback).write(ObjectField::new(None));
+        ptr::addr_of_mut!((*op).context).write(ObjectField::new(None));
+        ptr::addr_of_mut!((*op).request_id).write(Cell::new(RequestId::NONE.0));
+        ptr::addr_of_mut!((*op).direct).write(Cell::new(new.direct));
+        ptr::addr_of_mut!((*op).priority).write(new.priority);
+        Ok(obj)
+    }
+}
+
+/// io_uring's "use the file position" offset: `-1` as an `loff_t`.
+const FILE_POSITION: i64 = -1;
+
+/// The `offset` of `read`/`write` (omitted: 0). Every backend takes an `loff_t`,
+/// 0 ..= 2**63 - 1; above it `OverflowError`, as caio's range-checked parsing gave (its
+/// uring backend masked to 64 bits instead, so `2**64 + 5` wrote at offset 5). Below 0,
+/// what the backend's [`NegativeOffset`] says.
+fn offset_arg(rules: &Behaviour, obj: *mut PyObject) -> Result<i64> {
+    if obj.is_null() {
+        return Ok(0);
+    }
+    let file_position = rules.negative_offset == NegativeOffset::FilePosition;
+    let mut overflow: c_int = 0;
+    // SAFETY: `obj` is a live argument and `index` a new int reference we own; GIL held.
+    // For an int, PyLong_AsLongLongAndOverflow reports overflow in the flag, never raises.
+    let (index, value, is_u64_max) = unsafe {
+        let index = PyOwned::from_new(ffi::PyNumber_Index(obj)).ok_or(Error::AlreadySet)?;
+        let value = ffi::PyLong_AsLongLongAndOverflow(index.as_ptr(), &mut overflow);
+        let is_u64_max = if file_position && overflow > 0 {
+            let max = PyOwned::from_new(uint(u64::MAX)?).ok_or(Error::AlreadySet)?;
+            match ffi::PyObject_RichCompareBool(index.as_ptr(), max.as_ptr(), ffi::Py_EQ) {
+                -1 => return Err(Error::AlreadySet),
+                r => r == 1,
+            }
+        } else {
+            false
+        };
+        (index, value, is_u64_max)
+    };
+    let shown = || repr_of(index.as_ptr());
+    match (overflow, rules.negative_offset) {
+        (0, _) if value >= 0 => Ok(value),
+        (0, NegativeOffset::FilePosition) if value == FILE_POSITION => Ok(FILE_POSITION),
+        _ if is_u64_max => Ok(FILE_POSITION),
+        (0, NegativeOffset::Refused) => Err(Error::Value(format!(
+            "offset must not be negative (got {})",
+            shown()
+        ))),
+        (_, NegativeOffset::FilePosition) => Err(Error::Overflow(format!(
+            "offset {} does not fit loff_t (0 to 2**63 - 1); -1 or 2**64 - 1 means the \
+             file position",
+            shown()
+        ))),
+        (_, NegativeOffset::Refused) => Err(Error::Overflow(format!(
+            "offset {} does not fit loff_t (0 to 2**63 - 1)",
+            shown()
+        ))),
+    }
+}
+
+/// The aligned memory an `O_DIRECT` descriptor needs for this request (None for others),
+/// its refusals raised as caio users see them.
+fn direct_memory(fd: u32, offset: i64, len: usize) -> Result<Option<Box<AlignedBuf>>> {
+    match direct_buffer(fd as i32, offset, len) {
+        Ok(memory) => Ok(memory.map(Box::new)),
+        Err(DirectError::Misaligned { block }) => Err(Error::Value(format!(
+            "fd {fd} is open with O_DIRECT, which needs offset and size to be multiples of \
+             {block} bytes (got offset={offset}, size={len})"
+        ))),
+        Err(DirectError::NoMemory) => Err(Error::Memory(format!(
+            "cannot allocate {len} aligned bytes for O_DIRECT"
+        ))),
+    }
+}
+
+pub(super) unsafe extern "C" fn op_read<const FLAVOR: u8>(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        let flavor = Flavor::from_u8(FLAVOR);
+        let rules = flavor.behaviour();
+        let (mut nbytes, mut fd, mut priority): (u64, u32, i16) = (0, 0, 0);
+        let mut offset: *mut PyObject = ptr::null_mut();
+        parse_args!(
+            args,
+            kwargs,
+            rules.format(IoKind::Read),
+            [c"nbytes", c"fd", c"offset", c"priority"],
+            &mut nbytes,
+            &mut fd,
+            &mut offset,
+            &mut priority
+        )?;
+        let offset = offset_arg(rules, offset)?;
+        if let Some(limit) = &rules.read_limit {
+            if nbytes > limit.max {
+                return Err(Error::Overflow(format!(
+                    "nbytes exceeds the {} read limit of {} (got {nbytes}; negative sizes wrap)",
+                    limit.name, limit.max
+                )));
+            }
+        }
+        if nbytes > isize::MAX as u64 {
+            return Err(Error::Overflow(format!(
+                "nbytes does not fit in Py_ssize_t (got {nbytes}; negative sizes wrap)"
+            )));
+        }
+        // Uninitialised on purpose: the backend fills it and the completion cuts it to
+        // what was read; Python never sees it before that. Allocation failure raises
+        // MemoryError.
+        // SAFETY: NULL data with a checked non-negative size; GIL held.
+        let buffer = unsafe {
+            PyOwned::from_new(ffi::PyBytes_FromStringAndSize(
+                ptr::null(),
+                nbytes as ffi::Py_ssize_t,
+            ))
+        }
+        .ok_or(Error::AlreadySet)?;
+        let direct = direct_memory(fd, offset, nbytes as usize)?;
+        let new = NewOp {
+            flavor,
+            kind: IoKind::Read,
+            fd,
+            offset,
+            nbytes: nbytes as usize,
+            buffer: Some(buffer),
+            direct,
+            priority,
+        };
+        new_op(cls.cast(), new)
+    })
+}
+
+pub(super) unsafe extern "C" fn op_write<const FLAVOR: u8>(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        let flavor = Flavor::from_u8(FLAVOR);
+        let rules = flavor.behaviour();
+        let mut payload: *mut PyObject = ptr::null_mut();
+        let (mut fd, mut priority): (u32, i16) = (0, 0);
+        let mut offset: *mut PyObject = ptr::null_mut();
+        parse_args!(
+            args,
+            kwargs,
+            rules.format(IoKind::Write),
+            [c"payload_bytes", c"fd", c"offset", c"priority"],
+            &mut payload,
+            &mut fd,
+            &mut offset,
+            &mut priority
+        )?;
+        let offset = offset_arg(rules, offset)?;
+        // SAFETY: `payload` is a live argument (parsed from the call's own arguments);
+        // GIL held.
+        let payload = unsafe {
+            if ffi::PyBytes_Check(payload) == 0 {
+                return Err(Error::Value(format!(
+                    "payload_bytes argument must be bytes, not {}",
+                    type_name(payload)
+                )));
+            }
+            PyOwned::from_borrowed(NonNull::new_unchecked(payload))
+        };
+        let (data, len) = super::bytes_data(payload.as_ptr());
+        // O_DIRECT: `bytes` data is never suitably aligned, so the payload is copied into
+        // aligned memory (a bounce buffer) instead of being refused.
+        let direct = direct_memory(fd, offset, len)?;
+        if let Some(direct) = &direct {
+            // SAFETY: both regions are `len` bytes long and distinct; GIL held.
+            unsafe { ptr::copy_nonoverlapping(data, direct.as_mut_ptr(), len) };
+        }
+        let new = NewOp {
+            flavor,
+            kind: IoKind::Write,
+            fd,
+            offset,
+            nbytes: len,
+            buffer: Some(payload),
+            direct,
+            priority,
+        };
+        new_op(cls.cast(), new)
+    })
+}
+
+fn sync_op(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+    flavor: Flavor,
+    kind: IoKind,
+) -> Result<*mut PyObject> {
+    let (mut fd, mut priority): (u32, i16) = (0, 0);
+    parse_args!(
+        args,
+        kwargs,
+        flavor.behaviour().format(kind),
+        [c"fd", c"priority"],
+        &mut fd,
+        &mut priority
+    )?;
+    let new = NewOp {
+        flavor,
+        kind,
+        fd,
+        offset: 0,
+        nbytes: 0,
+        buffer: None,
+        direct: None,
+        priority,
+    };
+    new_op(cls.cast(), new)
+}
+
+pub(super) unsafe extern "C" fn op_fsync<const FLAVOR: u8>(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| sync_op(cls, args, kwargs, Flavor::from_u8(FLAVOR), IoKind::Fsync))
+}
+
+pub(super) unsafe extern "C" fn op_fdsync<const FLAVOR: u8>(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| sync_op(cls, args, kwargs, Flavor::from_u8(FLAVOR), IoKind::Fdsync))
+}
