@@ -18,6 +18,10 @@ const IOCB_CMD_FSYNC: u16 = 2;
 const IOCB_CMD_FDSYNC: u16 = 3;
 const IOCB_FLAG_RESFD: u32 = 1;
 
+/// The most completions one [`AioContext::get_events`] call takes: a stack buffer, so
+/// that the common case (a few completions per wake-up) allocates nothing.
+pub const EVENTS_PER_CALL: usize = 64;
+
 /// `struct iocb` from `linux/aio_abi.h` (little-endian field order).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
@@ -121,20 +125,18 @@ impl AioContext {
         Ok(n as usize)
     }
 
-    /// Waits for at least `min` (up to `max`) completions, `timeout` `None` meaning
-    /// forever, and appends them to `out`. EINTR is returned as an error.
+    /// Waits for at least `min` (up to `max`, at most [`EVENTS_PER_CALL`]) completions,
+    /// `timeout` `None` meaning forever, and appends them to `out`. EINTR is returned as
+    /// an error.
     pub fn get_events(
         &self,
         min: usize,
         max: usize,
         timeout: Option<Duration>,
-        out: &mut Vec<Completion>,
+        out: &mut impl Extend<Completion>,
     ) -> io::Result<usize> {
-        let mut events = Vec::new();
-        events
-            .try_reserve_exact(max)
-            .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        events.resize(max, IoEvent::default());
+        let max = max.min(EVENTS_PER_CALL);
+        let mut events = [IoEvent::default(); EVENTS_PER_CALL];
         let ts = timeout.map(|t| libc::timespec {
             tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
             tv_nsec: t.subsec_nanos() as libc::c_long,
@@ -148,7 +150,7 @@ impl AioContext {
             libc::syscall(
                 libc::SYS_io_getevents,
                 self.id,
-                min as libc::c_long,
+                min.min(max) as libc::c_long,
                 max as libc::c_long,
                 events.as_mut_ptr(),
                 ts_ptr,

@@ -158,13 +158,18 @@ impl<B: Backend> ContextObject<B> {
         self.generation != process::fork_generation()
     }
 
+    /// The engine, whichever process made it.
+    fn any_engine(&self) -> Option<&Engine<B>> {
+        // SAFETY: the engine is set at allocation and freed only in dealloc.
+        unsafe { self.engine.as_ref() }
+    }
+
     /// The engine if it may be used from this process.
     fn own_engine(&self) -> Option<&Engine<B>> {
         if self.inherited() {
             return None;
         }
-        // SAFETY: the engine is set at allocation and freed only in dealloc.
-        unsafe { self.engine.as_ref() }
+        self.any_engine()
     }
 }
 
@@ -176,15 +181,17 @@ impl<B: Backend> ContextObject<B> {
 pub(crate) unsafe fn engine<'a, B: Backend>(slf: *mut PyObject) -> Result<&'a Engine<B>> {
     // SAFETY: see the function's contract.
     let obj = unsafe { object::<B>(slf) };
-    if obj.inherited() && !obj.engine.is_null() {
+    let Some(engine) = obj.any_engine() else {
+        return Err(Error::Runtime("Context is not initialized".into()));
+    };
+    if obj.inherited() {
         return Err(Error::Runtime(format!(
             "this Context was created in process {}; a Context cannot be used after \
              fork(), create a new one in the child",
             obj.pid
         )));
     }
-    obj.own_engine()
-        .ok_or_else(|| Error::Runtime("Context is not initialized".into()))
+    Ok(engine)
 }
 
 pub(crate) fn is_operation<B: Backend>(obj: *mut PyObject) -> bool {

@@ -29,9 +29,9 @@ const OFFLOAD_ABOVE: usize = 64 * 1024;
 const OFFLOAD_THREADS: usize = 2;
 /// Stack of a stream request's thread: it only runs `IoRequest::perform`.
 const STREAM_THREAD_STACK: usize = 64 * 1024;
-/// Most kernel completions asked for per `io_getevents` call (its buffer is allocated per
-/// call; more are taken by asking again).
-const REAP_CHUNK: usize = 256;
+/// Most kernel completions asked for per `io_getevents` call (more are taken by asking
+/// again).
+const REAP_CHUNK: usize = crate::aio::EVENTS_PER_CALL;
 
 /// Why [`AioDriver::new`] failed.
 #[derive(Debug)]
@@ -203,20 +203,14 @@ impl<E: Entry> AioDriver<E> {
     /// nothing is lost then, so it is simply repeated. Returns how many it took.
     fn reap_ready(&self, room: usize, out: &mut VecDeque<Completion>) -> io::Result<usize> {
         let mut taken = 0;
-        let mut batch = Vec::new();
         while taken < room {
             let chunk = (room - taken).min(REAP_CHUNK);
-            batch.clear();
             let n = loop {
-                match self
-                    .aio
-                    .get_events(0, chunk, Some(Duration::ZERO), &mut batch)
-                {
+                match self.aio.get_events(0, chunk, Some(Duration::ZERO), out) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     other => break other?,
                 }
             };
-            out.extend(batch.drain(..));
             taken += n;
             if n < chunk {
                 break;
@@ -469,19 +463,17 @@ impl<E: Entry> Driver<E> for AioDriver<E> {
             if batch.len() < room {
                 batch.extend(self.events.take(room - batch.len()));
             }
-            let mut kernel_full = false;
+            // Kernel completions left in the ring after this are not announced again (the
+            // eventfd counted them when they arrived): as with caio, a caller drains until
+            // a call returns less than `max` (the adapters and the drainer do), instead
+            // of paying a wake-up per full batch.
             if batch.len() < room {
-                let want = room - batch.len();
-                kernel_full = self.reap_ready(want, &mut batch)? == want;
+                self.reap_ready(room - batch.len(), &mut batch)?;
             }
             let got = batch.len();
             handed += self.hand_back(batch.into_iter(), out);
             if got < room {
                 break;
-            }
-            if kernel_full && handed == max {
-                // The ring may hold more; let the consumer look again.
-                self.events.eventfd().signal();
             }
         }
         Ok(())
