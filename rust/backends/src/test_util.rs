@@ -21,3 +21,15 @@ pub(crate) fn temp_file(data: &[u8]) -> std::fs::File {
     f.write_all(data).unwrap();
     f
 }
+
+/// Returns from the test (skipped, with a note) where io_uring cannot be used.
+macro_rules! require_uring {
+    () => {
+        if $crate::uring::Ring::probe().is_err() {
+            eprintln!("io_uring unavailable here; skipped");
+            return;
+        }
+    };
+}
+
+pub(crate) use require_uring;

@@ -509,17 +509,9 @@ impl Stager<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::require_uring;
     use crate::test_util::temp_file;
     use crate::EventFd;
-
-    macro_rules! require_uring {
-        () => {
-            if Ring::probe().is_err() {
-                eprintln!("io_uring unavailable here; skipped");
-                return;
-            }
-        };
-    }
 
     fn reap_until(ring: &mut Ring, n: usize) -> VecDeque<Completion> {
         let mut out = VecDeque::new();

@@ -334,17 +334,9 @@ mod tests {
 
     use super::*;
     use crate::driver::testing::FakeEntry;
+    use crate::test_util::require_uring;
     use crate::test_util::temp_file;
     use crate::IoKind;
-
-    macro_rules! require_uring {
-        () => {
-            if Ring::probe().is_err() {
-                eprintln!("io_uring unavailable here; skipped");
-                return;
-            }
-        };
-    }
 
     const LONG: Duration = Duration::from_secs(10);
 
