@@ -1,3 +1,4 @@
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,8 +53,14 @@ impl<T> Registry<T> {
     /// # Panics
     /// If `id` is already registered (a fresh id never is).
     pub fn insert_at(&mut self, id: RequestId, value: T) {
-        let previous = self.entries.insert(id.0, value);
-        assert!(previous.is_none(), "request id {} registered twice", id.0);
+        match self.entries.entry(id.0) {
+            // Checked before inserting: the entry already there must not be dropped (its
+            // buffer may be in the kernel's hands).
+            Entry::Occupied(_) => panic!("request id {} registered twice", id.0),
+            Entry::Vacant(slot) => {
+                slot.insert(value);
+            }
+        }
     }
 
     /// Takes the request out; `None` for an unknown or already completed id.
@@ -115,6 +122,18 @@ mod tests {
             "another registry's id must find nothing"
         );
         assert_ne!(ia, RequestId::NONE);
+    }
+
+    #[test]
+    fn an_id_registered_twice_panics_and_keeps_the_first_value() {
+        let mut r = Registry::new();
+        let id = RequestId::fresh();
+        r.insert_at(id, "first");
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            r.insert_at(id, "second");
+        }));
+        assert!(again.is_err());
+        assert_eq!(r.remove(id), Some("first"));
     }
 
     #[test]
