@@ -1,6 +1,8 @@
 from collections.abc import Callable
 from typing import Any, final
 
+from typing_extensions import Buffer
+
 from .abstract import AbstractContext, AbstractOperation
 
 @final
@@ -36,7 +38,7 @@ class Operation(AbstractOperation):
     ) -> Operation: ...
     @classmethod
     def write(
-        cls, payload_bytes: bytes, fd: int, offset: int = 0, priority: int = 0,
+        cls, payload_bytes: Buffer, fd: int, offset: int = 0, priority: int = 0,
     ) -> Operation: ...
     @classmethod
     def fsync(cls, fd: int, priority: int = 0) -> Operation: ...

@@ -1,6 +1,8 @@
 from collections.abc import Callable
 from typing import Any, final
 
+from typing_extensions import Buffer
+
 from .abstract import AbstractContext, AbstractOperation
 
 SQPOLL_ALLOWED: bool
@@ -46,7 +48,7 @@ class Operation(AbstractOperation):
         OverflowError."""
     @classmethod
     def write(
-        cls, payload_bytes: bytes, fd: int, offset: int = 0, priority: int = 0,
+        cls, payload_bytes: Buffer, fd: int, offset: int = 0, priority: int = 0,
     ) -> Operation:
         """``offset`` as for ``read``: -1 writes at the file position."""
     @classmethod

@@ -20,11 +20,14 @@ from enum import IntEnum, unique
 from functools import partial
 from multiprocessing.pool import ThreadPool
 from types import MappingProxyType
-from typing import Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from ._streams import is_stream
 from .abstract import AbstractContext, AbstractOperation
 from .errors import operation_error
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 fdsync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 NATIVE_PREAD_PWRITE: bool = hasattr(os, "pread") and hasattr(os, "pwrite")
@@ -314,6 +317,25 @@ def _run_unless_cancelled(
     return handler(context, operation)
 
 
+def _check_payload(payload: object) -> int:
+    """The size in bytes of a write's payload: ``bytes`` or any object exporting one
+    contiguous buffer (bytearray, memoryview, mmap, array); ``ValueError`` for anything
+    else, as caio raised for non-bytes, and the exporter's ``BufferError`` for memory that
+    is not contiguous."""
+    if isinstance(payload, bytes):
+        return len(payload)
+    try:
+        view = memoryview(payload)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(
+            f"payload_bytes argument must be a bytes-like object, got {_describe(payload)}",
+        ) from None
+    with view:
+        if not view.c_contiguous:
+            raise BufferError("payload_bytes must be one contiguous buffer")
+        return view.nbytes
+
+
 class Operation(AbstractOperation):
     """One request for the python_aio backend.
 
@@ -327,7 +349,7 @@ class Operation(AbstractOperation):
         nbytes: SupportsIndex | None,
         offset: SupportsIndex | None,
         opcode: int,
-        payload: bytes | None = None,
+        payload: Buffer | None = None,
         priority: SupportsIndex | None = None,
     ) -> None:
         self._lock = threading.Lock()
@@ -347,10 +369,9 @@ class Operation(AbstractOperation):
         self.__offset = 0 if offset is None else operator.index(offset)
         self.__priority = 0 if priority is None else operator.index(priority)
 
-        self.buffer: bytes = b""
+        self.buffer: Any = b""
         if self.opcode == OpCode.WRITE:
-            if not isinstance(payload, bytes):
-                raise ValueError(f"payload_bytes must be bytes, got {_describe(payload)}")
+            _check_payload(payload)
             self.buffer = payload
 
     @classmethod
@@ -360,11 +381,11 @@ class Operation(AbstractOperation):
 
     @classmethod
     def write(
-        cls, payload_bytes: bytes, fd: int, offset: int, priority: int = 0,
+        cls, payload_bytes: Buffer, fd: int, offset: int, priority: int = 0,
     ) -> Operation:
         """Create an operation writing ``payload_bytes`` to ``fd`` at ``offset``."""
         return cls(
-            fd, len(payload_bytes), offset, OpCode.WRITE,
+            fd, _check_payload(payload_bytes), offset, OpCode.WRITE,
             payload=payload_bytes, priority=priority,
         )
 

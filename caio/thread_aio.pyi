@@ -1,6 +1,8 @@
 from collections.abc import Callable
 from typing import Any, final
 
+from typing_extensions import Buffer
+
 from .abstract import AbstractContext, AbstractOperation
 
 @final
@@ -74,7 +76,7 @@ class Operation(AbstractOperation):
         FIFO or socket, offset 0 reads the next bytes."""
     @classmethod
     def write(
-        cls, payload_bytes: bytes, fd: int, offset: int = 0, priority: int = 0,
+        cls, payload_bytes: Buffer, fd: int, offset: int = 0, priority: int = 0,
     ) -> Operation:
         """``offset`` as for ``read``; on a pipe, FIFO or socket offset 0 just writes."""
     @classmethod

@@ -58,6 +58,8 @@ unsafe fn finish_fields(op: OpRef<'_>, mut res: i64) -> i64 {
         }
         IoKind::Write => {
             drop(fields.direct.take());
+            // Reaped: the kernel is done with the memory, the exporter may change it again.
+            drop(fields.export.take());
             if rules.write_payload_dropped {
                 drop(fields.buffer.take());
             }

@@ -12,6 +12,7 @@
 //! - [`pytype`]: GC support, teardown, and the type itself.
 
 mod complete;
+mod export;
 mod flavor;
 mod new;
 mod props;
@@ -67,6 +68,9 @@ struct OperationObject {
     context: ObjectField,
     /// The request id while in flight (what a cancel targets), else `RequestId::NONE`.
     request_id: Cell<u64>,
+    /// A write whose payload is not `bytes`: the export of its memory, held until the
+    /// completion is reaped (the exporter cannot resize or free it meanwhile).
+    export: Cell<Option<export::Export>>,
     /// For a file opened with `O_DIRECT`: the aligned memory the kernel transfers
     /// (a write's payload is copied in; a read's data is copied out on completion).
     direct: Cell<Option<Box<AlignedBuf>>>,
@@ -77,7 +81,10 @@ impl OperationObject {
     /// The buffer's `(data, size)`: a read's destination, a write's payload while it has
     /// one, `(NULL, 0)` for a sync.
     fn buffer_data(&self) -> (*mut u8, usize) {
-        bytes_data(self.buffer.ptr())
+        let export = self.export.take();
+        let region = export.as_ref().map(export::Export::region);
+        self.export.set(export);
+        region.unwrap_or_else(|| bytes_data(self.buffer.ptr()))
     }
 
     /// The `O_DIRECT` memory as `(data, size)`, if the op has some.

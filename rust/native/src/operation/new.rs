@@ -8,6 +8,7 @@ use caio_backends::buffer::{direct_buffer, DirectError};
 use caio_backends::{AlignedBuf, IoKind};
 use caio_core::{OpState, RequestId};
 
+use super::export::Export;
 use super::flavor::{Behaviour, Flavor, NegativeOffset};
 use super::{type_name, ObjectField, OperationObject};
 use crate::args::parse_args;
@@ -24,6 +25,8 @@ struct NewOp {
     nbytes: usize,
     /// A read's destination or a write's payload, None for syncs.
     buffer: Option<PyOwned>,
+    /// A write's payload that is not `bytes`: its memory's export.
+    export: Option<super::export::Export>,
     direct: Option<Box<AlignedBuf>>,
     priority: i16,
 }
@@ -54,6 +57,7 @@ fn new_op(cls: *mut PyTypeObject, new: NewOp) -> Result<*mut PyObject> {
         ptr::addr_of_mut!((*op).callback).write(ObjectField::new(None));
         ptr::addr_of_mut!((*op).context).write(ObjectField::new(None));
         ptr::addr_of_mut!((*op).request_id).write(Cell::new(RequestId::NONE.0));
+        ptr::addr_of_mut!((*op).export).write(Cell::new(new.export));
         ptr::addr_of_mut!((*op).direct).write(Cell::new(new.direct));
         ptr::addr_of_mut!((*op).priority).write(new.priority);
         Ok(obj)
@@ -178,6 +182,7 @@ pub(super) unsafe extern "C" fn op_read<const FLAVOR: u8>(
             offset,
             nbytes: nbytes as usize,
             buffer: Some(buffer),
+            export: None,
             direct,
             priority,
         };
@@ -207,24 +212,29 @@ pub(super) unsafe extern "C" fn op_write<const FLAVOR: u8>(
             &mut priority
         )?;
         let offset = offset_arg(rules, offset)?;
+        // Anything else than `bytes` is written from its own memory, exported for as long
+        // as the kernel may read it.
         // SAFETY: `payload` is a live argument (parsed from the call's own arguments);
         // GIL held.
-        let payload = unsafe {
-            if ffi::PyBytes_Check(payload) == 0 {
-                return Err(Error::Value(format!(
-                    "payload_bytes argument must be bytes, not {}",
-                    type_name(payload)
-                )));
-            }
-            PyOwned::from_borrowed(NonNull::new_unchecked(payload))
+        let mut export = if unsafe { ffi::PyBytes_Check(payload) } != 0 {
+            None
+        } else {
+            Some(Export::of(payload, || type_name(payload))?)
         };
-        let (data, len) = super::bytes_data(payload.as_ptr());
-        // O_DIRECT: `bytes` data is never suitably aligned, so the payload is copied into
-        // aligned memory (a bounce buffer) instead of being refused.
+        // SAFETY: as above.
+        let payload = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(payload)) };
+        let (data, len) = match &export {
+            Some(export) => export.region(),
+            None => super::bytes_data(payload.as_ptr()),
+        };
+        // O_DIRECT: the payload's memory is rarely suitably aligned, so it is copied into
+        // aligned memory (a bounce buffer) instead of being refused; the export is then
+        // not needed any more.
         let direct = direct_memory(fd, offset, len)?;
         if let Some(direct) = &direct {
             // SAFETY: both regions are `len` bytes long and distinct; GIL held.
             unsafe { ptr::copy_nonoverlapping(data, direct.as_mut_ptr(), len) };
+            export = None;
         }
         let new = NewOp {
             flavor,
@@ -233,6 +243,7 @@ pub(super) unsafe extern "C" fn op_write<const FLAVOR: u8>(
             offset,
             nbytes: len,
             buffer: Some(payload),
+            export,
             direct,
             priority,
         };
@@ -263,6 +274,7 @@ fn sync_op(
         offset: 0,
         nbytes: 0,
         buffer: None,
+        export: None,
         direct: None,
         priority,
     };

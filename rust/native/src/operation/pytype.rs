@@ -62,6 +62,7 @@ unsafe extern "C" fn op_clear(slf: *mut PyObject) -> c_int {
 fn release_fields(op: OpRef<'_>) {
     let fields = op.fields();
     drop(fields.direct.take());
+    drop(fields.export.take());
     for field in [
         &fields.callback,
         &fields.buffer,
