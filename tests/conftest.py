@@ -5,11 +5,16 @@ becomes importable (linux_uring, linux_aio) is covered without touching the test
 
 Files live on a real on-disk filesystem (never tmpfs): by default in a fresh directory under
 ``<repo>/.pytest-tmp``; the environment variable ``CAIO_TEST_DIR`` overrides the base directory.
+
+``CAIO_TEST_LOOP=uvloop`` runs every asyncio test on uvloop: the ``loop_factory`` fixture, the
+tests' own ``asyncio.run`` / ``asyncio.new_event_loop`` (through the event loop policy) and the
+interpreters the tests spawn (through ``tests/loop_site/sitecustomize.py`` on ``PYTHONPATH``).
 """
 
 import asyncio
 import faulthandler
 import gc
+import importlib.util
 import os
 import shutil
 import sys
@@ -25,6 +30,8 @@ import caio
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEST_BASE = REPO_ROOT / ".pytest-tmp"
 
+LOOP_SITE = REPO_ROOT / "tests" / "loop_site"
+
 # Per-test hang guard: a hung test kills the run with tracebacks instead of stalling CI.
 HANG_GUARD_SECONDS = 120
 
@@ -37,6 +44,41 @@ SELECTORS = {
     "caio.thread_aio": "thread",
     "caio.python_aio": "python",
 }
+
+
+def _load_loop_site():
+    spec = importlib.util.spec_from_file_location("caio_test_loop", LOOP_SITE / "sitecustomize.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+test_loop = _load_loop_site()
+# The event loop this run tests on (CAIO_TEST_LOOP): "asyncio" (the default) or "uvloop".
+TEST_LOOP = test_loop.selected()
+# The loops tests parametrised by loop run on. Under uvloop only uvloop: there the "asyncio"
+# case would create a uvloop loop again (the policy), or, forced to the default loop, repeat
+# what the default run covers.
+LOOPS = ["uvloop"] if TEST_LOOP == "uvloop" else ["asyncio", "uvloop"]
+
+
+def pytest_configure(config):
+    if TEST_LOOP not in test_loop.LOOPS:
+        raise pytest.UsageError(
+            f"CAIO_TEST_LOOP={TEST_LOOP!r}: expected one of {', '.join(test_loop.LOOPS)}")
+    if TEST_LOOP == "uvloop":
+        if importlib.util.find_spec("uvloop") is None:
+            # never fall back silently: a green run would claim coverage it does not have
+            raise pytest.UsageError("CAIO_TEST_LOOP=uvloop, but uvloop is not installed")
+        # the interpreters the tests spawn inherit the environment
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(LOOP_SITE)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        test_loop.install()
+
+
+def pytest_report_header(config):
+    return f"caio test loop (CAIO_TEST_LOOP): {TEST_LOOP}"
 
 
 def short_name(module) -> str:
@@ -384,7 +426,7 @@ def AsyncioContext(adapter):
     return adapter.AsyncioContext
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=LOOPS)
 def loop_factory(request):
     if request.param == "uvloop":
         uvloop = pytest.importorskip("uvloop")

@@ -21,7 +21,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import REPO_ROOT, run_python
+from conftest import LOOPS, REPO_ROOT, run_python
 
 try:
     from caio.linux_aio import Context, Operation
@@ -201,7 +201,7 @@ def test_the_position_of_a_pipe_is_ignored_as_by_the_kernel(workdir):
     assert "value: b'data'" in out, out
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("loop", LOOPS)
 def test_the_adapter_reads_a_pipe_while_the_loop_runs_on(workdir, loop):
     """Through linux_aio's AsyncioContext: a read of an empty pipe waits while the loop goes
     on (a task writes the data later), then returns it; several in one io_submit too."""
