@@ -47,6 +47,12 @@ class Operation(AbstractOperation):
         reads at the descriptor's current position and moves it. Any other value raises
         OverflowError."""
     @classmethod
+    def read_into(
+        cls, buffer: Buffer, fd: int, offset: int = 0, priority: int = 0,
+    ) -> Operation:
+        """Read into a writable buffer (its whole size), no copy; ``get_value()`` is
+        the number of bytes read."""
+    @classmethod
     def write(
         cls, payload_bytes: Buffer, fd: int, offset: int = 0, priority: int = 0,
     ) -> Operation:

@@ -242,6 +242,14 @@ class Context(AbstractContext):
         return plain()
 
     def _handle_read(self, operation: Operation) -> int:
+        into = operation._into
+        if into is not None:
+            fd, offset = operation.fileno, operation.offset
+            count: int = self._transfer(
+                fd, offset, partial(os.preadv, fd, [into], offset), partial(os.readv, fd, [into]),
+            )
+            operation.buffer = count
+            return count
         data = self._pread(operation.fileno, operation.nbytes, operation.offset)
         operation.buffer = data
         return len(data)
@@ -370,6 +378,9 @@ class Operation(AbstractOperation):
         self.__priority = 0 if priority is None else operator.index(priority)
 
         self.buffer: Any = b""
+        # A read into the caller's buffer (read_into): a writable view of it.
+        self._into: memoryview | None = None
+        self._target: object = None
         if self.opcode == OpCode.WRITE:
             _check_payload(payload)
             self.buffer = payload
@@ -388,6 +399,27 @@ class Operation(AbstractOperation):
             fd, _check_payload(payload_bytes), offset, OpCode.WRITE,
             payload=payload_bytes, priority=priority,
         )
+
+    @classmethod
+    def read_into(
+        cls, buffer: Buffer, fd: int, offset: int = 0, priority: int = 0,
+    ) -> Operation:
+        """Create an operation reading into ``buffer`` (a writable bytes-like object, its
+        whole size) from ``fd`` at ``offset``; ``get_value()`` is the number of bytes read."""
+        try:
+            view = memoryview(buffer)
+        except TypeError:
+            raise TypeError(
+                f"read_into() needs a writable bytes-like object, not {_describe(buffer)}",
+            ) from None
+        if view.readonly:
+            raise BufferError("read_into() needs a writable buffer")
+        if not view.c_contiguous:
+            raise BufferError("read_into() needs one contiguous buffer")
+        operation = cls(fd, view.nbytes, offset, OpCode.READ, priority=priority)
+        operation._into = view.cast("B")
+        operation._target = buffer
+        return operation
 
     @classmethod
     def fsync(cls, fd: int, priority: int = 0) -> Operation:
@@ -425,7 +457,9 @@ class Operation(AbstractOperation):
         return self.__offset
 
     @property
-    def payload(self) -> memoryview:
+    def payload(self) -> Any:
+        if self._into is not None:
+            return self._target
         return memoryview(self.buffer)
 
     @property

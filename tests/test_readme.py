@@ -39,3 +39,13 @@ def test_buffer_write_example_runs_as_written(workdir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert (workdir / "test.file").read_bytes() == b"hello"
+
+
+def test_read_into_example_runs_as_written(workdir: Path) -> None:
+    code = next(b for b in python_blocks() if "Operation.read_into(buffer" in b)
+    (workdir / "test.file").write_bytes(b"r" * 100)
+    code += "\nassert count == 100 and bytes(buffer[:100]) == b'r' * 100, count\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr

@@ -9,14 +9,14 @@ mod owned;
 pub(crate) use compat::is_finalizing;
 pub(crate) use owned::PyOwned;
 pub(crate) use pyo3_ffi::{
-    freefunc, getter, visitproc, PyArg_ParseTupleAndKeywords, PyBUF_SIMPLE, PyBuffer_Release,
-    PyBytes_AsString, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_Size, PyBytes_Type,
-    PyCFunction, PyCFunctionWithKeywords, PyCFunction_New, PyCallable_Check, PyErr_CheckSignals,
-    PyErr_Fetch, PyErr_Occurred, PyErr_SetObject, PyErr_SetString, PyErr_WriteUnraisable,
-    PyEval_RestoreThread, PyEval_SaveThread, PyExc_AttributeError, PyExc_BlockingIOError,
-    PyExc_MemoryError, PyExc_NotImplementedError, PyExc_OSError, PyExc_OverflowError,
-    PyExc_RuntimeError, PyExc_SystemError, PyExc_TypeError, PyExc_ValueError, PyGILState_Ensure,
-    PyGILState_Release, PyGILState_STATE, PyGetSetDef, PyLong_FromLongLong,
+    freefunc, getter, visitproc, PyArg_ParseTupleAndKeywords, PyBUF_SIMPLE, PyBUF_WRITABLE,
+    PyBuffer_Release, PyBytes_AsString, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_Size,
+    PyBytes_Type, PyCFunction, PyCFunctionWithKeywords, PyCFunction_New, PyCallable_Check,
+    PyErr_CheckSignals, PyErr_Fetch, PyErr_Occurred, PyErr_SetObject, PyErr_SetString,
+    PyErr_WriteUnraisable, PyEval_RestoreThread, PyEval_SaveThread, PyExc_AttributeError,
+    PyExc_BlockingIOError, PyExc_MemoryError, PyExc_NotImplementedError, PyExc_OSError,
+    PyExc_OverflowError, PyExc_RuntimeError, PyExc_SystemError, PyExc_TypeError, PyExc_ValueError,
+    PyGILState_Ensure, PyGILState_Release, PyGILState_STATE, PyGetSetDef, PyLong_FromLongLong,
     PyLong_FromUnsignedLongLong, PyMemberDef, PyMemoryView_FromObject, PyMethodDef,
     PyMethodDefPointer, PyModuleDef, PyModuleDef_HEAD_INIT, PyModuleDef_Init, PyModuleDef_Slot,
     PyModule_AddObjectRef, PyObject, PyObject_CallObject, PyObject_CallOneArg,

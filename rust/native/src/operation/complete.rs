@@ -42,7 +42,9 @@ pub(crate) fn deliver(op: PyOwned, res: i64) {
 unsafe fn finish_fields(op: OpRef<'_>, mut res: i64) -> i64 {
     let fields = op.fields();
     let rules = op.behaviour();
-    if fields.kind == IoKind::Read {
+    if fields.reads_into {
+        settle_read_into(op, res);
+    } else if fields.kind == IoKind::Read {
         // SAFETY: this function's contract.
         res = unsafe { settle_read_buffer(op, res) };
     }
@@ -70,6 +72,23 @@ unsafe fn finish_fields(op: OpRef<'_>, mut res: i64) -> i64 {
         IoKind::Fsync | IoKind::Fdsync => {}
     }
     reported
+}
+
+/// A read into the caller's buffer: copies the O_DIRECT bounce buffer in, then releases
+/// the export (the kernel is done with the memory). The buffer holds what the kernel
+/// wrote (on failure: whatever it wrote before failing, possibly nothing), the rest is
+/// untouched.
+fn settle_read_into(op: OpRef<'_>, res: i64) {
+    let fields = op.fields();
+    let export = fields.export.take();
+    if let (Some(export), Some(direct)) = (&export, fields.direct.take()) {
+        let (base, len) = export.region();
+        let got = (res.max(0) as usize).min(len).min(direct.len());
+        // SAFETY: the kernel is done with the bounce buffer; the export is the caller's
+        // writable memory of `len` bytes; the regions are distinct.
+        unsafe { ptr::copy_nonoverlapping(direct.as_mut_ptr(), base, got) };
+    }
+    drop(export);
 }
 
 /// Leaves a read's buffer holding exactly the bytes the kernel wrote (none on failure):

@@ -19,6 +19,28 @@ impl Export {
     /// the buffer protocol is a `ValueError` (caio's type for a wrong payload); one whose
     /// memory is not contiguous keeps the exporter's own `BufferError`.
     pub(super) fn of(obj: *mut PyObject, type_name: impl FnOnce() -> String) -> Result<Self> {
+        Self::with_flags(obj, ffi::PyBUF_SIMPLE, type_name)
+    }
+
+    /// Exports `obj`'s memory as one contiguous, writable run of bytes (for a read into
+    /// it): a read-only buffer (`bytes`, a read-only memoryview) keeps the exporter's
+    /// `BufferError`, an object without the buffer protocol is a `TypeError`.
+    pub(super) fn writable(obj: *mut PyObject, type_name: impl FnOnce() -> String) -> Result<Self> {
+        // SAFETY: `obj` is a live argument; GIL held.
+        if unsafe { ffi::PyObject_CheckBuffer(obj) } == 0 {
+            return Err(Error::Type(format!(
+                "read_into() needs a writable bytes-like object, not {}",
+                type_name()
+            )));
+        }
+        Self::with_flags(obj, ffi::PyBUF_WRITABLE, type_name)
+    }
+
+    fn with_flags(
+        obj: *mut PyObject,
+        flags: std::os::raw::c_int,
+        type_name: impl FnOnce() -> String,
+    ) -> Result<Self> {
         // SAFETY: `obj` is a live argument; GIL held. `view` is written by GetBuffer only
         // when it succeeds (and then released by Drop).
         unsafe {
@@ -29,7 +51,7 @@ impl Export {
                 )));
             }
             let mut view = Box::new(std::mem::zeroed::<ffi::Py_buffer>());
-            if ffi::PyObject_GetBuffer(obj, &mut *view, ffi::PyBUF_SIMPLE) != 0 {
+            if ffi::PyObject_GetBuffer(obj, &mut *view, flags) != 0 {
                 return Err(Error::AlreadySet);
             }
             Ok(Self(view))

@@ -170,6 +170,14 @@ impl Behaviour {
         }
     }
 
+    /// The argument format of `read_into(buffer, fd, offset=0, priority=0)`.
+    pub(super) fn read_into_format(&self) -> &'static CStr {
+        match self.priority {
+            Priority::Masked => c"OI|OH:read_into",
+            Priority::Signed => c"OI|Oh:read_into",
+        }
+    }
+
     /// What `result` and the callback show for `res` (bytes transferred or a negated
     /// errno).
     pub(super) fn reported(&self, res: i64) -> i64 {

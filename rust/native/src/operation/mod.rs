@@ -45,6 +45,9 @@ struct OperationObject {
     state: OpState,
     flavor: Flavor,
     kind: IoKind,
+    /// A read into the caller's buffer (`read_into`): `buffer` is the caller's object,
+    /// `export` its memory, and `get_value()` the count.
+    reads_into: bool,
     fd: u32,
     offset: i64,
     /// Requested size; for a completed read, the bytes actually read.
@@ -84,7 +87,13 @@ impl OperationObject {
         let export = self.export.take();
         let region = export.as_ref().map(export::Export::region);
         self.export.set(export);
-        region.unwrap_or_else(|| bytes_data(self.buffer.ptr()))
+        match region {
+            Some(region) => region,
+            // A read into the caller's buffer whose export is released (done): not ours
+            // to describe any more, and not a bytes object.
+            None if self.reads_into => (ptr::null_mut(), 0),
+            None => bytes_data(self.buffer.ptr()),
+        }
     }
 
     /// The `O_DIRECT` memory as `(data, size)`, if the op has some.

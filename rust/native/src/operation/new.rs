@@ -20,6 +20,7 @@ use crate::values::uint;
 struct NewOp {
     flavor: Flavor,
     kind: IoKind,
+    reads_into: bool,
     fd: u32,
     offset: i64,
     nbytes: usize,
@@ -46,6 +47,7 @@ fn new_op(cls: *mut PyTypeObject, new: NewOp) -> Result<*mut PyObject> {
         ptr::addr_of_mut!((*op).state).write(OpState::new());
         ptr::addr_of_mut!((*op).flavor).write(new.flavor);
         ptr::addr_of_mut!((*op).kind).write(new.kind);
+        ptr::addr_of_mut!((*op).reads_into).write(new.reads_into);
         ptr::addr_of_mut!((*op).fd).write(new.fd);
         ptr::addr_of_mut!((*op).offset).write(new.offset);
         ptr::addr_of_mut!((*op).nbytes).write(Cell::new(new.nbytes));
@@ -178,6 +180,7 @@ pub(super) unsafe extern "C" fn op_read<const FLAVOR: u8>(
         let new = NewOp {
             flavor,
             kind: IoKind::Read,
+            reads_into: false,
             fd,
             offset,
             nbytes: nbytes as usize,
@@ -239,11 +242,65 @@ pub(super) unsafe extern "C" fn op_write<const FLAVOR: u8>(
         let new = NewOp {
             flavor,
             kind: IoKind::Write,
+            reads_into: false,
             fd,
             offset,
             nbytes: len,
             buffer: Some(payload),
             export,
+            direct,
+            priority,
+        };
+        new_op(cls.cast(), new)
+    })
+}
+
+/// `read_into(buffer, fd, offset=0, priority=0)`: a read straight into the caller's
+/// writable buffer (its whole size), which the op exports until the completion is reaped.
+pub(super) unsafe extern "C" fn op_read_into<const FLAVOR: u8>(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    entry(|| {
+        let flavor = Flavor::from_u8(FLAVOR);
+        let rules = flavor.behaviour();
+        let mut target: *mut PyObject = ptr::null_mut();
+        let (mut fd, mut priority): (u32, i16) = (0, 0);
+        let mut offset: *mut PyObject = ptr::null_mut();
+        parse_args!(
+            args,
+            kwargs,
+            rules.read_into_format(),
+            [c"buffer", c"fd", c"offset", c"priority"],
+            &mut target,
+            &mut fd,
+            &mut offset,
+            &mut priority
+        )?;
+        let offset = offset_arg(rules, offset)?;
+        let export = Export::writable(target, || type_name(target))?;
+        let len = export.region().1;
+        if let Some(limit) = &rules.read_limit {
+            if len as u64 > limit.max {
+                return Err(Error::Overflow(format!(
+                    "the buffer exceeds the {} read limit of {} bytes (got {len})",
+                    limit.name, limit.max
+                )));
+            }
+        }
+        let direct = direct_memory(fd, offset, len)?;
+        // SAFETY: `target` is a live argument; GIL held.
+        let target = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(target)) };
+        let new = NewOp {
+            flavor,
+            kind: IoKind::Read,
+            reads_into: true,
+            fd,
+            offset,
+            nbytes: len,
+            buffer: Some(target),
+            export: Some(export),
             direct,
             priority,
         };
@@ -270,6 +327,7 @@ fn sync_op(
     let new = NewOp {
         flavor,
         kind,
+        reads_into: false,
         fd,
         offset: 0,
         nbytes: 0,

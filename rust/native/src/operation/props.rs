@@ -112,6 +112,8 @@ pub(super) unsafe extern "C" fn op_get_value(
             return Err(Error::Errno(fields.error.get()));
         }
         match fields.kind {
+            // A read into the caller's buffer: how many bytes landed there.
+            IoKind::Read if fields.reads_into => int(fields.result.get()),
             IoKind::Read if !done => zeroed_bytes(fields.nbytes.get()).map(PyOwned::into_ptr),
             IoKind::Read => {
                 let (data, kept) = fields.buffer_data();
@@ -139,6 +141,8 @@ fn payload(op: OpRef<'_>) -> Result<*mut PyObject> {
     ensure_not_in_flight(op, "payload")?;
     let fields = op.fields();
     match fields.kind {
+        // A read into the caller's buffer: that buffer.
+        IoKind::Read if fields.reads_into => Ok(object_or_none(fields.buffer.cloned())),
         IoKind::Read => {
             let (data, kept) = fields.buffer_data();
             let done = op.phase() == Phase::Done;

@@ -7,7 +7,7 @@ use std::ptr;
 use caio_backends::IoKind;
 
 use super::flavor::Flavor;
-use super::new::{op_fdsync, op_fsync, op_read, op_write};
+use super::new::{op_fdsync, op_fsync, op_read, op_read_into, op_write};
 use super::props::{get_property, op_get_value, op_repr, op_set_callback, Property};
 use super::{OpRef, OperationObject};
 use crate::error::Result;
@@ -114,6 +114,12 @@ fn create_type_of<const FLAVOR: u8>(
             op_read::<FLAVOR>,
             ffi::METH_CLASS,
             c"read(nbytes, fd, offset=0, priority=0) -> Operation",
+        ),
+        method_kw(
+            c"read_into",
+            op_read_into::<FLAVOR>,
+            ffi::METH_CLASS,
+            c"read_into(buffer, fd, offset=0, priority=0) -> Operation: read into a writable buffer (its whole size), no copy; get_value() is the number of bytes read.",
         ),
         method_kw(
             c"write",
