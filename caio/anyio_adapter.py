@@ -3,7 +3,8 @@
 ``AnyioContext`` picks, when created, the adapter for the running async library
 (``sniffio.current_async_library()``): ``caio.AsyncioContext`` under anyio's asyncio
 backend (falling back on limits as it does), ``caio.trio_adapter.TrioContext`` under
-its trio backend; both run the backend ``import caio`` selected. The methods are the
+its trio backend; both run the backend ``import caio`` selected, unless ``backend=`` names another
+(``"linux_uring"``, ``"linux_aio"``, ``"thread_aio"``, ``"python_aio"``). The methods are the
 adapters' own (``read``, ``write``, ``fsync``, ``fdsync``, ``submit``, ``close``)::
 
     async with AnyioContext() as ctx:
@@ -16,6 +17,7 @@ can, and its buffer stays owned until the kernel is done with it.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -28,24 +30,28 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-def _adapter_class(library: str) -> type[AdapterBase[Any, Any]]:
+def _adapter_class(library: str, backend: str | None) -> type[AdapterBase[Any, Any]]:
     if library == "asyncio":
-        from . import AsyncioContext
+        if backend is None:
+            from . import AsyncioContext
 
-        return AsyncioContext
+            return AsyncioContext
+        module = importlib.import_module(f"{__package__}.{backend}_asyncio")
+        return module.AsyncioContext
     if library == "trio":
-        from .trio_adapter import TrioContext
+        from .trio_adapter import TRIO_CONTEXTS, TrioContext
 
-        return TrioContext
+        return TrioContext if backend is None else TRIO_CONTEXTS[backend]
     raise RuntimeError(f"caio has no adapter for the {library!r} event loop")
 
 
 class AnyioContext:
     """The running loop's caio adapter (see the module docs); create it inside the loop."""
 
-    def __init__(self, max_requests: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, max_requests: int | None = None, *, backend: str | None = None,
+                 **kwargs: Any) -> None:
         self.library = sniffio.current_async_library()
-        self.adapter: AdapterBase[Any, Any] = _adapter_class(self.library)(
+        self.adapter: AdapterBase[Any, Any] = _adapter_class(self.library, backend)(
             max_requests, **kwargs,
         )
 
