@@ -20,7 +20,7 @@ What a loop must do with a native (eventfd) Context, i.e. ``EventfdContextProtoc
    may still write into its buffer until then;
 4. on close, stop watching the eventfd, deliver what has completed, fail the other
    awaiters, ``cancel`` their operations and hand the Context to
-   ``caio._native.retire()``, which frees it once nothing is in flight.
+   ``retire()`` (this module), which frees it once nothing is in flight.
 
 A loop subclasses ``AdapterBase`` (or ``EventfdAdapterBase`` with a backend policy
 such as ``UringAdapter``) and implements the hooks in the "loop primitives" section:
@@ -345,8 +345,6 @@ class EventfdAdapterBase(AdapterBase[EventfdContextType, OperationType]):
         thread (its buffers stay owned until then) and the Context, with its kernel
         objects, is freed once nothing is in flight.
         """
-        from . import _native  # type: ignore[attr-defined]  # the compiled module
-
         context = self.context
         self._unwatch_eventfd(context.fileno)
         try:
@@ -363,7 +361,7 @@ class EventfdAdapterBase(AdapterBase[EventfdContextType, OperationType]):
                     context.cancel(op)
         finally:
             self.context = cast(EventfdContextType, _ClosedContext(self.CLOSED_MESSAGE))
-            _native.retire(context)
+            retire(context)
 
     def _on_read_event(self) -> None:
         try:
@@ -581,6 +579,18 @@ class PythonAdapter(AdapterBase[ContextType, OperationType]):
 # --- helpers ------------------------------------------------------------------------
 
 
+def retire(context: EventfdContextProtocol) -> None:
+    """Lets a native Context go once its in-flight operations have completed.
+
+    What is still in flight completes on a background thread (the kernel keeps owning
+    its buffers until then); the Context and its kernel objects (ring, AIO context,
+    eventfd, workers) are freed after that. The Context must not be used afterwards.
+    """
+    from . import _native  # type: ignore[attr-defined]  # the compiled module
+
+    _native.retire(context)
+
+
 _YIELD_FIRST = object()
 
 
@@ -671,4 +681,5 @@ __all__ = (
     "ThreadAdapter",
     "UringAdapter",
     "UringContextProtocol",
+    "retire",
 )

@@ -205,3 +205,16 @@ def test_aiofile_lines_under_anyio_asyncio(backend, files):
             return [line async for line in afp]
 
     assert run(("asyncio", {}), body) == lines
+
+
+@pytest.mark.parametrize("impl", ["uring", "linux", "thread", "python"])
+def test_readme_anyio_example_runs_as_written(workdir, impl):
+    from test_trio import readme_block, run_readme_block
+
+    name = {"uring": "linux_uring", "linux": "linux_aio", "thread": "thread_aio",
+            "python": "python_aio"}[impl]
+    if name not in TRIO_CONTEXTS:
+        pytest.skip(f"caio.{name} is not available")
+    run_readme_block(readme_block("AnyioContext"), workdir, {"CAIO_IMPL": impl})
+    for backend in ("asyncio", "trio"):
+        assert (workdir / f"anyio-{backend}.file").read_bytes() == b"Hello anyio"

@@ -376,3 +376,38 @@ def test_line_reading(TrioContext, files):
             return [line async for line in read_lines(ctx, fd, chunk_size=1000)]
 
     assert run(body) == lines
+
+
+def readme_block(marker: str) -> str:
+    from test_readme import python_blocks
+
+    (code,) = (b for b in python_blocks() if marker in b)
+    return code
+
+
+def run_readme_block(code, workdir, env=None):
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True,
+        timeout=60, check=False, env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+CAIO_IMPLS = [pytest.param(impl, id=name) for name, impl in
+              (("linux_uring", "uring"), ("linux_aio", "linux"), ("thread_aio", "thread"),
+               ("python_aio", "python")) if name in TRIO_CONTEXTS]
+
+
+@pytest.mark.parametrize("impl", CAIO_IMPLS)
+def test_readme_trio_example_runs_as_written(workdir, impl):
+    code = readme_block("from caio.trio_adapter import TrioContext")
+    run_readme_block(code, workdir, {"CAIO_IMPL": impl})
+    assert (workdir / "trio.file").read_bytes() == b"Hello trio"
+
+
+def test_readme_custom_loop_example_runs_as_written(workdir):
+    code = readme_block("class MinimalAdapter")
+    run_readme_block(code, workdir)
+    assert (workdir / "custom.file").read_bytes() == b"custom loop"
