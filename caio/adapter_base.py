@@ -586,7 +586,7 @@ def retire(context: EventfdContextProtocol) -> None:
     its buffers until then); the Context and its kernel objects (ring, AIO context,
     eventfd, workers) are freed after that. The Context must not be used afterwards.
     """
-    from . import _native  # type: ignore[attr-defined]  # the compiled module
+    from . import _native
 
     _native.retire(context)
 

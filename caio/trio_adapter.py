@@ -145,7 +145,9 @@ class EventfdTrioContextBase(
     def _unwatch_eventfd(self, fd: int) -> None:
         self._reader_scope.cancel()
         # Wakes and unregisters the reader now: the eventfd is closed later, by retire().
-        trio.lowlevel.notify_closing(fd)
+        # (Closed after trio.run returned: nothing is registered any more.)
+        with contextlib.suppress(RuntimeError):
+            trio.lowlevel.notify_closing(fd)
 
     async def _read_events(self, fd: int) -> None:
         with self._reader_scope, contextlib.suppress(trio.ClosedResourceError):

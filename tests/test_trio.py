@@ -416,3 +416,46 @@ def test_readme_custom_loop_example_runs_as_written(workdir):
     code = readme_block("class MinimalAdapter")
     run_readme_block(code, workdir)
     assert (workdir / "custom.file").read_bytes() == b"custom loop"
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["eager", "deferred"])
+def test_submission_modes_round_trip(TrioContext, files, deferred):
+    """io_uring's deferred flush and kernel AIO's coalesced io_submit run on trio's
+    run_sync_soon; many writes then reads at once go through both paths."""
+    fd = files.open()
+    size = 64 * 1024
+    options = {"sqpoll": False} if backend_name(TrioContext) == "linux_uring" else {}
+
+    async def body():
+        async with TrioContext(deferred=deferred, **options) as ctx:
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(ctx.write, chunk(i, size), fd, i * size)
+            results = {}
+
+            async def reader(i):
+                results[i] = await ctx.read(size, fd, i * size)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(reader, i)
+        return results
+
+    results = run(body)
+    assert [results[i] for i in range(40)] == [chunk(i, size) for i in range(40)]
+
+
+def test_close_after_trio_run_returned(TrioContext, files):
+    fd = files.open(b"after")
+    gc.collect()
+    fds = fd_count()
+
+    async def body():
+        ctx = TrioContext()
+        assert await ctx.read(5, fd, 0) == b"after"
+        return ctx
+
+    ctx = run(body)
+    ctx.close()
+    if backend_name(TrioContext) != "python_aio":  # (see above: ThreadPool's pipe)
+        wait_until(lambda: fd_count() <= fds, timeout=10, message="the Context was kept")
