@@ -90,6 +90,7 @@ class SemaphoreProtocol(Protocol):
 
 ContextType = TypeVar("ContextType", bound=ContextProtocol)
 EventfdContextType = TypeVar("EventfdContextType", bound=EventfdContextProtocol)
+UringContextType = TypeVar("UringContextType", bound=UringContextProtocol)
 OperationType = TypeVar("OperationType", bound=AbstractOperation)
 
 # A loop's handle for one awaited operation (an asyncio Future, a parked trio task...).
@@ -410,17 +411,14 @@ class EventfdAdapterBase(AdapterBase[EventfdContextType, OperationType]):
 # --- backend policies (loop-agnostic; the loop modules combine them with their hooks) --
 
 
-class UringAdapter(EventfdAdapterBase[EventfdContextType, OperationType]):
+class UringAdapter(EventfdAdapterBase[UringContextType, OperationType]):
     """io_uring: ``deferred=True`` batches one loop iteration's submissions into a
     single ``flush()`` (unless SQPOLL was negotiated)."""
 
     # As in caio, SQPOLL is on whenever the process may use it (set by the concrete class).
     DEFAULT_SQPOLL: ClassVar[bool] = False
 
-    def _uring(self) -> UringContextProtocol:
-        return cast(UringContextProtocol, self.context)
-
-    def _create_context(self, max_requests: int, **kwargs: Any) -> EventfdContextType:
+    def _create_context(self, max_requests: int, **kwargs: Any) -> UringContextType:
         kwargs.setdefault("sqpoll", self.DEFAULT_SQPOLL)
         context = self.CONTEXT_CLASS(max_requests=max_requests, **kwargs)
         self._flush_scheduled = False
@@ -428,8 +426,8 @@ class UringAdapter(EventfdAdapterBase[EventfdContextType, OperationType]):
         return context
 
     def _on_submitted(self) -> None:
-        if not self.deferred or self._uring().sqpoll:
-            self._uring().flush()
+        if not self.deferred or self.context.sqpoll:
+            self.context.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._call_soon(self._deferred_flush)
@@ -438,7 +436,7 @@ class UringAdapter(EventfdAdapterBase[EventfdContextType, OperationType]):
         self._flush_scheduled = False
         if self._closed:  # close() flushed, and let the Context go
             return
-        self._uring().flush()
+        self.context.flush()
 
 
 _Pending = list[tuple[Any, Waiter]]
