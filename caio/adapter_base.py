@@ -262,8 +262,10 @@ class AdapterBase(Generic[ContextType, OperationType]):
     ) -> Awaitable[bytes]:
         if type(offset) is not int or offset < 0:
             _check_offset(offset)
-        op = self.OPERATION_CLASS.read(nbytes, fd, offset, priority)
-        return self.submit(cast(OperationType, op))
+        # (the classmethods are typed as returning AbstractOperation; no runtime cast
+        # on the hot path)
+        op: Any = self.OPERATION_CLASS.read(nbytes, fd, offset, priority)
+        return self.submit(op)
 
     def write(
         self, payload: bytes, fd: int, offset: int, priority: int = 0,
@@ -295,8 +297,8 @@ class AdapterBase(Generic[ContextType, OperationType]):
                 stream = is_stream(fd)
             # A stream has no offsets: the rest goes where the first part went.
             at = offset if stream else offset + done
-            rest = self.OPERATION_CLASS.write(payload[done:], fd, at, priority)
-            written = await self.submit(cast(OperationType, rest))
+            rest: Any = self.OPERATION_CLASS.write(payload[done:], fd, at, priority)
+            written = await self.submit(rest)
 
     def fsync(self, fd: int) -> Awaitable[None]:
         return self.submit(cast(OperationType, self.OPERATION_CLASS.fsync(fd)))
