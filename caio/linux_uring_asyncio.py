@@ -1,15 +1,14 @@
 """asyncio adapter for the io_uring backend (``caio.linux_uring``).
 
 Completions are delivered on the loop thread by ``flush()``/``process_events()`` (see
-``EventfdAsyncioContextBase``); small page-cache reads complete inside ``submit``, and
-requests over 64 KiB run on the kernel's workers, so one large read does not stall the
-loop.
+``caio.adapter_base.EventfdAdapterBase``); small page-cache reads complete inside
+``submit``, and requests over 64 KiB run on the kernel's workers, so one large read does
+not stall the loop.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from .adapter_base import UringAdapter
 from .asyncio_base import EventfdAsyncioContextBase
 from .linux_uring import SQPOLL_ALLOWED, Context, Operation
 
@@ -21,7 +20,7 @@ from .linux_uring import SQPOLL_ALLOWED, Context, Operation
 DEFAULT_SQPOLL = SQPOLL_ALLOWED
 
 
-class AsyncioContext(EventfdAsyncioContextBase[Context, Operation]):
+class AsyncioContext(UringAdapter[Context, Operation], EventfdAsyncioContextBase[Context, Operation]):
     """asyncio front end of ``caio.linux_uring.Context``.
 
     ``deferred=True`` batches one loop iteration's submissions into a single
@@ -30,26 +29,7 @@ class AsyncioContext(EventfdAsyncioContextBase[Context, Operation]):
 
     OPERATION_CLASS = Operation
     CONTEXT_CLASS = Context
-
-    def _create_context(self, max_requests: int, **kwargs: Any) -> Context:
-        kwargs.setdefault("sqpoll", DEFAULT_SQPOLL)
-        context = self.CONTEXT_CLASS(max_requests=max_requests, **kwargs)
-        self._flush_scheduled = False
-        self._watch(context)
-        return context
-
-    def _on_submitted(self) -> None:
-        if not self.deferred or self.context.sqpoll:
-            self.context.flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._deferred_flush)
-
-    def _deferred_flush(self) -> None:
-        self._flush_scheduled = False
-        if self._closed:  # close() flushed, and let the Context go
-            return
-        self.context.flush()
+    DEFAULT_SQPOLL = DEFAULT_SQPOLL
 
 
 __all__ = ("SQPOLL_ALLOWED", "AsyncioContext", "Context", "Operation")

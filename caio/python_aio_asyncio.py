@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from .adapter_base import PythonAdapter
 from .asyncio_base import AsyncioContextBase
 from .python_aio import Context, Operation
 
 
-class AsyncioContext(AsyncioContextBase[Context, Operation]):
+class AsyncioContext(PythonAdapter[Context, Operation], AsyncioContextBase[Context, Operation]):
     """asyncio front end of ``caio.python_aio.Context``.
 
     Callbacks arrive on the thread pool's result-handler thread, so the inherited
@@ -17,9 +18,6 @@ class AsyncioContext(AsyncioContextBase[Context, Operation]):
 
     OPERATION_CLASS = Operation
     CONTEXT_CLASS = Context
-
-    def _destroy_context(self) -> None:
-        self.context.close()
 
 
 __all__ = ("AsyncioContext", "Context", "Operation")

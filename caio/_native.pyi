@@ -1,0 +1,9 @@
+# The compiled module; its backend classes are typed by linux_uring.pyi, linux_aio.pyi and
+# thread_aio.pyi, where they are re-exported.
+from typing import Any
+
+def retire(context: object, /) -> None:
+    """Frees ``context`` once its in-flight operations have completed (on a background
+    thread); see ``caio.adapter_base.retire``."""
+
+def __getattr__(name: str) -> Any: ...
