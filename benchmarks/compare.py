@@ -559,7 +559,7 @@ def make_plot(rows: list[dict[str, Any]], path: str, has_theirs: bool) -> bool:
                 style = {"ref:floor": ("black", ":"), "ref:executor": ("gray", ":"),
                          "ref:aiofiles": ("gray", "-.")}.get(label, ("gray", ":"))
                 ax.plot(xs, ys, style[1], color=style[0], marker=".",
-                        label=REF_LABELS.get(label[4:], label))
+                        label=ref_label(label[4:], loop, "rand4k"))
                 continue
             ys = [med(r.get("ours"), "ops_per_s") for _, r in pts]
             ax.plot(xs, ys, "-o", color=color, label=f"ours {row_label(pts[0][1])}")
