@@ -241,13 +241,13 @@ def _backend_list(value: str) -> list[str]:
 
 def _loop_list(value: str) -> list[str]:
     loops = [item.strip() for item in value.split(",") if item.strip()]
-    installed = _bench.available_loops()
     for loop in loops:
         if loop not in _bench.LOOPS:
             raise argparse.ArgumentTypeError(
                 f"unknown loop {loop!r} (choose from {', '.join(_bench.LOOPS)})")
-        if loop not in installed:
-            raise argparse.ArgumentTypeError(f"{loop} is not installed")
+        reason = _bench.loop_unavailable(loop)
+        if reason is not None:
+            raise argparse.ArgumentTypeError(f"cannot measure {loop}: {reason}")
     return loops
 
 
@@ -266,7 +266,7 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 def _parse_bench_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m caio bench",
-        description="Measure each available backend's AsyncioContext on each event loop: "
+        description="Measure each available backend's adapter on each event loop: "
                     "4 KiB random and 1 MiB sequential reads from the page cache, 4 KiB "
                     "writes. Progress on stderr, results as a table on stdout.",
     )

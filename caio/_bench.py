@@ -1,12 +1,12 @@
 """``python -m caio bench``: a quick benchmark of the available backends and event loops.
 
-For every backend x loop it runs three workloads through the backend's ``AsyncioContext``
-at a small concurrency, each for an equal share of the time budget: 4 KiB random reads
+For every backend x loop it runs three workloads through the backend's adapter for that
+loop (``AsyncioContext``; under trio, ``caio.trio_adapter``'s) at a small concurrency, each for an equal share of the time budget: 4 KiB random reads
 and 1 MiB sequential reads of a file in the page cache, and 4 KiB random overwrites.
 It reports operations per second, MB/s (10**6 bytes) and the process CPU time per
 operation (every thread of the process: the loop, thread pools, io_uring workers).
 
-Standard library only (uvloop is measured when installed). The command line lives in
+Standard library only (uvloop and trio are measured when installed). The command line lives in
 ``caio/__main__.py``; this module measures and prints.
 """
 
@@ -14,25 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from functools import partial
+from typing import Any, TextIO, TypeVar
 
 import caio
 
 KiB = 1024
 MiB = 1024 * KiB
 
-LOOPS = ("asyncio", "uvloop")
+LOOPS = ("asyncio", "uvloop", "trio")
 WRITE_FILE_MAX = 8 * MiB
 CELL_TIMEOUT_EXTRA = 30.0  # seconds a row may overrun its share before it counts as hung
 PROGRESS_INTERVAL = 0.1  # seconds between redraws of the bar within a row
 OFFSET_TABLE_SIZE = 1 << 14
 WARMUP_FRACTION = 0.2  # of a row's measured time, run before it unmeasured
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,28 +105,109 @@ def is_memory_filesystem(fs_type: str | None) -> bool:
     return fs_type in ("tmpfs", "ramfs")
 
 
+def loop_unavailable(name: str) -> str | None:
+    """Why the event loop ``name`` cannot be measured here, or None if it can."""
+    needs = {"asyncio": (), "uvloop": ("uvloop",), "trio": ("trio", "caio.trio_adapter")}
+    for module in needs[name]:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return f"{module} is not importable ({exc})"
+    return None
+
+
 def available_loops() -> list[str]:
-    loops = ["asyncio"]
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        loops.append("uvloop")
-    return loops
+    return [name for name in LOOPS if loop_unavailable(name) is None]
 
 
-def _new_loop(name: str) -> asyncio.AbstractEventLoop:
-    if name == "uvloop":
-        import uvloop
+class _Flavor:
+    """What the measurement needs of an event loop: asyncio's (asyncio, uvloop) here,
+    trio's in ``_TrioFlavor``."""
 
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        return loop
-    return asyncio.new_event_loop()
+    def __init__(self, loop_name: str) -> None:
+        self.loop_name = loop_name
+
+    def run(self, main: Callable[[], Awaitable[T]]) -> T:
+        if self.loop_name == "uvloop":
+            import uvloop
+
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            return loop.run_until_complete(main())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def adapter_class(self, backend: str) -> Any:
+        return getattr(caio, f"{backend}_asyncio").AsyncioContext
+
+    async def run_all(self, fns: Sequence[Callable[[], Awaitable[Any]]]) -> None:
+        await asyncio.gather(*(fn() for fn in fns))
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def with_timeout(self, seconds: float, fn: Callable[[], Awaitable[Any]]) -> None:
+        """``await fn()``; TimeoutError after ``seconds``."""
+        try:
+            await asyncio.wait_for(fn(), seconds)
+        except asyncio.TimeoutError:
+            raise TimeoutError from None
+
+    async def with_background(self, background: Callable[[], Awaitable[Any]],
+                              fn: Callable[[], Awaitable[Any]]) -> None:
+        """``await fn()`` while ``background()`` runs; the latter is cancelled after."""
+        task = asyncio.ensure_future(background())
+        try:
+            await fn()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
-def _adapter_class(backend: str) -> Any:
-    return getattr(caio, f"{backend}_asyncio").AsyncioContext
+class _TrioFlavor(_Flavor):
+    def __init__(self, loop_name: str) -> None:
+        super().__init__(loop_name)
+        # Imported by name: neither is needed by (nor known to) the rest of caio.
+        self.trio: Any = importlib.import_module("trio")
+        self.contexts = importlib.import_module("caio.trio_adapter").TRIO_CONTEXTS
+
+    def run(self, main: Callable[[], Awaitable[T]]) -> T:
+        result: T = self.trio.run(main)
+        return result
+
+    def adapter_class(self, backend: str) -> Any:
+        return self.contexts[backend]
+
+    async def run_all(self, fns: Sequence[Callable[[], Awaitable[Any]]]) -> None:
+        async with self.trio.open_nursery() as nursery:
+            for fn in fns:
+                nursery.start_soon(fn)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.trio.sleep(seconds)
+
+    async def with_timeout(self, seconds: float, fn: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            with self.trio.fail_after(seconds):
+                await fn()
+        except self.trio.TooSlowError:
+            raise TimeoutError from None
+
+    async def with_background(self, background: Callable[[], Awaitable[Any]],
+                              fn: Callable[[], Awaitable[Any]]) -> None:
+        async with self.trio.open_nursery() as nursery:
+            nursery.start_soon(background)
+            await fn()
+            nursery.cancel_scope.cancel()
+
+
+def _flavor(loop_name: str) -> _Flavor:
+    return _TrioFlavor(loop_name) if loop_name == "trio" else _Flavor(loop_name)
 
 
 # --- data files -------------------------------------------------------------------------
@@ -246,8 +331,8 @@ async def _check_first(ctx: Any, workload: Workload, fd: int, payload: bytes) ->
             raise CheckFailedError(f"write of {len(payload)} bytes returned {written!r}")
 
 
-async def _measure(ctx: Any, workload: Workload, files: DataFiles, seconds: float,
-                   concurrency: int, progress: Progress, result: Result) -> None:
+async def _measure(flavor: _Flavor, ctx: Any, workload: Workload, files: DataFiles,
+                   seconds: float, concurrency: int, progress: Progress, result: Result) -> None:
     is_read = workload.op == "read"
     path = files.read_path if is_read else files.write_path
     fd = os.open(path, os.O_RDONLY if is_read else os.O_RDWR)
@@ -278,41 +363,44 @@ async def _measure(ctx: Any, workload: Workload, files: DataFiles, seconds: floa
 
         async def redraw() -> None:
             while True:
-                await asyncio.sleep(PROGRESS_INTERVAL)
+                await flavor.sleep(PROGRESS_INTERVAL)
                 progress.draw((perf() - row_start) / row_seconds)
 
-        row_start = perf()
-        row_seconds = seconds * (1 + WARMUP_FRACTION)
-        drawer = asyncio.ensure_future(redraw()) if progress.tty else None
-        try:
+        async def warm_up_and_measure() -> None:
+            nonlocal deadline, ops
+            workers = [worker] * concurrency
             # Unmeasured warm-up: thread pools and kernel workers start on first use.
             deadline = row_start + seconds * WARMUP_FRACTION
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            await flavor.run_all(workers)
             ops = 0
             cpu_start = time.process_time()
             start = perf()
             deadline = start + seconds
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            await flavor.run_all(workers)
             result.elapsed = perf() - start
             result.cpu = time.process_time() - cpu_start
-        finally:
-            if drawer is not None:
-                drawer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await drawer
+
+        row_start = perf()
+        row_seconds = seconds * (1 + WARMUP_FRACTION)
+        if progress.tty:
+            await flavor.with_background(redraw, warm_up_and_measure)
+        else:
+            await warm_up_and_measure()
         result.ops = ops
         result.nbytes = ops * size
     finally:
         os.close(fd)
 
 
-async def _run_backend_on_loop(backend: str, loop_name: str, files: DataFiles, seconds: float,
-                               concurrency: int, progress: Progress) -> list[Result]:
+async def _run_backend_on_loop(flavor: _Flavor, backend: str, files: DataFiles,
+                               seconds: float, concurrency: int,
+                               progress: Progress) -> list[Result]:
+    loop_name = flavor.loop_name
     results = []
     ctx = None
     setup_error = None
     try:
-        ctx = _adapter_class(backend)()
+        ctx = flavor.adapter_class(backend)()
     except Exception as exc:  # noqa: BLE001 - reported in the table
         setup_error = f"{type(exc).__name__}: {exc}"
     try:
@@ -321,10 +409,10 @@ async def _run_backend_on_loop(backend: str, loop_name: str, files: DataFiles, s
             progress.start(f"{backend} {loop_name} {workload.name}")
             if ctx is not None:
                 try:
-                    await asyncio.wait_for(
-                        _measure(ctx, workload, files, seconds, concurrency, progress, result),
-                        seconds + CELL_TIMEOUT_EXTRA)
-                except asyncio.TimeoutError:
+                    await flavor.with_timeout(seconds + CELL_TIMEOUT_EXTRA, partial(
+                        _measure, flavor, ctx, workload, files, seconds, concurrency, progress,
+                        result))
+                except TimeoutError:
                     result.error = f"timed out after {seconds + CELL_TIMEOUT_EXTRA:g} s"
                 except Exception as exc:  # noqa: BLE001 - reported in the table
                     result.error = f"{type(exc).__name__}: {exc}"
@@ -341,16 +429,11 @@ def run(backends: list[str], loops: list[str], files: DataFiles, seconds: float,
     """Every workload on every backend x loop, each for ``seconds / rows``."""
     share = seconds / (len(backends) * len(loops) * len(WORKLOADS))
     results = []
+    flavors = [_flavor(name) for name in loops]
     for backend in backends:
-        for loop_name in loops:
-            loop = _new_loop(loop_name)
-            try:
-                asyncio.set_event_loop(loop)
-                results += loop.run_until_complete(_run_backend_on_loop(
-                    backend, loop_name, files, share, concurrency, progress))
-            finally:
-                asyncio.set_event_loop(None)
-                loop.close()
+        for flavor in flavors:
+            results += flavor.run(partial(_run_backend_on_loop, flavor, backend, files, share,
+                                          concurrency, progress))
     return results
 
 

@@ -17,7 +17,9 @@ import pytest
 from conftest import filesystem_type, needs_thread_aio, variant_names
 
 WORKLOADS = ("rand4k", "seq1m", "write4k")
-LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
+LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else []) + \
+    (["trio"] if importlib.util.find_spec("trio") and importlib.util.find_spec("caio.trio_adapter")
+     else [])
 TIMEOUT = 120
 
 
