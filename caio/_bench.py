@@ -1,13 +1,14 @@
 """``python -m caio bench``: a quick benchmark of the available backends and event loops.
 
 For every backend x loop it runs three workloads through the backend's adapter for that
-loop (``AsyncioContext``; under trio, ``caio.trio_adapter``'s) at a small concurrency, each for an equal share of the time budget: 4 KiB random reads
-and 1 MiB sequential reads of a file in the page cache, and 4 KiB random overwrites.
-It reports operations per second, MB/s (10**6 bytes) and the process CPU time per
-operation (every thread of the process: the loop, thread pools, io_uring workers).
+loop (``AsyncioContext``; under trio, ``caio.trio_adapter``'s) at a small concurrency,
+each for an equal share of the time budget: 4 KiB random reads and 1 MiB sequential
+reads of a file in the page cache, and 4 KiB random overwrites. It reports operations
+per second, MB/s (10**6 bytes) and the process CPU time per operation (every thread of
+the process: the loop, thread pools, io_uring workers).
 
-Standard library only (uvloop and trio are measured when installed). The command line lives in
-``caio/__main__.py``; this module measures and prints.
+Standard library only (uvloop and trio are measured when installed). The command line
+lives in ``caio/__main__.py``; this module measures and prints.
 """
 
 from __future__ import annotations
@@ -392,6 +393,13 @@ async def _measure(flavor: _Flavor, ctx: Any, workload: Workload, files: DataFil
         os.close(fd)
 
 
+def _describe_error(exc: BaseException) -> str:
+    # A trio nursery wraps what its tasks raise in an exception group: show the first.
+    while getattr(exc, "exceptions", None):
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return f"{type(exc).__name__}: {exc}"
+
+
 async def _run_backend_on_loop(flavor: _Flavor, backend: str, files: DataFiles,
                                seconds: float, concurrency: int,
                                progress: Progress) -> list[Result]:
@@ -402,7 +410,7 @@ async def _run_backend_on_loop(flavor: _Flavor, backend: str, files: DataFiles,
     try:
         ctx = flavor.adapter_class(backend)()
     except Exception as exc:  # noqa: BLE001 - reported in the table
-        setup_error = f"{type(exc).__name__}: {exc}"
+        setup_error = _describe_error(exc)
     try:
         for workload in WORKLOADS:
             result = Result(backend, loop_name, workload.name, error=setup_error)
@@ -415,7 +423,7 @@ async def _run_backend_on_loop(flavor: _Flavor, backend: str, files: DataFiles,
                 except TimeoutError:
                     result.error = f"timed out after {seconds + CELL_TIMEOUT_EXTRA:g} s"
                 except Exception as exc:  # noqa: BLE001 - reported in the table
-                    result.error = f"{type(exc).__name__}: {exc}"
+                    result.error = _describe_error(exc)
             progress.finish_row(result.error or f"{result.ops_per_s:,.0f} ops/s")
             results.append(result)
     finally:

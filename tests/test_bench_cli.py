@@ -124,3 +124,16 @@ def test_default_command_is_still_the_self_check(workdir):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "self-check in" in proc.stdout and "thread_aio   PASS" in proc.stdout
     assert "bench" in run_caio("--help").stdout
+
+
+def test_bench_table_shows_a_failed_row_with_its_reason():
+    from caio import _bench
+
+    ok = _bench.Result("thread_aio", "asyncio", "rand4k", ops=1000, nbytes=4096000, elapsed=0.5,
+                       cpu=0.002)
+    failed = _bench.Result("linux_aio", "asyncio", "seq1m", error="OSError: [Errno 22] bad")
+    lines = _bench.format_table([ok, failed], micro="u")
+    assert lines[0].split() == ["backend", "loop", "workload", "ops/s", "MB/s", "CPU", "us/op"]
+    assert lines[2].split() == ["thread_aio", "asyncio", "rand4k", "2,000", "8.2", "2.0"]
+    assert lines[3].split()[:3] == ["linux_aio", "asyncio", "seq1m"]
+    assert lines[3].endswith("error: OSError: [Errno 22] bad")
