@@ -1,5 +1,5 @@
 """The page-cache workloads of the caio benchmarks: data files, page-cache warming,
-runners, timed and counted runs, the big read.
+runners, timed and counted runs, the big read; on asyncio loops and on trio.
 
 Used by ``benchmarks/compare.py`` (time-boxed runs in fresh subprocesses) and by the
 pytest-benchmark suite (``pytest benchmarks/ --benchmark-only``); the measuring machinery
@@ -18,12 +18,14 @@ import mmap
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness import (
+    BACKEND_MODULES,
     KiB,
     MiB,
     Stopwatch,
@@ -226,10 +228,72 @@ def after_run(workload: Workload, files: dict[str, str]) -> None:
         sync_file(files["write"])  # do not leave writeback to the next run
 
 
+# ------------------------------------------------------------------ async libraries
+
+
+@dataclass(frozen=True)
+class AsyncLib:
+    """What the workloads need of the async library a run is on: asyncio (whichever
+    asyncio loop: asyncio, uvloop) or trio."""
+
+    name: str
+    sleep: Callable[[float], Awaitable[Any]]
+    run_all: Callable[[Sequence[Callable[[], Awaitable[Any]]]], Awaitable[None]]
+
+
+async def _asyncio_run_all(fns: Sequence[Callable[[], Awaitable[Any]]]) -> None:
+    await asyncio.gather(*(fn() for fn in fns))
+
+
+async def _trio_run_all(fns: Sequence[Callable[[], Awaitable[Any]]]) -> None:
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        for fn in fns:
+            nursery.start_soon(fn)
+
+
+ASYNCIO = AsyncLib("asyncio", asyncio.sleep, _asyncio_run_all)
+
+
+def async_lib(loop: str) -> AsyncLib:
+    """The library of an event loop name (``harness.available_loops``)."""
+    if loop == "trio":
+        import trio
+
+        return AsyncLib("trio", trio.sleep, _trio_run_all)
+    return ASYNCIO
+
+
+def thread_submitter(lib: AsyncLib) -> Callable[..., Awaitable[Any]]:
+    """``submit(fn, *args)``: ``fn(*args)`` on the library's worker threads, awaited
+    (asyncio's default executor; trio's ``to_thread.run_sync``, what trio.Path and
+    trio.wrap_file use)."""
+    if lib.name == "trio":
+        import trio
+
+        return trio.to_thread.run_sync
+    return partial(asyncio.get_running_loop().run_in_executor, None)
+
+
 # ---------------------------------------------------------------------- backends
 
 
-def caio_context_class(backend: str) -> Any:
+def caio_context_class(backend: str, lib: str = "asyncio") -> Any:
+    """caio's adapter class of ``backend`` (a short name, or "default") for the async
+    library ``lib``; under trio, ``caio.trio_adapter``'s (ImportError when absent)."""
+    if lib == "trio":
+        from caio import trio_adapter
+
+        if backend == "default":
+            return trio_adapter.TrioContext
+        contexts = trio_adapter.TRIO_CONTEXTS
+        full = BACKEND_MODULES.get(backend, backend).removesuffix("_asyncio")
+        if full not in contexts:
+            raise LookupError(f"caio.trio_adapter has no backend {backend!r} "
+                              f"(have: {', '.join(contexts) or 'none'})")
+        return contexts[full]
+
     import caio
 
     if backend == "default":
@@ -245,23 +309,52 @@ def caio_context_class(backend: str) -> Any:
 #
 # A runner turns (workload, files) into per-worker operation callables
 # ``op(offset) -> awaitable``. Runners: "caio:<backend>" and the reference rows
-# "executor" (loop.run_in_executor(None, os.pread ...)), "aiofiles" and "floor"
-# (the bare asyncio future round trip).
+# "executor" (the library's worker threads running os.pread ...), the file APIs of
+# FILE_APIS (a file object per worker, seek + read/write, each a worker-thread call)
+# and "floor" (the library's cheapest suspend and resume).
 
 OpFunc = Callable[[int], Awaitable[Any]]
+
+# File-object APIs over worker threads, and the async library each runs on.
+FILE_APIS = {"aiofiles": "asyncio", "trio-file": "trio", "anyio-file": "trio"}
+
+
+async def open_file_api(kind: str, path: str, mode: str) -> Any:
+    """An unbuffered file object of one of FILE_APIS (``trio.open_file`` is
+    ``trio.wrap_file(open(...))`` on a worker thread)."""
+    if kind == "aiofiles":
+        import aiofiles  # type: ignore[import-untyped]
+
+        return await aiofiles.open(path, mode, buffering=0)
+    if kind == "trio-file":
+        import trio
+
+        return await trio.open_file(path, mode, buffering=0)
+    if kind == "anyio-file":
+        import anyio
+
+        return await anyio.open_file(path, mode, buffering=0)
+    raise LookupError(f"unknown file API {kind!r}")
+
+
+async def close_file_api(handle: Any) -> None:
+    aclose = getattr(handle, "aclose", None)  # trio, anyio; aiofiles has close()
+    await (aclose() if aclose is not None else handle.close())
 
 
 class Runner:
     """Holds the open files and the context of one runner for one workload."""
 
-    def __init__(self, runner: str, workload: Workload, files: dict[str, str]) -> None:
+    def __init__(self, runner: str, workload: Workload, files: dict[str, str],
+                 lib: AsyncLib = ASYNCIO) -> None:
         self.runner = runner
         self.workload = workload
         self.files = files
+        self.lib = lib
         self.fd = -1
         self.wfd = -1
         self.ctx: Any = None
-        self._aiofiles_handles: list[Any] = []
+        self._handles: list[Any] = []
         self.payload = b"\xa5" * workload.size if workload.op == "write" else b""
 
     # Set-up happens inside the running loop (contexts bind to it).
@@ -270,19 +363,17 @@ class Runner:
         self.wfd = os.open(self.files["write"], os.O_RDWR)
         kind = self.runner
         if kind.startswith("caio:"):
-            cls = caio_context_class(kind.split(":", 1)[1])
+            cls = caio_context_class(kind.split(":", 1)[1], self.lib.name)
             self.ctx = cls()
-        elif kind == "aiofiles":
-            import aiofiles  # type: ignore[import-untyped]
-
+        elif kind in FILE_APIS:
             if self.workload.op not in ("read", "write"):
-                raise LookupError("aiofiles has no fsync/fdatasync")
+                raise LookupError(f"{kind} has no fsync/fdatasync")
             mode, path = ("rb", self.files["data"]) if self.workload.op == "read" else \
                 ("r+b", self.files["write"])
             for _ in range(concurrency):
                 # One handle per worker: a file object has one position, so concurrent
                 # seek+read on a shared handle would race.
-                self._aiofiles_handles.append(await aiofiles.open(path, mode, buffering=0))
+                self._handles.append(await open_file_api(kind, path, mode))
         elif kind in ("executor", "floor"):
             pass
         else:
@@ -296,9 +387,9 @@ class Runner:
         return OffsetSource(self.workload, os.path.getsize(path))
 
     async def close(self) -> None:
-        for handle in self._aiofiles_handles:
-            await handle.close()
-        self._aiofiles_handles.clear()
+        for handle in self._handles:
+            await close_file_api(handle)
+        self._handles.clear()
         if self.ctx is not None:
             await close_context(self.ctx)
             self.ctx = None
@@ -321,28 +412,32 @@ class Runner:
                 return lambda off: ctx.fsync(wfd)
             return lambda off: ctx.fdsync(wfd)
         if kind == "executor":
-            loop = asyncio.get_running_loop()
-            rie = loop.run_in_executor
+            submit = thread_submitter(self.lib)
             if w.op == "read":
-                return lambda off: rie(None, os.pread, fd, size, off)
+                return lambda off: submit(os.pread, fd, size, off)
             if w.op == "write":
-                return lambda off: rie(None, os.pwrite, wfd, payload, off)
+                return lambda off: submit(os.pwrite, wfd, payload, off)
             if w.op == "fsync":
-                return lambda off: rie(None, os.fsync, wfd)
-            return lambda off: rie(None, os.fdatasync, wfd)
-        if kind == "aiofiles":
-            handle = self._aiofiles_handles[worker]
+                return lambda off: submit(os.fsync, wfd)
+            return lambda off: submit(os.fdatasync, wfd)
+        if kind in FILE_APIS:
+            handle = self._handles[worker]
             if w.op == "read":
-                async def aiofiles_read(off: int) -> bytes:
+                async def file_read(off: int) -> bytes:
                     await handle.seek(off)
                     return await handle.read(size)
-                return aiofiles_read
+                return file_read
 
-            async def aiofiles_write(off: int) -> int:
+            async def file_write(off: int) -> int:
                 await handle.seek(off)
                 return await handle.write(payload)
-            return aiofiles_write
+            return file_write
         if kind == "floor":
+            if self.lib.name == "trio":
+                import trio
+
+                checkpoint = trio.lowlevel.checkpoint
+                return lambda off: checkpoint()
             loop = asyncio.get_running_loop()
 
             def floor(off: int) -> asyncio.Future[Any]:
@@ -396,43 +491,56 @@ class OffsetSource:
         return 0
 
 
+T = TypeVar("T")
+
+
 class Ticker:
-    """A task that sleeps ``tick`` seconds in a loop from its creation until ``stop``,
+    """A task that sleeps ``tick`` seconds in a loop while a body runs (``around``),
     keeping the longest gap between two wake-ups: how long the loop was kept busy."""
 
-    def __init__(self, tick: float) -> None:
+    def __init__(self, tick: float, lib: AsyncLib = ASYNCIO) -> None:
         self.tick = tick
+        self.lib = lib
         self.max_gap = 0.0
         self.ticks = 0
         self._running = True
-        self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
         perf = time.perf_counter
+        sleep = self.lib.sleep
         last = perf()
         while self._running:
-            await asyncio.sleep(self.tick)
+            await sleep(self.tick)
             now = perf()
             self.max_gap = max(self.max_gap, now - last)
             self.ticks += 1
             last = now
 
-    async def stop(self) -> None:
-        """Ends after the current sleep (its gap counts)."""
-        self._running = False
-        await self._task
+    async def around(self, body: Callable[[], Awaitable[T]]) -> T:
+        """``await body()`` with the ticker running; the ticker ends after the sleep it
+        is in when the body is done (that gap counts)."""
+        out: list[T] = []
+
+        async def main() -> None:
+            try:
+                out.append(await body())
+            finally:
+                self._running = False
+
+        await self.lib.run_all([self._run, main])
+        return out[0]
 
 
 async def run_timed(runner: Runner, concurrency: int, seconds: float,
                     offsets: OffsetSource, tick: float = 0.001) -> dict[str, Any]:
     """Run ``concurrency`` workers for ``seconds``; latency of every operation recorded.
 
-    A ticker task (``asyncio.sleep(tick)`` in a loop) runs alongside and reports the
-    longest gap between its wake-ups: an operation that completes without ever
-    suspending keeps the loop to itself, which shows up here. ``workers_active`` counts
-    the workers that completed at least one operation (a worker that never suspends
-    starves the others).
+    A ticker task (``sleep(tick)`` in a loop) runs alongside and reports the longest gap
+    between its wake-ups: an operation that completes without ever suspending keeps the
+    loop to itself, which shows up here. ``workers_active`` counts the workers that
+    completed at least one operation (a worker that never suspends starves the others).
     """
+    lib = runner.lib
     latencies: list[float] = []
     record = latencies.append
     perf = time.perf_counter
@@ -452,15 +560,17 @@ async def run_timed(runner: Runner, concurrency: int, seconds: float,
             n += 1
         per_worker.append(n)
 
-    ticker = Ticker(tick)
-    await asyncio.sleep(0)  # let the ticker take its first timestamp
-    window = Stopwatch()
-    deadline = window.start + seconds
-    await asyncio.gather(*(worker(op) for op in ops))
-    elapsed, cpu = window.read()
-    # The ticker's last gap ends at this point at the latest.
-    await ticker.stop()
-    result = summarize(latencies, elapsed, cpu)
+    async def measured() -> dict[str, Any]:
+        nonlocal deadline
+        await lib.sleep(0)  # let the ticker take its first timestamp
+        window = Stopwatch()
+        deadline = window.start + seconds
+        await lib.run_all([partial(worker, op) for op in ops])
+        elapsed, cpu = window.read()
+        return summarize(latencies, elapsed, cpu)
+
+    ticker = Ticker(tick, lib)
+    result = await ticker.around(measured)
     result["max_stall_ms"] = ticker.max_gap * 1e3
     result["workers_active"] = sum(1 for n in per_worker if n)
     return result
@@ -478,7 +588,7 @@ async def run_count(runner: Runner, concurrency: int, total_ops: int,
             remaining -= 1
             await op(nxt())
 
-    await asyncio.gather(*(worker(runner.make_op(i)) for i in range(concurrency)))
+    await runner.lib.run_all([partial(worker, runner.make_op(i)) for i in range(concurrency)])
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -502,66 +612,69 @@ def summarize(latencies: list[float], elapsed: float, cpu: float) -> dict[str, A
     }
 
 
+
+
 # ------------------------------------------------------------------- big read
 
 
-async def big_read(runner_kind: str, path: str, size: int, tick: float = 0.001) -> dict[str, Any]:
+async def big_read(runner_kind: str, path: str, size: int, tick: float = 0.001,
+                   lib: AsyncLib = ASYNCIO) -> dict[str, Any]:
     """One ``size``-byte read while a ticker task measures the longest loop stall."""
     fd = os.open(path, os.O_RDONLY)
     ctx = None
     handle = None
     try:
+        read: Callable[[], Awaitable[Any]]
         if runner_kind.startswith("caio:"):
-            ctx = caio_context_class(runner_kind.split(":", 1)[1])()
+            ctx = caio_context_class(runner_kind.split(":", 1)[1], lib.name)()
 
             def read() -> Awaitable[Any]:
                 return ctx.read(size, fd, 0)
         elif runner_kind == "executor":
-            loop = asyncio.get_running_loop()
+            submit = thread_submitter(lib)
 
             def read() -> Awaitable[Any]:
-                return loop.run_in_executor(None, os.pread, fd, size, 0)
-        elif runner_kind == "aiofiles":
-            import aiofiles
-
-            handle = await aiofiles.open(path, "rb", buffering=0)
+                return submit(os.pread, fd, size, 0)
+        elif runner_kind in FILE_APIS:
+            handle = await open_file_api(runner_kind, path, "rb")
 
             def read() -> Awaitable[Any]:
                 return handle.read(size)
         else:
             raise LookupError(f"runner {runner_kind!r} has no big-read variant")
 
-        # Baseline: how long does a tick take on an idle loop?
-        ticker = Ticker(tick)
-        await asyncio.sleep(0.05)
-        idle_gap = ticker.max_gap
-        ticker.max_gap, ticker.ticks = 0.0, 0
+        ticker = Ticker(tick, lib)
 
-        rss_before = current_rss_mib()
-        peak_before = peak_rss_mib()
-        t0 = time.perf_counter()
-        data = await read()
-        elapsed = time.perf_counter() - t0
-        await ticker.stop()
-        n = len(data)
-        del data
-        if n != size:
-            raise AssertionError(f"big read returned {n} bytes, expected {size}")
+        async def measured() -> dict[str, Any]:
+            # Baseline: how long does a tick take on an idle loop?
+            await lib.sleep(0.05)
+            idle_gap = ticker.max_gap
+            ticker.max_gap, ticker.ticks = 0.0, 0
+
+            rss_before = current_rss_mib()
+            peak_before = peak_rss_mib()
+            t0 = time.perf_counter()
+            data = await read()
+            elapsed = time.perf_counter() - t0
+            return {"elapsed_s": elapsed, "idle_tick_ms": idle_gap * 1e3, "n": len(data),
+                    "rss_before_mib": rss_before, "peak_before_mib": peak_before}
+
+        result = await ticker.around(measured)
+        if result.pop("n") != size:
+            raise AssertionError(f"big read returned fewer bytes than {size}")
         peak_after = peak_rss_mib()
-        return {
-            "elapsed_s": elapsed,
+        result.update({
             "max_stall_ms": ticker.max_gap * 1e3,
-            "idle_tick_ms": idle_gap * 1e3,
             "ticks": ticker.ticks,
-            "rss_before_mib": rss_before,
             "peak_rss_mib": peak_after,
-            "peak_delta_mib": peak_after - min(peak_before, rss_before),
+            "peak_delta_mib": peak_after - min(result.pop("peak_before_mib"),
+                                               result["rss_before_mib"]),
             "read_mib": size / MiB,
-        }
+        })
+        return result
     finally:
         if handle is not None:
-            await handle.close()
+            await close_file_api(handle)
         if ctx is not None:
             await close_context(ctx)
         os.close(fd)
-

@@ -22,18 +22,26 @@ Examples::
 Reference rows (run with this project's interpreter, no caio involved):
 ``run_in_executor(None, os.pread)``, aiofiles (if installed) and the bare asyncio
 "floor" (create a future, resolve it through ``call_soon``, await it).
+
+trio (``--loops trio``, and by default when trio is installed): this project's
+``caio.trio_adapter`` contexts (caio 0.12.10 has none, so no ratios there) against trio's
+and anyio's thread-based file APIs under ``trio.run``: ``trio.open_file`` (what
+``trio.Path.open`` and ``trio.wrap_file`` give: a worker-thread call per seek and read),
+``anyio.open_file`` (likewise) and ``trio.to_thread.run_sync(os.pread)``, plus trio's
+floor (``trio.lowlevel.checkpoint()``). Without ``caio.trio_adapter`` the trio rows are
+the reference rows only, with a note.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +69,15 @@ REF_LABELS = {
     "executor": "run_in_executor(os.pread)",
     "aiofiles": "aiofiles",
     "floor": "asyncio floor (future+call_soon)",
+    "trio-file": "trio.open_file (wrap_file, threads)",
+    "anyio-file": "anyio.open_file (threads)",
 }
+TRIO_REF_LABELS = {
+    "executor": "trio.to_thread.run_sync(os.pread)",
+    "floor": "trio floor (checkpoint)",
+}
+# The thread-based file APIs the trio rows of ours are compared with (key figures).
+TRIO_THREAD_REFS = ("trio-file", "anyio-file", "executor")
 # Targets the project tracks (ours/theirs ops/s, thread backend, 4 KiB random reads).
 KEY_TARGETS = {1: 3.0, 64: 5.0}
 
@@ -73,31 +89,26 @@ KEY_TARGETS = {1: 3.0, 64: 5.0}
 
 def worker_main(spec: dict[str, Any]) -> dict[str, Any]:
     files = spec["files"]
-    loop = harness.new_loop(spec["loop"])
-    try:
-        asyncio.set_event_loop(loop)
-        if spec["kind"] == "bigread":
-            warm = benchlib.warm_file(files["big"])
-            result = loop.run_until_complete(
-                benchlib.big_read(spec["runner"], files["big"], spec["big_size"]))
-        elif spec["kind"] == "timed":
-            workload = benchlib.WORKLOADS[spec["workload"]]
-            warm = benchlib.before_run(workload, files)
-            result = loop.run_until_complete(_timed(spec, workload, files))
-            benchlib.after_run(workload, files)
-        else:
-            raise ValueError(f"unknown worker kind {spec['kind']!r}")
-        result["warm"] = warm
-        return result
-    finally:
-        loop.close()
-        asyncio.set_event_loop(None)
+    lib = benchlib.async_lib(spec["loop"])
+    if spec["kind"] == "bigread":
+        warm = benchlib.warm_file(files["big"])
+        result = harness.run_on_loop(spec["loop"], partial(
+            benchlib.big_read, spec["runner"], files["big"], spec["big_size"], lib=lib))
+    elif spec["kind"] == "timed":
+        workload = benchlib.WORKLOADS[spec["workload"]]
+        warm = benchlib.before_run(workload, files)
+        result = harness.run_on_loop(spec["loop"], partial(_timed, spec, workload, files, lib))
+        benchlib.after_run(workload, files)
+    else:
+        raise ValueError(f"unknown worker kind {spec['kind']!r}")
+    result["warm"] = warm
+    return result
 
 
 async def _timed(spec: dict[str, Any], workload: benchlib.Workload,
-                 files: dict[str, str]) -> dict[str, Any]:
+                 files: dict[str, str], lib: benchlib.AsyncLib) -> dict[str, Any]:
     concurrency = spec["concurrency"]
-    runner = benchlib.Runner(spec["runner"], workload, files)
+    runner = benchlib.Runner(spec["runner"], workload, files, lib)
     try:
         offsets = await runner.start(concurrency)
         if spec["warmup"] > 0:
@@ -163,9 +174,7 @@ def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
             labels.remove("default")
             args.default_alias = same
 
-    refs = [] if args.no_refs else ["executor", "floor"]
-    if not args.no_refs and ours.info.get("aiofiles"):
-        refs.insert(1, "aiofiles")
+    trio_labels = trio_caio_labels(labels, ours, loops)
 
     workloads = parse_str_list(args.workloads) if args.workloads else list(benchlib.WORKLOADS)
     workloads_b = [w for w in workloads if w in benchlib.WORKLOADS]
@@ -174,31 +183,60 @@ def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
             raise SystemExit(f"unknown workload {wname!r}; have {', '.join(benchlib.WORKLOADS)}, "
                              "bigread")
 
-    sides = ["ours"] + (["theirs"] if theirs is not None else [])
+    all_sides = ["ours"] + (["theirs"] if theirs is not None else [])
     configs: list[Config] = []
     for loop in loops:
+        # caio 0.12.10 has no trio adapter: trio rows are ours (and the references) only.
+        loop_labels, sides = (trio_labels, ["ours"]) if loop == "trio" else (labels, all_sides)
+        refs = [] if args.no_refs else reference_runners(loop, ours)
         for wname in workloads_b:
             w = benchlib.WORKLOADS[wname]
             concs = args.concurrency_list if wname == "rand4k" else [OTHER_CONCURRENCY]
             for c in concs:
-                for label in labels:
+                for label in loop_labels:
                     runners = {s: f"caio:{label}" for s in sides}
                     configs.append(Config("timed", wname, c, loop, label, runners))
                 for ref in refs:
                     if ref == "floor" and wname != "rand4k":
                         continue
-                    if ref == "aiofiles" and w.op not in ("read", "write"):
+                    if ref in benchlib.FILE_APIS and w.op not in ("read", "write"):
                         continue
                     configs.append(Config("timed", wname, c, loop, f"ref:{ref}", {"ref": ref}))
         if "bigread" in workloads and args.big_read_mib > 0:
-            for label in labels:
+            for label in loop_labels:
                 runners = {s: f"caio:{label}" for s in sides}
                 configs.append(Config("bigread", "bigread", 1, loop, label, runners))
             for ref in refs:
-                if ref in ("executor", "aiofiles"):
+                if ref == "executor" or ref in benchlib.FILE_APIS:
                     configs.append(Config("bigread", "bigread", 1, loop, f"ref:{ref}",
                                           {"ref": ref}))
     return configs
+
+
+def trio_caio_labels(labels: list[str], ours: Side, loops: list[str]) -> list[str]:
+    """The backend labels of the trio rows: those ``caio.trio_adapter`` has (none, with
+    a note, when it is not importable)."""
+    if "trio" not in loops:
+        return []
+    if ours.info.get("trio_error"):
+        log(f"note: {ours.info['trio_error']}; the trio rows are the reference rows only")
+        return []
+    have = set(ours.info.get("trio_backends", ()))
+    for label in labels:
+        if label != "default" and label not in have:
+            log(f"note: backend {label!r} is not in caio.trio_adapter; no trio row")
+    return [label for label in labels if label == "default" or label in have]
+
+
+def reference_runners(loop: str, ours: Side) -> list[str]:
+    """The reference rows of a loop, those whose library is installed."""
+    if loop == "trio":
+        refs = ["executor", "trio-file"]
+        if ours.info.get("anyio"):
+            refs.append("anyio-file")
+    else:
+        refs = ["executor"] + (["aiofiles"] if ours.info.get("aiofiles") else [])
+    return refs + ["floor"]
 
 
 def run_all(args: argparse.Namespace, configs: list[Config], sides: dict[str, Side],
@@ -262,8 +300,22 @@ def aggregate(configs: list[Config], sides: dict[str, Side],
         if "ours" in cfg.results and "theirs" in cfg.results:
             row["ratio"] = {k: stats(paired_ratios(cfg.results["ours"], cfg.results["theirs"], k))
                             for k in keys}
+        if cfg.loop == "trio" and cfg.kind == "timed" and not cfg.is_ref:
+            row["vs_refs"] = trio_ref_ratios(cfg, configs)
         rows.append(row)
     return rows
+
+
+def trio_ref_ratios(cfg: Config, configs: list[Config]) -> dict[str, dict[str, float] | None]:
+    """ops/s of a trio row of ours over each thread-based reference row of the same
+    workload and concurrency, repeat by repeat (they run in the same round)."""
+    refs = {other.label[4:]: other for other in configs
+            if other.is_ref and other.kind == cfg.kind and
+            (other.loop, other.workload, other.concurrency) ==
+            (cfg.loop, cfg.workload, cfg.concurrency)}
+    return {name: stats(paired_ratios(cfg.results["ours"], refs[name].results["ref"],
+                                      "ops_per_s"))
+            for name in TRIO_THREAD_REFS if name in refs}
 
 
 # --------------------------------------------------------------------- output
@@ -299,17 +351,20 @@ def fairness_caveat(row: dict[str, Any], seconds: float) -> str:
     return ", ".join(parts)
 
 
+def ref_label(name: str, loop: str, workload: str) -> str:
+    """What a reference row runs, e.g. ``run_in_executor(os.pwrite)``."""
+    text = (TRIO_REF_LABELS if loop == "trio" else {}).get(name) or REF_LABELS.get(name, name)
+    if name == "executor":
+        op = benchlib.WORKLOADS[workload].op if workload in benchlib.WORKLOADS else "read"
+        fn = {"read": "pread", "write": "pwrite", "fsync": "fsync", "fdsync": "fdatasync"}[op]
+        text = text.replace("os.pread", f"os.{fn}")
+    return text
+
+
 def row_label(row: dict[str, Any]) -> str:
     label = row["label"]
     if label.startswith("ref:"):
-        name = label[4:]
-        if name == "executor":
-            op = benchlib.WORKLOADS[row["workload"]].op if row["workload"] in benchlib.WORKLOADS \
-                else "read"
-            fn = {"read": "pread", "write": "pwrite", "fsync": "fsync",
-                  "fdsync": "fdatasync"}[op]
-            return f"ref run_in_executor(os.{fn})"
-        return "ref " + REF_LABELS.get(name, name)
+        return "ref " + ref_label(label[4:], row["loop"], row["workload"])
     if row.get("default_alias"):
         return f"{label} (= default)"
     if label == "default":
@@ -335,6 +390,12 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any], has_theirs: b
                f"{meta['ours']['default']})" + (f"; theirs {', '.join(meta['theirs']['backends'])}"
                                                  f" (default {meta['theirs']['default']})"
                                                  if has_theirs else ""))
+    if "trio" in meta["loops"]:
+        trio_error = meta["ours"].get("trio_error")
+        out.append("trio rows: " + (
+            f"reference rows only: {trio_error}" if trio_error else
+            f"ours through caio.trio_adapter ({', '.join(meta['ours']['trio_backends'])}); "
+            f"caio {UPSTREAM_VERSION} has no trio adapter, so no ratios to it"))
 
     timed = [r for r in rows if r["kind"] == "timed"]
     if timed:
@@ -456,6 +517,14 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any], has_theirs: b
                 key_lines.append(line + (f"; caveat: {caveat}" if caveat else ""))
     harness.add_section(out, "key figures (4 KiB random reads in page cache, ops/s ratio):",
                         key_lines)
+    trio_lines = []
+    for r in timed:
+        if r.get("vs_refs"):
+            ratios = ", ".join(f"{fmt_stat(s, ratio=True)} {ref_label(name, 'trio', r['workload'])}"
+                               for name, s in r["vs_refs"].items())
+            trio_lines.append(f"  {r['workload']} c={r['concurrency']} {row_label(r)}: {ratios}")
+    harness.add_section(out, "trio: ours / thread-based file APIs (ops/s ratio of the runs of "
+                        "the same repeat):", trio_lines)
     return harness.emit_report(out, meta["wall_s"])
 
 
@@ -490,7 +559,7 @@ def make_plot(rows: list[dict[str, Any]], path: str, has_theirs: bool) -> bool:
                 style = {"ref:floor": ("black", ":"), "ref:executor": ("gray", ":"),
                          "ref:aiofiles": ("gray", "-.")}.get(label, ("gray", ":"))
                 ax.plot(xs, ys, style[1], color=style[0], marker=".",
-                        label=REF_LABELS.get(label[4:], label))
+                        label=ref_label(label[4:], loop, "rand4k"))
                 continue
             ys = [med(r.get("ours"), "ops_per_s") for _, r in pts]
             ax.plot(xs, ys, "-o", color=color, label=f"ours {row_label(pts[0][1])}")
@@ -536,7 +605,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="concurrency list for 4 KiB random reads (1,16,64,256)")
     p.add_argument("--workloads", default=None,
                    help=f"comma list of {','.join(benchlib.WORKLOADS)},bigread (all)")
-    p.add_argument("--loops", default=None, help="asyncio,uvloop (those installed)")
+    p.add_argument("--loops", default=None,
+                   help="comma list of asyncio,uvloop,trio (default: those installed)")
     p.add_argument("--big-read-mib", type=int, default=None,
                    help="size of the single big read (256; 0 disables)")
     p.add_argument("--no-refs", action="store_true",

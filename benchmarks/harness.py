@@ -1,7 +1,8 @@
 """The measuring machinery the benchmark scripts share.
 
 - process counters: CPU time of the whole process, CPU per operation, RSS, fds, threads;
-- which ``caio`` (and which event loops) this interpreter has;
+- which ``caio`` (and which event loops, asyncio's and trio) this interpreter has, and
+  running a coroutine function on one of them;
 - the worker protocol: a measurement runs in a fresh subprocess (a script re-run with a
   hidden ``--worker SPEC`` argument) under a given ``PYTHONPATH`` and hands its result
   back as one marked JSON line on stdout;
@@ -36,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -152,14 +153,21 @@ def thread_count() -> int:
 # ----------------------------------------------------------- caio and loops of this process
 
 
-def available_loops() -> list[str]:
-    loops = ["asyncio"]
+def _importable(name: str) -> bool:
     try:
-        import uvloop  # noqa: F401
+        __import__(name)
     except ImportError:
-        pass
-    else:
+        return False
+    return True
+
+
+def available_loops(with_trio: bool = False) -> list[str]:
+    """asyncio, and uvloop and (``with_trio``) trio when installed."""
+    loops = ["asyncio"]
+    if _importable("uvloop"):
         loops.append("uvloop")
+    if with_trio and _importable("trio"):
+        loops.append("trio")
     return loops
 
 
@@ -171,6 +179,24 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
 
         return uvloop.new_event_loop()
     raise ValueError(f"unknown loop {name!r}")
+
+
+T = TypeVar("T")
+
+
+def run_on_loop(name: str, main: Callable[[], Awaitable[T]]) -> T:
+    """``await main()`` on a new event loop of that name ("trio": under ``trio.run``)."""
+    if name == "trio":
+        import trio
+
+        return trio.run(main)
+    loop = new_loop(name)
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
 
 
 def caio_backends() -> dict[str, Any]:
@@ -216,16 +242,24 @@ async def close_context(ctx: Any) -> None:
         await result
 
 
-def probe() -> dict[str, Any]:
-    """What a side's subprocess sees: its caio, aiofiles, event loops, Python."""
-    info = caio_info()
+def trio_backends() -> tuple[list[str], str | None]:
+    """Short names of the backends ``caio.trio_adapter`` has, or why it is not there."""
     try:
-        import aiofiles  # type: ignore[import-untyped]  # noqa: F401
+        from caio import trio_adapter
+    except ImportError as exc:
+        return [], f"caio.trio_adapter is not importable ({type(exc).__name__}: {exc})"
+    names = [MODULE_TO_BACKEND.get(f"{name}_asyncio", name)
+             for name in getattr(trio_adapter, "TRIO_CONTEXTS", {})]
+    return sorted(names), None
 
-        info["aiofiles"] = True
-    except ImportError:
-        info["aiofiles"] = False
-    info["loops"] = available_loops()
+
+def probe() -> dict[str, Any]:
+    """What a side's subprocess sees: its caio, the file APIs, event loops, Python."""
+    info = caio_info()
+    for module in ("aiofiles", "anyio"):
+        info[module] = _importable(module)
+    info["loops"] = available_loops(with_trio=True)
+    info["trio_backends"], info["trio_error"] = trio_backends()
     info["python"] = sys.version.split()[0]
     return info
 

@@ -4,6 +4,9 @@ Prints the versions involved, one line per backend (available or the reason it i
 not), the backend ``import caio`` selects and why, then runs a short read/write
 self-check through each available backend's ``AsyncioContext`` on a temporary file.
 Exit status: 0 when every check passed, 1 otherwise.
+
+``python -m caio bench [options]`` runs a quick benchmark of the available backends and
+event loops instead (``caio/_bench.py``); ``python -m caio bench --help`` lists its options.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import caio
+from caio import _bench
+from caio._bench import filesystem_type as _filesystem_type
 
 BACKENDS = ("linux_uring", "linux_aio", "thread_aio", "python_aio")
 SELECTOR_NAMES = {
@@ -50,26 +56,6 @@ def _python_description() -> str:
         gil = "enabled" if is_gil_enabled is None or is_gil_enabled() else "disabled"
         text += f" (free-threading build, GIL {gil})"
     return text
-
-
-def _filesystem_type(directory: str) -> str | None:
-    """Type of the filesystem holding ``directory``, from /proc/self/mounts."""
-    try:
-        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as fp:
-            mounts = fp.read().splitlines()
-    except OSError:
-        return None
-    target = os.path.realpath(directory)
-    best, best_type = "", None
-    for line in mounts:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        mount_point = fields[1].replace("\\040", " ").replace("\\011", "\t")
-        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) >= len(best):
-            best, best_type = mount_point, fields[2]
-    return best_type
 
 
 # --- backend report ---------------------------------------------------------------------
@@ -227,6 +213,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m caio",
         description="Show which caio backends work here and run a short self-check.",
+        epilog="python -m caio bench [--help]: a quick benchmark of the backends instead.",
     )
     parser.add_argument(
         "--dir",
@@ -245,7 +232,127 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# --- bench ----------------------------------------------------------------------------
+
+
+def _backend_list(value: str) -> list[str]:
+    return [_backend_name(item.strip()) for item in value.split(",") if item.strip()]
+
+
+def _loop_list(value: str) -> list[str]:
+    loops = [item.strip() for item in value.split(",") if item.strip()]
+    for loop in loops:
+        if loop not in _bench.LOOPS:
+            raise argparse.ArgumentTypeError(
+                f"unknown loop {loop!r} (choose from {', '.join(_bench.LOOPS)})")
+        reason = _bench.loop_unavailable(loop)
+        if reason is not None:
+            raise argparse.ArgumentTypeError(f"cannot measure {loop}: {reason}")
+    return loops
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+        return number
+    return parse
+
+
+def _parse_bench_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m caio bench",
+        description="Measure each available backend's adapter on each event loop: "
+                    "4 KiB random and 1 MiB sequential reads from the page cache, 4 KiB "
+                    "writes. Progress on stderr, results as a table on stdout.",
+    )
+    parser.add_argument("--seconds", type=_positive(float), default=3.0,
+                        help="measured time in all, shared equally by the rows, each after a "
+                             "warm-up a fifth as long (default 3)")
+    parser.add_argument("--backend", type=_backend_list, metavar="NAMES",
+                        help="comma list of backends (default: every available one): "
+                             "linux_uring, linux_aio, thread_aio, python_aio, "
+                             "or uring, linux, thread, python")
+    parser.add_argument("--loop", type=_loop_list, metavar="NAMES",
+                        help=f"comma list of event loops (default: those installed of "
+                             f"{', '.join(_bench.LOOPS)})")
+    parser.add_argument("--size", type=_positive(int), default=32, metavar="MIB",
+                        help="size of the file read, in MiB (default 32; the file "
+                             f"overwritten is at most {_bench.WRITE_FILE_MAX // MiB} MiB)")
+    parser.add_argument("--concurrency", type=_positive(int), default=8,
+                        help="operations in flight at a time (default 8)")
+    parser.add_argument("--dir",
+                        help="directory for the temporary data files (default: the system's "
+                             "temporary directory, or the current one if that is in memory)")
+    args = parser.parse_args(argv)
+    if args.dir is not None and not os.path.isdir(args.dir):
+        parser.error(f"--dir {args.dir!r} is not a directory")
+    return args
+
+
+def _bench_base_directory(requested: str | None) -> str:
+    """--dir, else the temporary directory unless it is in memory (tmpfs is common
+    for /tmp, and its "page cache" is all there is), else the current directory."""
+    if requested is not None:
+        return requested
+    default = tempfile.gettempdir()
+    if _bench.is_memory_filesystem(_filesystem_type(default)):
+        here = os.getcwd()
+        if os.access(here, os.W_OK) and not _bench.is_memory_filesystem(_filesystem_type(here)):
+            return here
+    return default
+
+
+def _bench_main(argv: list[str]) -> int:
+    args = _parse_bench_args(argv)
+    available = [name for name in BACKENDS if _backend_module(name) is not None]
+    names = available
+    if args.backend is not None:
+        names = [name for name in dict.fromkeys(args.backend) if name in available]
+        for name in dict.fromkeys(args.backend):
+            if name not in available:
+                reason = caio._import_errors.get(name, "unknown reason").splitlines()
+                print(f"bench: {name} is unavailable ({reason[0] if reason else ''}); skipped",
+                      file=sys.stderr)
+    if not names:
+        print("bench: no backend to measure", file=sys.stderr)
+        return 1
+    loops = list(dict.fromkeys(args.loop)) if args.loop else _bench.available_loops()
+
+    directory = tempfile.mkdtemp(prefix="caio-bench-", dir=_bench_base_directory(args.dir))
+    fs_type = _filesystem_type(directory)
+    if _bench.is_memory_filesystem(fs_type):
+        print(f"bench: warning: {directory} is on {fs_type}, not a disk filesystem: the "
+              "figures are not those of files on disk (use --dir)", file=sys.stderr)
+    try:
+        files = _bench.create_files(directory, args.size * MiB)
+        rows = len(names) * len(loops) * len(_bench.WORKLOADS)
+        print(f"caio {caio.__version__}, {_python_description()}, {platform.system()} "
+              f"{platform.release()} {platform.machine()}, {os.cpu_count()} CPUs")
+        print(f"files in {directory}" + (f" ({fs_type})" if fs_type else "")
+              + f": {args.size} MiB read, {files.write_size // MiB} MiB written; "
+              f"concurrency {args.concurrency}; {args.seconds / rows * 1000:.0f} ms per row")
+        print(flush=True)
+        progress = _bench.Progress(rows)
+        try:
+            results = _bench.run(names, loops, files, args.seconds, args.concurrency, progress)
+        finally:
+            progress.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    _bench.print_table(results)
+    return 1 if any(r.error is not None for r in results) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["bench"]:
+        return _bench_main(argv[1:])
     args = _parse_args(argv)
 
     print(f"caio {caio.__version__} from {Path(caio.__file__).parent}")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs_thread_aio
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "benchmarks"
@@ -128,3 +130,47 @@ def test_direct_benchmark_runs_on_a_small_file(tmp_path, data_dir):
         for result in row["results"]:
             assert result["errors"] == 0 and result["ok"] > 0, row
             assert result["validation"] is None, row
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trio") is None, reason="trio not installed")
+def test_compare_trio_rows(tmp_path, data_dir):
+    """Under trio.run: trio's and anyio's thread-based file APIs, trio.to_thread and the trio
+    floor always; ours through caio.trio_adapter when it is importable, else a note."""
+    data, stdout = run_compare(tmp_path, data_dir, "--loops", "trio", "--backends", "default",
+                               "--workloads", "rand4k", "--concurrency", "4")
+    rows = {(r["workload"], r["label"]): r for r in data["rows"]}
+    assert {r["loop"] for r in data["rows"]} == {"trio"}
+    assert not [r for r in data["rows"] if r["errors"]], [r["errors"] for r in data["rows"]]
+    refs = ["ref:executor", "ref:trio-file"]
+    if importlib.util.find_spec("anyio"):
+        refs.append("ref:anyio-file")
+    for ref in [*refs, "ref:floor"]:
+        positive_median(rows[("rand4k", ref)]["ref"], "ops_per_s")
+    assert "ref trio.open_file" in stdout and "ref trio.to_thread.run_sync(os.pread)" in stdout
+
+    if importlib.util.find_spec("caio.trio_adapter") is None:
+        assert "trio rows: reference rows only" in stdout
+        assert not [r for r in data["rows"] if not r["is_ref"]]
+        return
+    row = rows[("rand4k", "default")]
+    assert "theirs" not in row  # caio 0.12.10 has no trio adapter
+    positive_median(row["ours"], "ops_per_s")
+    assert set(row["vs_refs"]) == {r[4:] for r in refs}
+    assert all(s["median"] > 0 for s in row["vs_refs"].values())
+    assert "trio: ours / thread-based file APIs" in stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pytest_benchmark") is None,
+                    reason="pytest-benchmark not installed")
+@needs_thread_aio
+def test_pytest_benchmark_suite_runs_with_benchmarks_disabled(data_dir):
+    """``pytest benchmarks --benchmark-disable``, as projects run benchmark files as plain
+    tests (one of its cases): the test body runs once and there are no statistics."""
+    case = f"{BENCH_DIR / 'test_caio_bench.py'}::test_caio[thread-asyncio-rand4k-c1]"
+    cmd = [sys.executable, "-m", "pytest", case, "--benchmark-disable", "-q", "-p",
+           "no:cacheprovider"]
+    env = {**os.environ, "CAIO_BENCH_DIR": str(data_dir)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False,
+                          cwd=str(REPO_ROOT), env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 passed" in proc.stdout, proc.stdout[-3000:]
