@@ -267,6 +267,16 @@ class AdapterBase(Generic[ContextType, OperationType]):
         op: Any = self.OPERATION_CLASS.read(nbytes, fd, offset, priority)
         return self.submit(op)
 
+    def read_into(
+        self, buffer: Any, fd: int, offset: int, priority: int = 0,
+    ) -> Awaitable[int]:
+        """Reads into ``buffer`` (a writable bytes-like object, its whole size) at
+        ``offset`` with no copy and returns the number of bytes read."""
+        if type(offset) is not int or offset < 0:
+            _check_offset(offset)
+        op: Any = cast(Any, self.OPERATION_CLASS).read_into(buffer, fd, offset, priority)
+        return self.submit(op)
+
     def write(
         self, payload: bytes, fd: int, offset: int, priority: int = 0,
     ) -> Awaitable[int]:
@@ -281,7 +291,9 @@ class AdapterBase(Generic[ContextType, OperationType]):
     async def _write_all(
         self, op: OperationType, payload: bytes, fd: int, offset: int, priority: int,
     ) -> int:
-        size = len(payload)
+        # In bytes, whatever the payload's item size (an array of ints, say); read before
+        # the op runs (linux_aio's nbytes becomes the bytes written).
+        size = op.nbytes
         written = await self.submit(op)
         done = 0
         stream: bool | None = None
@@ -297,7 +309,7 @@ class AdapterBase(Generic[ContextType, OperationType]):
                 stream = is_stream(fd)
             # A stream has no offsets: the rest goes where the first part went.
             at = offset if stream else offset + done
-            rest: Any = self.OPERATION_CLASS.write(payload[done:], fd, at, priority)
+            rest: Any = self.OPERATION_CLASS.write(_tail(payload, done), fd, at, priority)
             written = await self.submit(rest)
 
     def fsync(self, fd: int) -> Awaitable[None]:
@@ -592,6 +604,13 @@ def retire(context: EventfdContextProtocol) -> None:
 
 
 _YIELD_FIRST = object()
+
+
+def _tail(payload: Any, start: int) -> Any:
+    """The bytes of ``payload`` from byte ``start`` on, without a copy for buffers."""
+    if type(payload) is bytes:
+        return payload[start:]
+    return memoryview(payload).cast("B")[start:]
 
 
 def _check_offset(offset: Any) -> None:

@@ -59,6 +59,9 @@ class AnyioContext:
     def read(self, nbytes: int, fd: int, offset: int, priority: int = 0) -> Awaitable[bytes]:
         return self.adapter.read(nbytes, fd, offset, priority)
 
+    def read_into(self, buffer: Any, fd: int, offset: int, priority: int = 0) -> Awaitable[int]:
+        return self.adapter.read_into(buffer, fd, offset, priority)
+
     def write(self, payload: bytes, fd: int, offset: int, priority: int = 0) -> Awaitable[int]:
         return self.adapter.write(payload, fd, offset, priority)
 
