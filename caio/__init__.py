@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from . import python_aio, python_aio_asyncio
+from ._aligned import aligned_buffer, direct_alignment
 from .abstract import AbstractContext, AbstractOperation
 from .errors import OperationError, SubmitError
 
@@ -256,6 +257,8 @@ __all__ = (
     "SubmitError",
     "__author__",
     "__version__",
+    "aligned_buffer",
+    "direct_alignment",
     "linux_aio",
     "linux_aio_asyncio",
     "linux_uring",

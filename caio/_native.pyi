@@ -6,4 +6,11 @@ def retire(context: object, /) -> None:
     """Frees ``context`` once its in-flight operations have completed (on a background
     thread); see ``caio.adapter_base.retire``."""
 
+def direct_alignment(fd: object, /) -> tuple[int, int]:
+    """``(memory, offset_and_size)`` that ``O_DIRECT`` needs on ``fd``; see
+    ``caio.direct_alignment``."""
+
+def _direct_bounces() -> int:
+    """O_DIRECT bounce buffers allocated so far in this process (a test hook)."""
+
 def __getattr__(name: str) -> Any: ...

@@ -4,6 +4,7 @@ use std::alloc::{self, Layout};
 use std::fmt;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::aio::{direct_io_alignment, is_direct};
 
@@ -96,41 +97,106 @@ const PAGE_ALIGNED: DirectAlignment = DirectAlignment {
     block: PAGE,
 };
 
-/// The `O_DIRECT` decision, without the lookups: the alignment to allocate a request's
-/// memory with, or why the request cannot run. `device` gives the file's alignment; it is
-/// only asked for a request that is not page-aligned, so the common case pays no `statx`.
+/// Where an `O_DIRECT` request's data is transferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectPlan {
+    /// Straight to or from the caller's memory, which is aligned enough: no copy.
+    InPlace,
+    /// Through a bounce buffer of this alignment, copied from or into the caller's memory.
+    Bounce {
+        /// Alignment to allocate the bounce buffer with.
+        align: usize,
+    },
+}
+
+/// The `O_DIRECT` decision, without the lookups: whether the request can run at all, and
+/// whether the caller's memory (`caller`: its address, None where it cannot be handed to
+/// the kernel) can be used in place. `device` is asked at most once, and only when the
+/// request or the memory is not page-aligned.
+pub fn direct_plan(
+    offset: i64,
+    len: usize,
+    caller: Option<usize>,
+    device: impl FnOnce() -> DirectAlignment,
+) -> Result<DirectPlan, DirectError> {
+    let mut device = Some(device);
+    let mut ask = || device.take().map_or(PAGE_ALIGNED, |f| f());
+    let page_aligned = offset >= 0 && offset as u64 % PAGE as u64 == 0 && len % PAGE == 0;
+    let mut needs = if page_aligned { PAGE_ALIGNED } else { ask() };
+    if offset < 0 || offset as u64 % needs.block as u64 != 0 || len % needs.block != 0 {
+        return Err(DirectError::Misaligned { block: needs.block });
+    }
+    if let Some(address) = caller {
+        if page_aligned && address % PAGE != 0 {
+            // Not page-aligned, but the device may need less.
+            needs = ask();
+        }
+        if address % needs.memory == 0 {
+            return Ok(DirectPlan::InPlace);
+        }
+    }
+    // Page-aligned at least: a transfer that straddles fewer pages needs fewer DMA segments.
+    Ok(DirectPlan::Bounce {
+        align: needs.memory.max(needs.block).max(PAGE),
+    })
+}
+
+/// The alignment a request's bounce buffer needs, or why the request cannot run (see
+/// [`direct_plan`], for memory that cannot be used in place).
 pub fn direct_alignment(
     offset: i64,
     len: usize,
     device: impl FnOnce() -> DirectAlignment,
 ) -> Result<usize, DirectError> {
-    let page_aligned = offset >= 0 && offset as u64 % PAGE as u64 == 0 && len % PAGE == 0;
-    let DirectAlignment { memory, block } = if page_aligned { PAGE_ALIGNED } else { device() };
-    if offset < 0 || offset as u64 % block as u64 != 0 || len % block != 0 {
-        return Err(DirectError::Misaligned { block });
+    match direct_plan(offset, len, None, device)? {
+        DirectPlan::Bounce { align } => Ok(align),
+        DirectPlan::InPlace => unreachable!("no caller memory to use in place"),
     }
-    // Page-aligned at least: a transfer that straddles fewer pages needs fewer DMA segments.
-    Ok(memory.max(block).max(PAGE))
 }
 
-/// For a descriptor opened with `O_DIRECT`: checks the request's alignment and allocates
-/// the aligned memory the kernel will transfer (uninitialised). `Ok(None)` for ordinary
+/// The memory an `O_DIRECT` request transfers.
+#[derive(Debug)]
+pub enum DirectMemory {
+    /// The caller's own (aligned) memory.
+    InPlace,
+    /// Aligned memory of the request's size, uninitialised.
+    Bounce(AlignedBuf),
+}
+
+/// Bounce buffers allocated so far, process-wide: how tests tell a zero-copy request from
+/// a copied one.
+static BOUNCE_BUFFERS: AtomicU64 = AtomicU64::new(0);
+
+/// How many `O_DIRECT` bounce buffers [`direct_buffer`] has allocated in this process.
+pub fn bounce_buffers_allocated() -> u64 {
+    BOUNCE_BUFFERS.load(Ordering::Relaxed)
+}
+
+/// For a descriptor opened with `O_DIRECT`: checks the request's alignment and decides
+/// whether the kernel can use `caller` (the caller's memory, where it may be handed to the
+/// kernel) in place, else allocates aligned memory for it. `Ok(None)` for ordinary
 /// descriptors, which transfer straight from the caller's buffer.
 pub fn direct_buffer(
     fd: RawFd,
     offset: i64,
     len: usize,
-) -> Result<Option<AlignedBuf>, DirectError> {
+    caller: Option<*const u8>,
+) -> Result<Option<DirectMemory>, DirectError> {
     if !is_direct(fd) {
         return Ok(None);
     }
-    let align = direct_alignment(offset, len, || {
+    let plan = direct_plan(offset, len, caller.map(|p| p as usize), || {
         let (memory, block) = direct_io_alignment(fd);
         DirectAlignment { memory, block }
     })?;
-    AlignedBuf::new(len, align)
-        .map(Some)
-        .ok_or(DirectError::NoMemory)
+    match plan {
+        DirectPlan::InPlace => Ok(Some(DirectMemory::InPlace)),
+        DirectPlan::Bounce { align } => {
+            let buf = AlignedBuf::new(len, align).ok_or(DirectError::NoMemory)?;
+            BOUNCE_BUFFERS.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(DirectMemory::Bounce(buf)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -209,9 +275,79 @@ mod tests {
     }
 
     #[test]
+    fn page_aligned_memory_for_a_page_aligned_request_is_used_in_place_without_lookup() {
+        assert_eq!(
+            direct_plan(0, 8192, Some(0x7000_0000), never_asked),
+            Ok(DirectPlan::InPlace)
+        );
+        assert_eq!(
+            direct_plan(4096, 0, Some(0x1000), never_asked),
+            Ok(DirectPlan::InPlace)
+        );
+    }
+
+    #[test]
+    fn memory_aligned_to_the_device_but_not_a_page_is_used_in_place() {
+        let mut asked = 0;
+        let mut sector = || {
+            asked += 1;
+            SECTOR
+        };
+        assert_eq!(
+            direct_plan(0, 4096, Some(0x1200), &mut sector),
+            Ok(DirectPlan::InPlace)
+        );
+        assert_eq!(
+            direct_plan(512, 512, Some(0x1200), &mut sector),
+            Ok(DirectPlan::InPlace)
+        );
+        assert_eq!(asked, 2);
+    }
+
+    #[test]
+    fn misaligned_memory_is_bounced_and_the_device_asked_once() {
+        let mut asked = 0;
+        let mut sector = || {
+            asked += 1;
+            SECTOR
+        };
+        assert_eq!(
+            direct_plan(0, 4096, Some(0x1010), &mut sector),
+            Ok(DirectPlan::Bounce { align: 4096 })
+        );
+        assert_eq!(
+            direct_plan(512, 512, Some(0x1010), &mut sector),
+            Ok(DirectPlan::Bounce { align: 4096 })
+        );
+        assert_eq!(asked, 2);
+        // On a device that needs a page, only page-aligned memory goes in place.
+        assert_eq!(
+            direct_plan(0, 4096, Some(0x1200), || PAGE_ALIGNED),
+            Ok(DirectPlan::Bounce { align: 4096 })
+        );
+        // No caller memory (a `bytes` object): always bounced.
+        assert_eq!(
+            direct_plan(0, 4096, None, never_asked),
+            Ok(DirectPlan::Bounce { align: 4096 })
+        );
+    }
+
+    #[test]
+    fn misaligned_offsets_and_sizes_are_refused_whatever_the_memory() {
+        assert_eq!(
+            direct_plan(100, 512, Some(0x1000), || SECTOR),
+            Err(DirectError::Misaligned { block: 512 })
+        );
+        assert_eq!(
+            direct_plan(0, 512, Some(0x1000), || PAGE_ALIGNED),
+            Err(DirectError::Misaligned { block: 4096 })
+        );
+    }
+
+    #[test]
     fn an_ordinary_descriptor_gets_no_buffer() {
         let f = temp_file(b"");
-        assert!(matches!(direct_buffer(f.as_raw_fd(), 3, 7), Ok(None)));
+        assert!(matches!(direct_buffer(f.as_raw_fd(), 3, 7, None), Ok(None)));
     }
 
     #[test]
@@ -232,11 +368,22 @@ mod tests {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
             Err(e) => panic!("open with O_DIRECT: {e}"),
         };
-        let buf = direct_buffer(f.as_raw_fd(), 4096, 8192).unwrap().unwrap();
+        let before = bounce_buffers_allocated();
+        let Some(DirectMemory::Bounce(buf)) =
+            direct_buffer(f.as_raw_fd(), 4096, 8192, None).unwrap()
+        else {
+            panic!("no caller memory: a bounce buffer");
+        };
         assert_eq!(buf.len(), 8192);
         assert_eq!(buf.as_mut_ptr() as usize % 4096, 0);
+        assert!(bounce_buffers_allocated() > before);
+        let own = AlignedBuf::new(8192, 4096).unwrap();
+        assert!(matches!(
+            direct_buffer(f.as_raw_fd(), 4096, 8192, Some(own.as_mut_ptr())),
+            Ok(Some(DirectMemory::InPlace))
+        ));
         assert_eq!(
-            direct_buffer(f.as_raw_fd(), 1, 4096).unwrap_err(),
+            direct_buffer(f.as_raw_fd(), 1, 4096, Some(own.as_mut_ptr())).unwrap_err(),
             DirectError::Misaligned {
                 block: direct_io_alignment(f.as_raw_fd()).1
             }

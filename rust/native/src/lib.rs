@@ -58,6 +58,24 @@ unsafe extern "C" fn uring_sqpoll_allowed(
     error::entry(|| Ok(values::boolean(linux_uring::sqpoll_allowed())))
 }
 
+/// `direct_alignment(fd) -> (memory, offset_and_size)`: what `O_DIRECT` needs on `fd`.
+unsafe extern "C" fn direct_alignment(_module: *mut PyObject, fd: *mut PyObject) -> *mut PyObject {
+    error::entry(|| {
+        // SAFETY: `fd` is the call's live argument; GIL held. -1 means it raised.
+        let fd = unsafe { ffi::PyObject_AsFileDescriptor(fd) };
+        if fd < 0 {
+            return Err(error::Error::AlreadySet);
+        }
+        let (memory, block) = caio_backends::aio::direct_io_alignment(fd);
+        values::uint_pair(memory as u64, block as u64)
+    })
+}
+
+/// `_direct_bounces() -> int`: O_DIRECT bounce buffers allocated so far (for tests).
+unsafe extern "C" fn direct_bounces(_module: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
+    error::entry(|| values::uint(caio_backends::buffer::bounce_buffers_allocated()))
+}
+
 /// The module definition and its slots, handed to the interpreter once.
 struct ModuleDef(std::cell::UnsafeCell<ffi::PyModuleDef>);
 
@@ -145,6 +163,18 @@ pub unsafe extern "C" fn PyInit__native() -> *mut PyObject {
                 context::retire_method,
                 ffi::METH_O,
                 c"retire(context): the caller is done with a native Context; what it still has in flight is delivered on a background thread, then the Context is let go (anything else: no-op).",
+            ),
+            types::method(
+                c"direct_alignment",
+                direct_alignment,
+                ffi::METH_O,
+                c"direct_alignment(fd) -> (memory, offset_and_size): the alignment O_DIRECT needs on fd (statx STATX_DIOALIGN, else 4096 for both).",
+            ),
+            types::method(
+                c"_direct_bounces",
+                direct_bounces,
+                ffi::METH_NOARGS,
+                c"_direct_bounces() -> int: O_DIRECT bounce buffers allocated so far in this process (a test hook).",
             ),
             ffi::PyMethodDef::zeroed(),
         ]);

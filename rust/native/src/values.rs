@@ -1,7 +1,7 @@
 //! New references to return from C-API entry points.
 
 use crate::error::{Error, Result};
-use crate::ffi::{self, PyObject};
+use crate::ffi::{self, PyObject, PyOwned};
 
 fn checked(obj: *mut PyObject) -> Result<*mut PyObject> {
     if obj.is_null() {
@@ -21,6 +21,21 @@ pub(crate) fn int(value: i64) -> Result<*mut PyObject> {
 pub(crate) fn uint(value: u64) -> Result<*mut PyObject> {
     // SAFETY: plain constructor; every caller holds the GIL.
     checked(unsafe { ffi::PyLong_FromUnsignedLongLong(value) })
+}
+
+/// A tuple of two Python `int`s.
+pub(crate) fn uint_pair(a: u64, b: u64) -> Result<*mut PyObject> {
+    // SAFETY: a fresh tuple of two slots, each set once with a new reference (which
+    // PyTuple_SetItem steals, even when it fails); GIL held by every caller.
+    unsafe {
+        let tuple = PyOwned::from_new(ffi::PyTuple_New(2)).ok_or(Error::AlreadySet)?;
+        for (i, value) in [a, b].into_iter().enumerate() {
+            if ffi::PyTuple_SetItem(tuple.as_ptr(), i as ffi::Py_ssize_t, uint(value)?) != 0 {
+                return Err(Error::AlreadySet);
+            }
+        }
+        Ok(tuple.into_ptr())
+    }
 }
 
 fn new_ref(obj: *mut PyObject) -> *mut PyObject {

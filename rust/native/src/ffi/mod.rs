@@ -41,6 +41,9 @@ pub(crate) use pyo3_ffi::{
     PyObject_RichCompareBool, Py_EQ, Py_tp_finalize,
 };
 
+// `caio.direct_alignment(fd)` takes an fd or an object with `fileno()`.
+pub(crate) use pyo3_ffi::PyObject_AsFileDescriptor;
+
 #[cfg(Py_3_13)]
 pub(crate) use pyo3_ffi::{Py_MOD_GIL_USED, Py_mod_gil};
 #[cfg(Py_3_12)]

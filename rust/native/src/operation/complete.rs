@@ -2,6 +2,7 @@
 
 use std::ptr;
 
+use caio_backends::buffer::DirectMemory;
 use caio_backends::IoKind;
 use caio_core::{Phase, RequestId};
 
@@ -74,14 +75,14 @@ unsafe fn finish_fields(op: OpRef<'_>, mut res: i64) -> i64 {
     reported
 }
 
-/// A read into the caller's buffer: copies the O_DIRECT bounce buffer in, then releases
-/// the export (the kernel is done with the memory). The buffer holds what the kernel
-/// wrote (on failure: whatever it wrote before failing, possibly nothing), the rest is
-/// untouched.
+/// A read into the caller's buffer: copies the O_DIRECT bounce buffer in (if the kernel
+/// did not use the caller's memory in place), then releases the export (the kernel is
+/// done with the memory). The buffer holds what the kernel wrote (on failure: whatever it
+/// wrote before failing, possibly nothing), the rest is untouched.
 fn settle_read_into(op: OpRef<'_>, res: i64) {
     let fields = op.fields();
     let export = fields.export.take();
-    if let (Some(export), Some(direct)) = (&export, fields.direct.take()) {
+    if let (Some(export), Some(DirectMemory::Bounce(direct))) = (&export, fields.direct.take()) {
         let (base, len) = export.region();
         let got = (res.max(0) as usize).min(len).min(direct.len());
         // SAFETY: the kernel is done with the bounce buffer; the export is the caller's
@@ -111,7 +112,7 @@ unsafe fn settle_read_buffer(op: OpRef<'_>, res: i64) -> i64 {
     // object, which nobody else should hold (the function's contract); GIL held
     // (`OpRef`'s contract).
     unsafe {
-        if let Some(direct) = fields.direct.take() {
+        if let Some(DirectMemory::Bounce(direct)) = fields.direct.take() {
             // Both regions are at least `got` bytes long, and distinct.
             ptr::copy_nonoverlapping(direct.as_mut_ptr(), base, got);
         }

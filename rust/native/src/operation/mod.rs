@@ -22,7 +22,8 @@ use std::cell::{Cell, UnsafeCell};
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 
-use caio_backends::{AlignedBuf, IoKind, IoRequest};
+use caio_backends::buffer::DirectMemory;
+use caio_backends::{IoKind, IoRequest};
 use caio_core::{OpState, Phase, RequestId};
 
 use crate::error::repr_of;
@@ -74,9 +75,10 @@ struct OperationObject {
     /// A write whose payload is not `bytes`: the export of its memory, held until the
     /// completion is reaped (the exporter cannot resize or free it meanwhile).
     export: Cell<Option<export::Export>>,
-    /// For a file opened with `O_DIRECT`: the aligned memory the kernel transfers
-    /// (a write's payload is copied in; a read's data is copied out on completion).
-    direct: Cell<Option<Box<AlignedBuf>>>,
+    /// For a file opened with `O_DIRECT` (else None): the caller's aligned memory is used
+    /// in place, or a bounce buffer is what the kernel transfers (a write's payload is
+    /// copied in; a read's data is copied out on completion).
+    direct: Cell<Option<DirectMemory>>,
     priority: i16,
 }
 
@@ -96,12 +98,23 @@ impl OperationObject {
         }
     }
 
-    /// The `O_DIRECT` memory as `(data, size)`, if the op has some.
+    /// The `O_DIRECT` bounce buffer as `(data, size)`, if the op has one.
     fn direct_region(&self) -> Option<(*mut u8, usize)> {
         let direct = self.direct.take();
-        let region = direct.as_ref().map(|d| (d.as_mut_ptr(), d.len()));
+        let region = match &direct {
+            Some(DirectMemory::Bounce(d)) => Some((d.as_mut_ptr(), d.len())),
+            _ => None,
+        };
         self.direct.set(direct);
         region
+    }
+
+    /// Whether the descriptor is open with `O_DIRECT` (until a completion is applied).
+    fn is_direct(&self) -> bool {
+        let direct = self.direct.take();
+        let is_direct = direct.is_some();
+        self.direct.set(direct);
+        is_direct
     }
 }
 
@@ -163,7 +176,7 @@ impl<'a> OpRef<'a> {
     }
 
     pub(crate) fn is_direct(self) -> bool {
-        self.fields().direct_region().is_some()
+        self.fields().is_direct()
     }
 
     pub(crate) fn priority(self) -> i16 {

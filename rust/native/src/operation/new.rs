@@ -4,8 +4,8 @@ use std::cell::Cell;
 use std::os::raw::c_int;
 use std::ptr::{self, NonNull};
 
-use caio_backends::buffer::{direct_buffer, DirectError};
-use caio_backends::{AlignedBuf, IoKind};
+use caio_backends::buffer::{direct_buffer, DirectError, DirectMemory};
+use caio_backends::IoKind;
 use caio_core::{OpState, RequestId};
 
 use super::export::Export;
@@ -28,7 +28,7 @@ struct NewOp {
     buffer: Option<PyOwned>,
     /// A write's payload that is not `bytes`: its memory's export.
     export: Option<super::export::Export>,
-    direct: Option<Box<AlignedBuf>>,
+    direct: Option<DirectMemory>,
     priority: i16,
 }
 
@@ -116,11 +116,17 @@ fn offset_arg(rules: &Behaviour, obj: *mut PyObject) -> Result<i64> {
     }
 }
 
-/// The aligned memory an `O_DIRECT` descriptor needs for this request (None for others),
-/// its refusals raised as caio users see them.
-fn direct_memory(fd: u32, offset: i64, len: usize) -> Result<Option<Box<AlignedBuf>>> {
-    match direct_buffer(fd as i32, offset, len) {
-        Ok(memory) => Ok(memory.map(Box::new)),
+/// The memory an `O_DIRECT` descriptor transfers for this request (None for others): the
+/// caller's (`caller`, an exported buffer's memory) in place where it is aligned enough,
+/// else a bounce buffer; its refusals raised as caio users see them.
+fn direct_memory(
+    fd: u32,
+    offset: i64,
+    len: usize,
+    caller: Option<*mut u8>,
+) -> Result<Option<DirectMemory>> {
+    match direct_buffer(fd as i32, offset, len, caller.map(<*mut u8>::cast_const)) {
+        Ok(memory) => Ok(memory),
         Err(DirectError::Misaligned { block }) => Err(Error::Value(format!(
             "fd {fd} is open with O_DIRECT, which needs offset and size to be multiples of \
              {block} bytes (got offset={offset}, size={len})"
@@ -176,7 +182,8 @@ pub(super) unsafe extern "C" fn op_read<const FLAVOR: u8>(
             ))
         }
         .ok_or(Error::AlreadySet)?;
-        let direct = direct_memory(fd, offset, nbytes as usize)?;
+        // A new bytes object is never aligned for O_DIRECT: bounced.
+        let direct = direct_memory(fd, offset, nbytes as usize, None)?;
         let new = NewOp {
             flavor,
             kind: IoKind::Read,
@@ -230,11 +237,13 @@ pub(super) unsafe extern "C" fn op_write<const FLAVOR: u8>(
             Some(export) => export.region(),
             None => super::bytes_data(payload.as_ptr()),
         };
-        // O_DIRECT: the payload's memory is rarely suitably aligned, so it is copied into
-        // aligned memory (a bounce buffer) instead of being refused; the export is then
-        // not needed any more.
-        let direct = direct_memory(fd, offset, len)?;
-        if let Some(direct) = &direct {
+        // O_DIRECT: an exported payload aligned for the device (`caio.aligned_buffer`) is
+        // written in place; any other (a `bytes` object never is) is copied into aligned
+        // memory (a bounce buffer) instead of being refused, and its export is then not
+        // needed any more.
+        let caller = export.as_ref().map(|_| data);
+        let direct = direct_memory(fd, offset, len, caller)?;
+        if let Some(DirectMemory::Bounce(direct)) = &direct {
             // SAFETY: both regions are `len` bytes long and distinct; GIL held.
             unsafe { ptr::copy_nonoverlapping(data, direct.as_mut_ptr(), len) };
             export = None;
@@ -280,7 +289,7 @@ pub(super) unsafe extern "C" fn op_read_into<const FLAVOR: u8>(
         )?;
         let offset = offset_arg(rules, offset)?;
         let export = Export::writable(target, || type_name(target))?;
-        let len = export.region().1;
+        let (data, len) = export.region();
         if let Some(limit) = &rules.read_limit {
             if len as u64 > limit.max {
                 return Err(Error::Overflow(format!(
@@ -289,7 +298,9 @@ pub(super) unsafe extern "C" fn op_read_into<const FLAVOR: u8>(
                 )));
             }
         }
-        let direct = direct_memory(fd, offset, len)?;
+        // O_DIRECT: in place if the caller's memory is aligned for the device, else
+        // through a bounce buffer copied in on completion.
+        let direct = direct_memory(fd, offset, len, Some(data))?;
         // SAFETY: `target` is a live argument; GIL held.
         let target = unsafe { PyOwned::from_borrowed(NonNull::new_unchecked(target)) };
         let new = NewOp {
