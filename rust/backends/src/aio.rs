@@ -56,7 +56,7 @@ const _: () = assert!(std::mem::size_of::<IoEvent>() == 32);
 impl Iocb {
     /// The control block for `request`, completing under `id` and signalling `resfd`.
     /// `priority` goes to `aio_reqprio` (the kernel ignores it without `IOCB_FLAG_IOPRIO`,
-    /// as in caio).
+    /// as in caio); the request's `RWF_*` flags to `aio_rw_flags`.
     pub fn new(id: RequestId, request: &IoRequest, priority: i16, resfd: RawFd) -> Self {
         let opcode = match request.kind {
             IoKind::Read => IOCB_CMD_PREAD,
@@ -66,6 +66,7 @@ impl Iocb {
         };
         Iocb {
             aio_data: id.0,
+            aio_rw_flags: request.rw_flags,
             aio_lio_opcode: opcode,
             aio_reqprio: priority,
             aio_fildes: request.fd as u32,
@@ -254,6 +255,7 @@ mod tests {
             offset: 3,
             buf: buf.as_mut_ptr(),
             len: 4,
+            rw_flags: 0,
         };
         let mut iocb = Iocb::new(RequestId(7), &req, 0, efd.as_raw_fd());
         // SAFETY: `iocb` and `buf` outlive the reap below.
@@ -285,6 +287,7 @@ mod tests {
             offset: 0,
             buf: std::ptr::null_mut(),
             len: 0,
+            rw_flags: 0,
         };
         let mut iocb = Iocb::new(RequestId(1), &req, 0, -1);
         // SAFETY: `iocb` outlives the call; a sync has no buffer.

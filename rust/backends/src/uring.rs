@@ -474,16 +474,21 @@ impl Stager<'_> {
         let entry = match request.kind {
             IoKind::Read => opcode::Read::new(fd, request.buf, len)
                 .offset(offset)
+                .rw_flags(request.rw_flags)
                 .build(),
             IoKind::Write => opcode::Write::new(fd, request.buf, len)
                 .offset(offset)
+                .rw_flags(request.rw_flags)
                 .build(),
             IoKind::Fsync => opcode::Fsync::new(fd).build(),
             IoKind::Fdsync => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
         };
-        let entry = if request.len > PUNT_ABOVE {
+        // A request that asked not to wait is never punted to a worker: it gets its
+        // `EAGAIN` from the inline attempt.
+        let nowait = request.rw_flags & libc::RWF_NOWAIT != 0;
+        let entry = if request.len > PUNT_ABOVE && !nowait {
             entry.flags(squeue::Flags::ASYNC)
         } else {
             entry
@@ -537,6 +542,7 @@ mod tests {
             offset: 6,
             buf: buf.as_mut_ptr(),
             len: buf.len(),
+            rw_flags: 0,
         };
         let id = RequestId::fresh();
         // SAFETY: `buf` outlives the reap below.

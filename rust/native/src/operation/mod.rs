@@ -78,6 +78,8 @@ struct OperationObject {
     /// (a write's payload is copied in; a read's data is copied out on completion).
     direct: Cell<Option<Box<AlignedBuf>>>,
     priority: i16,
+    /// A read's or write's `RWF_*` flags (checked at construction), else 0.
+    rw_flags: i32,
 }
 
 impl OperationObject {
@@ -170,6 +172,10 @@ impl<'a> OpRef<'a> {
         self.fields().priority
     }
 
+    pub(crate) fn rw_flags(self) -> i32 {
+        self.fields().rw_flags
+    }
+
     pub(crate) fn context(self) -> *mut PyObject {
         self.fields().context.ptr()
     }
@@ -189,6 +195,7 @@ impl<'a> OpRef<'a> {
             offset: op.offset,
             buf,
             len,
+            rw_flags: op.rw_flags,
         }
     }
 
