@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from . import python_aio, python_aio_asyncio
+from ._rwflags import RWF_DSYNC, RWF_NOWAIT, RWF_SYNC
 from .abstract import AbstractContext, AbstractOperation
 from .errors import OperationError, SubmitError
 
@@ -246,6 +247,9 @@ def _fall_back(ctx: Any, exc: Exception, *args: Any) -> None:
 
 
 __all__ = (
+    "RWF_DSYNC",
+    "RWF_NOWAIT",
+    "RWF_SYNC",
     "AbstractContext",
     "AbstractOperation",
     "AsyncioContext",
