@@ -237,7 +237,7 @@ mod tests {
     use super::*;
     use crate::test_util::temp_file;
     use crate::EventFd;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd};
 
     #[test]
     fn a_write_and_a_read_complete_through_getevents() {
@@ -273,6 +273,43 @@ mod tests {
         assert_eq!(&buf, b"3456");
         assert_eq!(efd.read().unwrap(), 1);
         assert!(!is_direct(f.as_raw_fd()));
+    }
+
+    #[test]
+    fn a_nowait_read_of_an_empty_pipe_completes_with_eagain() {
+        if probe().is_err() {
+            return;
+        }
+        let efd = EventFd::new().unwrap();
+        let ctx = AioContext::new(1).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe() writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors are fresh and owned by nothing else (closed on drop).
+        let [r, _w] = fds.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
+        let mut buf = [0u8; 8];
+        let req = IoRequest {
+            kind: IoKind::Read,
+            fd: r.as_raw_fd(),
+            offset: 0,
+            buf: buf.as_mut_ptr(),
+            len: buf.len(),
+            rw_flags: libc::RWF_NOWAIT,
+        };
+        let mut iocb = Iocb::new(RequestId(3), &req, 0, efd.as_raw_fd());
+        // SAFETY: `iocb` and `buf` outlive the reap below. Without the flag io_submit
+        // itself would wait for a writer that never comes.
+        assert_eq!(unsafe { ctx.submit(&mut [&mut iocb]) }.unwrap(), 1);
+        let mut out = Vec::new();
+        ctx.get_events(1, 1, Some(Duration::from_secs(10)), &mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![Completion {
+                id: RequestId(3),
+                res: -(libc::EAGAIN as i64)
+            }]
+        );
     }
 
     #[test]
