@@ -29,6 +29,7 @@ from typing import Any
 
 from . import python_aio, python_aio_asyncio
 from ._aligned import aligned_buffer, direct_alignment
+from ._rwflags import RWF_DSYNC, RWF_NOWAIT, RWF_SYNC
 from .abstract import AbstractContext, AbstractOperation
 from .errors import OperationError, SubmitError
 
@@ -247,6 +248,9 @@ def _fall_back(ctx: Any, exc: Exception, *args: Any) -> None:
 
 
 __all__ = (
+    "RWF_DSYNC",
+    "RWF_NOWAIT",
+    "RWF_SYNC",
     "AbstractContext",
     "AbstractOperation",
     "AsyncioContext",

@@ -38,16 +38,20 @@ class AbstractOperation(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def read(cls, nbytes: int, fd: int, offset: int, priority: int = 0) -> AbstractOperation:
-        """Create an operation reading ``nbytes`` from ``fd`` at ``offset``."""
+    def read(
+        cls, nbytes: int, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
+    ) -> AbstractOperation:
+        """Create an operation reading ``nbytes`` from ``fd`` at ``offset``; ``flags``:
+        ``caio.RWF_NOWAIT`` or 0."""
         raise NotImplementedError
 
     @classmethod
     @abc.abstractmethod
     def write(
-        cls, payload_bytes: bytes, fd: int, offset: int, priority: int = 0,
+        cls, payload_bytes: bytes, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
     ) -> AbstractOperation:
-        """Create an operation writing ``payload_bytes`` to ``fd`` at ``offset``."""
+        """Create an operation writing ``payload_bytes`` to ``fd`` at ``offset``; ``flags``:
+        a combination of ``caio.RWF_DSYNC``, ``RWF_SYNC`` and ``RWF_NOWAIT``, or 0."""
         raise NotImplementedError
 
     @classmethod

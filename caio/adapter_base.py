@@ -258,38 +258,48 @@ class AdapterBase(Generic[ContextType, OperationType]):
                 semaphore.release()
 
     def read(
-        self, nbytes: int, fd: int, offset: int, priority: int = 0,
+        self, nbytes: int, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
     ) -> Awaitable[bytes]:
         if type(offset) is not int or offset < 0:
             _check_offset(offset)
         # (the classmethods are typed as returning AbstractOperation; no runtime cast
-        # on the hot path)
-        op: Any = self.OPERATION_CLASS.read(nbytes, fd, offset, priority)
+        # on the hot path, and no keyword argument to parse without flags)
+        op: Any = (
+            self.OPERATION_CLASS.read(nbytes, fd, offset, priority, flags=flags)
+            if flags
+            else self.OPERATION_CLASS.read(nbytes, fd, offset, priority)
+        )
         return self.submit(op)
 
     def read_into(
-        self, buffer: Any, fd: int, offset: int, priority: int = 0,
+        self, buffer: Any, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
     ) -> Awaitable[int]:
         """Reads into ``buffer`` (a writable bytes-like object, its whole size) at
         ``offset`` with no copy and returns the number of bytes read."""
         if type(offset) is not int or offset < 0:
             _check_offset(offset)
-        op: Any = cast(Any, self.OPERATION_CLASS).read_into(buffer, fd, offset, priority)
+        operation_class: Any = self.OPERATION_CLASS
+        op: Any = operation_class.read_into(buffer, fd, offset, priority, flags=flags)
         return self.submit(op)
 
     def write(
-        self, payload: bytes, fd: int, offset: int, priority: int = 0,
+        self, payload: bytes, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
     ) -> Awaitable[int]:
         """Writes all of ``payload`` at ``offset`` and returns its length, or raises the
         error that stopped it (e.g. ``ENOSPC``): a short write is continued, never
         reported as done."""
         if type(offset) is not int or offset < 0:
             _check_offset(offset)
-        op = cast(OperationType, self.OPERATION_CLASS.write(payload, fd, offset, priority))
-        return self._write_all(op, payload, fd, offset, priority)
+        op = cast(OperationType, (
+            self.OPERATION_CLASS.write(payload, fd, offset, priority, flags=flags)
+            if flags
+            else self.OPERATION_CLASS.write(payload, fd, offset, priority)
+        ))
+        return self._write_all(op, payload, fd, offset, priority, flags)
 
     async def _write_all(
         self, op: OperationType, payload: bytes, fd: int, offset: int, priority: int,
+        flags: int = 0,
     ) -> int:
         # In bytes, whatever the payload's item size (an array of ints, say); read before
         # the op runs (linux_aio's nbytes becomes the bytes written).
@@ -309,7 +319,9 @@ class AdapterBase(Generic[ContextType, OperationType]):
                 stream = is_stream(fd)
             # A stream has no offsets: the rest goes where the first part went.
             at = offset if stream else offset + done
-            rest: Any = self.OPERATION_CLASS.write(_tail(payload, done), fd, at, priority)
+            rest: Any = self.OPERATION_CLASS.write(
+                _tail(payload, done), fd, at, priority, flags=flags,
+            )
             written = await self.submit(rest)
 
     def fsync(self, fd: int) -> Awaitable[None]:

@@ -56,14 +56,20 @@ class AnyioContext:
         )
 
     # The adapter's own awaitables are returned: no extra coroutine frame per operation.
-    def read(self, nbytes: int, fd: int, offset: int, priority: int = 0) -> Awaitable[bytes]:
-        return self.adapter.read(nbytes, fd, offset, priority)
+    def read(
+        self, nbytes: int, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
+    ) -> Awaitable[bytes]:
+        return self.adapter.read(nbytes, fd, offset, priority, flags=flags)
 
-    def read_into(self, buffer: Any, fd: int, offset: int, priority: int = 0) -> Awaitable[int]:
-        return self.adapter.read_into(buffer, fd, offset, priority)
+    def read_into(
+        self, buffer: Any, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
+    ) -> Awaitable[int]:
+        return self.adapter.read_into(buffer, fd, offset, priority, flags=flags)
 
-    def write(self, payload: bytes, fd: int, offset: int, priority: int = 0) -> Awaitable[int]:
-        return self.adapter.write(payload, fd, offset, priority)
+    def write(
+        self, payload: bytes, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
+    ) -> Awaitable[int]:
+        return self.adapter.write(payload, fd, offset, priority, flags=flags)
 
     def fsync(self, fd: int) -> Awaitable[None]:
         return self.adapter.fsync(fd)

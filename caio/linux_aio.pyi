@@ -34,15 +34,16 @@ class Context(AbstractContext):
 class Operation(AbstractOperation):
     @classmethod
     def read(
-        cls, nbytes: int, fd: int, offset: int = 0, priority: int = 0,
+        cls, nbytes: int, fd: int, offset: int = 0, priority: int = 0, *, flags: int = 0,
     ) -> Operation: ...
     @classmethod
     def write(
         cls, payload_bytes: Buffer, fd: int, offset: int = 0, priority: int = 0,
+        *, flags: int = 0,
     ) -> Operation: ...
     @classmethod
     def read_into(
-        cls, buffer: Buffer, fd: int, offset: int = 0, priority: int = 0,
+        cls, buffer: Buffer, fd: int, offset: int = 0, priority: int = 0, *, flags: int = 0,
     ) -> Operation: ...
     @classmethod
     def fsync(cls, fd: int, priority: int = 0) -> Operation: ...

@@ -40,7 +40,7 @@ class Context(AbstractContext):
 class Operation(AbstractOperation):
     @classmethod
     def read(
-        cls, nbytes: int, fd: int, offset: int = 0, priority: int = 0,
+        cls, nbytes: int, fd: int, offset: int = 0, priority: int = 0, *, flags: int = 0,
     ) -> Operation:
         """``offset``: 0 to 2**63 - 1, or -1 (also spelt 2**64 - 1, as ``op.offset`` shows
         it): io_uring's "use the file position", for pipes and other streams, which
@@ -48,13 +48,14 @@ class Operation(AbstractOperation):
         OverflowError."""
     @classmethod
     def read_into(
-        cls, buffer: Buffer, fd: int, offset: int = 0, priority: int = 0,
+        cls, buffer: Buffer, fd: int, offset: int = 0, priority: int = 0, *, flags: int = 0,
     ) -> Operation:
         """Read into a writable buffer (its whole size), no copy; ``get_value()`` is
         the number of bytes read."""
     @classmethod
     def write(
         cls, payload_bytes: Buffer, fd: int, offset: int = 0, priority: int = 0,
+        *, flags: int = 0,
     ) -> Operation:
         """``offset`` as for ``read``: -1 writes at the file position."""
     @classmethod

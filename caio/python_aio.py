@@ -22,6 +22,7 @@ from multiprocessing.pool import ThreadPool
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
+from ._rwflags import check_rw_flags
 from ._streams import is_stream
 from .abstract import AbstractContext, AbstractOperation
 from .errors import operation_error
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 fdsync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 NATIVE_PREAD_PWRITE: bool = hasattr(os, "pread") and hasattr(os, "pwrite")
+# Per-operation flags go to preadv2/pwritev2, which os.preadv/os.pwritev call on Linux.
+_RW_FLAGS_SUPPORTED: bool = hasattr(os, "RWF_NOWAIT") and hasattr(os, "preadv")
 
 
 @unique
@@ -241,21 +244,41 @@ class Context(AbstractContext):
                 raise
         return plain()
 
+    def _preadv(self, fd: int, into: memoryview, offset: int, flags: int) -> int:
+        # With flags, a stream's "next bytes" is preadv2's offset -1 (readv takes none).
+        plain = partial(os.preadv, fd, [into], -1, flags) if flags else partial(os.readv, fd, [into])
+        count: int = self._transfer(fd, offset, partial(os.preadv, fd, [into], offset, flags), plain)
+        return count
+
     def _handle_read(self, operation: Operation) -> int:
+        fd, offset, flags = operation.fileno, operation.offset, operation._rw_flags
         into = operation._into
         if into is not None:
-            fd, offset = operation.fileno, operation.offset
-            count: int = self._transfer(
-                fd, offset, partial(os.preadv, fd, [into], offset), partial(os.readv, fd, [into]),
-            )
+            count = self._preadv(fd, into, offset, flags)
             operation.buffer = count
             return count
-        data = self._pread(operation.fileno, operation.nbytes, operation.offset)
+        if flags:
+            buffer = bytearray(operation.nbytes)
+            with memoryview(buffer) as view:
+                count = self._preadv(fd, view, offset, flags)
+                data = bytes(view[:count])
+        else:
+            data = self._pread(fd, operation.nbytes, offset)
         operation.buffer = data
         return len(data)
 
     def _handle_write(self, operation: Operation) -> int:
-        return self._pwrite(operation.fileno, operation.buffer, operation.offset)
+        fd, data, offset, flags = (
+            operation.fileno, operation.buffer, operation.offset, operation._rw_flags,
+        )
+        if flags:
+            count: int = self._transfer(
+                fd, offset,
+                partial(os.pwritev, fd, [data], offset, flags),
+                partial(os.pwritev, fd, [data], -1, flags),
+            )
+            return count
+        return self._pwrite(fd, data, offset)
 
     def _handle_fsync(self, operation: Operation) -> None:
         os.fsync(operation.fileno)
@@ -344,11 +367,23 @@ def _check_payload(payload: object) -> int:
         return view.nbytes
 
 
+def _rw_flags(opcode: OpCode, flags: SupportsIndex) -> int:
+    """An operation's checked ``RWF_*`` flags (see ``caio._rwflags``)."""
+    if opcode not in (OpCode.READ, OpCode.WRITE):
+        if operator.index(flags):
+            raise ValueError(f"flags apply to reads and writes only, not to {opcode.name}")
+        return 0
+    value = check_rw_flags(flags, write=opcode == OpCode.WRITE)
+    if value and not _RW_FLAGS_SUPPORTED:
+        raise ValueError("flags need preadv2/pwritev2, which this system does not have")
+    return value
+
+
 class Operation(AbstractOperation):
     """One request for the python_aio backend.
 
     Can also be constructed directly:
-    ``Operation(fd, nbytes, offset, opcode, payload=None, priority=None)``.
+    ``Operation(fd, nbytes, offset, opcode, payload=None, priority=None, flags=0)``.
     """
 
     def __init__(
@@ -359,6 +394,7 @@ class Operation(AbstractOperation):
         opcode: int,
         payload: Buffer | None = None,
         priority: SupportsIndex | None = None,
+        flags: SupportsIndex = 0,
     ) -> None:
         self._lock = threading.Lock()
         self.callback: Callable[[Any], Any] | None = None
@@ -376,6 +412,7 @@ class Operation(AbstractOperation):
         self.__nbytes = 0 if nbytes is None else operator.index(nbytes)
         self.__offset = 0 if offset is None else operator.index(offset)
         self.__priority = 0 if priority is None else operator.index(priority)
+        self._rw_flags = _rw_flags(self.opcode, flags)
 
         self.buffer: Any = b""
         # A read into the caller's buffer (read_into): a writable view of it.
@@ -386,23 +423,27 @@ class Operation(AbstractOperation):
             self.buffer = payload
 
     @classmethod
-    def read(cls, nbytes: int, fd: int, offset: int, priority: int = 0) -> Operation:
-        """Create an operation reading ``nbytes`` from ``fd`` at ``offset``."""
-        return cls(fd, nbytes, offset, OpCode.READ, priority=priority)
+    def read(
+        cls, nbytes: int, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
+    ) -> Operation:
+        """Create an operation reading ``nbytes`` from ``fd`` at ``offset``; ``flags``:
+        ``caio.RWF_NOWAIT`` or 0."""
+        return cls(fd, nbytes, offset, OpCode.READ, priority=priority, flags=flags)
 
     @classmethod
     def write(
-        cls, payload_bytes: Buffer, fd: int, offset: int, priority: int = 0,
+        cls, payload_bytes: Buffer, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
     ) -> Operation:
-        """Create an operation writing ``payload_bytes`` to ``fd`` at ``offset``."""
+        """Create an operation writing ``payload_bytes`` to ``fd`` at ``offset``;
+        ``flags``: a combination of ``caio.RWF_DSYNC``, ``RWF_SYNC``, ``RWF_NOWAIT``."""
         return cls(
             fd, _check_payload(payload_bytes), offset, OpCode.WRITE,
-            payload=payload_bytes, priority=priority,
+            payload=payload_bytes, priority=priority, flags=flags,
         )
 
     @classmethod
     def read_into(
-        cls, buffer: Buffer, fd: int, offset: int = 0, priority: int = 0,
+        cls, buffer: Buffer, fd: int, offset: int = 0, priority: int = 0, *, flags: int = 0,
     ) -> Operation:
         """Create an operation reading into ``buffer`` (a writable bytes-like object, its
         whole size) from ``fd`` at ``offset``; ``get_value()`` is the number of bytes read."""
@@ -416,7 +457,7 @@ class Operation(AbstractOperation):
             raise BufferError("read_into() needs a writable buffer")
         if not view.c_contiguous:
             raise BufferError("read_into() needs one contiguous buffer")
-        operation = cls(fd, view.nbytes, offset, OpCode.READ, priority=priority)
+        operation = cls(fd, view.nbytes, offset, OpCode.READ, priority=priority, flags=flags)
         operation._into = view.cast("B")
         operation._target = buffer
         return operation

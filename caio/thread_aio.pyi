@@ -71,18 +71,21 @@ class EventfdContext(AbstractContext):
 @final
 class Operation(AbstractOperation):
     @classmethod
-    def read(cls, nbytes: int, fd: int, offset: int = 0, priority: int = 0) -> Operation:
+    def read(
+        cls, nbytes: int, fd: int, offset: int = 0, priority: int = 0, *, flags: int = 0,
+    ) -> Operation:
         """``offset`` is a file offset, 0 to 2**63 - 1 (negative: ValueError). On a pipe,
         FIFO or socket, offset 0 reads the next bytes."""
     @classmethod
     def read_into(
-        cls, buffer: Buffer, fd: int, offset: int = 0, priority: int = 0,
+        cls, buffer: Buffer, fd: int, offset: int = 0, priority: int = 0, *, flags: int = 0,
     ) -> Operation:
         """Read into a writable buffer (its whole size), no copy; ``get_value()`` is
         the number of bytes read."""
     @classmethod
     def write(
         cls, payload_bytes: Buffer, fd: int, offset: int = 0, priority: int = 0,
+        *, flags: int = 0,
     ) -> Operation:
         """``offset`` as for ``read``; on a pipe, FIFO or socket offset 0 just writes."""
     @classmethod

@@ -98,3 +98,22 @@ def test_trio_and_anyio_read_into(files):
 
     for backend in ("asyncio", "trio"):
         anyio.run(with_anyio, backend=backend)
+
+
+def test_asyncio_adapters_pass_flags_through(loop_runner, AsyncioContext, files):
+    import caio
+
+    fd = files.open()
+
+    async def body():
+        async with AsyncioContext() as ctx:
+            assert await ctx.write(DATA, fd, 0, flags=caio.RWF_DSYNC) == len(DATA)
+            # Just written, so cached: a non-waiting read returns it.
+            assert await ctx.read(4096, fd, 0, flags=caio.RWF_NOWAIT) == DATA[:4096]
+            target = bytearray(100)
+            assert await ctx.read_into(target, fd, 100, flags=caio.RWF_NOWAIT) == 100
+            assert bytes(target) == DATA[100:200]
+            with pytest.raises(ValueError, match="RWF_DSYNC"):
+                await ctx.read(10, fd, 0, flags=caio.RWF_DSYNC)
+
+    loop_runner.run(body)

@@ -49,3 +49,12 @@ def test_read_into_example_runs_as_written(workdir: Path) -> None:
         [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_rw_flags_example_runs_as_written(workdir: Path) -> None:
+    code = next(b for b in python_blocks() if "flags=caio.RWF_DSYNC" in b)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (workdir / "test.file").read_bytes() == b"journal entry"

@@ -56,7 +56,7 @@ const _: () = assert!(std::mem::size_of::<IoEvent>() == 32);
 impl Iocb {
     /// The control block for `request`, completing under `id` and signalling `resfd`.
     /// `priority` goes to `aio_reqprio` (the kernel ignores it without `IOCB_FLAG_IOPRIO`,
-    /// as in caio).
+    /// as in caio); the request's `RWF_*` flags to `aio_rw_flags`.
     pub fn new(id: RequestId, request: &IoRequest, priority: i16, resfd: RawFd) -> Self {
         let opcode = match request.kind {
             IoKind::Read => IOCB_CMD_PREAD,
@@ -66,6 +66,7 @@ impl Iocb {
         };
         Iocb {
             aio_data: id.0,
+            aio_rw_flags: request.rw_flags,
             aio_lio_opcode: opcode,
             aio_reqprio: priority,
             aio_fildes: request.fd as u32,
@@ -236,7 +237,7 @@ mod tests {
     use super::*;
     use crate::test_util::temp_file;
     use crate::EventFd;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd};
 
     #[test]
     fn a_write_and_a_read_complete_through_getevents() {
@@ -254,6 +255,7 @@ mod tests {
             offset: 3,
             buf: buf.as_mut_ptr(),
             len: 4,
+            rw_flags: 0,
         };
         let mut iocb = Iocb::new(RequestId(7), &req, 0, efd.as_raw_fd());
         // SAFETY: `iocb` and `buf` outlive the reap below.
@@ -274,6 +276,43 @@ mod tests {
     }
 
     #[test]
+    fn a_nowait_read_of_an_empty_pipe_completes_with_eagain() {
+        if probe().is_err() {
+            return;
+        }
+        let efd = EventFd::new().unwrap();
+        let ctx = AioContext::new(1).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe() writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors are fresh and owned by nothing else (closed on drop).
+        let [r, _w] = fds.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
+        let mut buf = [0u8; 8];
+        let req = IoRequest {
+            kind: IoKind::Read,
+            fd: r.as_raw_fd(),
+            offset: 0,
+            buf: buf.as_mut_ptr(),
+            len: buf.len(),
+            rw_flags: libc::RWF_NOWAIT,
+        };
+        let mut iocb = Iocb::new(RequestId(3), &req, 0, efd.as_raw_fd());
+        // SAFETY: `iocb` and `buf` outlive the reap below. Without the flag io_submit
+        // itself would wait for a writer that never comes.
+        assert_eq!(unsafe { ctx.submit(&mut [&mut iocb]) }.unwrap(), 1);
+        let mut out = Vec::new();
+        ctx.get_events(1, 1, Some(Duration::from_secs(10)), &mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![Completion {
+                id: RequestId(3),
+                res: -(libc::EAGAIN as i64)
+            }]
+        );
+    }
+
+    #[test]
     fn a_bad_fd_is_refused_at_submit() {
         if probe().is_err() {
             return;
@@ -285,6 +324,7 @@ mod tests {
             offset: 0,
             buf: std::ptr::null_mut(),
             len: 0,
+            rw_flags: 0,
         };
         let mut iocb = Iocb::new(RequestId(1), &req, 0, -1);
         // SAFETY: `iocb` outlives the call; a sync has no buffer.

@@ -29,6 +29,9 @@ pub struct IoRequest {
     pub buf: *mut u8,
     /// Length of the buffer in bytes.
     pub len: usize,
+    /// `RWF_*` flags of a read or write (`preadv2`/`pwritev2`'s), checked by
+    /// [`check_rw_flags`]; 0 for plain requests and syncs.
+    pub rw_flags: i32,
 }
 
 // SAFETY: an `IoRequest` is an address and a length; it is only dereferenced by `perform`
@@ -40,6 +43,58 @@ unsafe impl Send for IoRequest {}
 /// A transfer of exactly this size with more requested is continued, not reported short.
 const MAX_RW_COUNT: usize = 0x7fff_f000;
 
+/// The `RWF_*` flags a read may carry: [`libc::RWF_NOWAIT`] (fail with `EAGAIN` rather
+/// than wait for the disk or a lock).
+pub const READ_FLAGS: i32 = libc::RWF_NOWAIT;
+/// The `RWF_*` flags a write may carry: [`libc::RWF_DSYNC`] and [`libc::RWF_SYNC`] (this
+/// write durable on return, as `O_DSYNC`/`O_SYNC` would make it) and
+/// [`libc::RWF_NOWAIT`].
+pub const WRITE_FLAGS: i32 = libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_NOWAIT;
+
+/// The kernel's `RWF_*` flags by name (linux/fs.h), for naming a refused one.
+const RWF_NAMES: [(u64, &str); 8] = [
+    (0x01, "RWF_HIPRI"),
+    (0x02, "RWF_DSYNC"),
+    (0x04, "RWF_SYNC"),
+    (0x08, "RWF_NOWAIT"),
+    (0x10, "RWF_APPEND"),
+    (0x20, "RWF_NOAPPEND"),
+    (0x40, "RWF_ATOMIC"),
+    (0x80, "RWF_DONTCACHE"),
+];
+
+/// Checks a read's or write's `flags` (as the caller gave them: any 64-bit value): the
+/// flags as the kernel takes them, or why not, naming the first refused flag. The
+/// sync flags on a read are refused (the kernel ignores them there: "meaningful only for
+/// pwritev2"), and so is every flag we do not pass on (`RWF_APPEND` would change what
+/// the offset means; `RWF_HIPRI` needs a polled queue; unknown bits have no meaning).
+pub fn check_rw_flags(kind: IoKind, flags: i64) -> Result<i32, String> {
+    if flags < 0 {
+        return Err(format!(
+            "flags must be 0 or a combination of RWF_* flags (got {flags})"
+        ));
+    }
+    let flags = flags as u64;
+    let (allowed, what) = match kind {
+        IoKind::Read => (READ_FLAGS, "a read"),
+        IoKind::Write => (WRITE_FLAGS, "a write"),
+        IoKind::Fsync | IoKind::Fdsync => (0, "a sync"),
+    };
+    let refused = flags & !(allowed as u64);
+    if refused == 0 {
+        return Ok(flags as i32);
+    }
+    let bit = refused & refused.wrapping_neg();
+    let name = RWF_NAMES.iter().find(|(b, _)| *b == bit).map(|(_, n)| *n);
+    Err(match name {
+        Some(name @ ("RWF_DSYNC" | "RWF_SYNC")) => {
+            format!("flags: {name} applies to writes only, not to {what}")
+        }
+        Some(name) => format!("flags: {name} is not supported for {what}"),
+        None => format!("flags: unknown flag {bit:#x} (got {flags:#x})"),
+    })
+}
+
 fn errno() -> i64 {
     std::io::Error::last_os_error()
         .raw_os_error()
@@ -47,7 +102,8 @@ fn errno() -> i64 {
 }
 
 impl IoRequest {
-    /// Runs the request with blocking syscalls. Returns the bytes transferred (0 for syncs)
+    /// Runs the request with blocking syscalls (`preadv2`/`pwritev2` when it has
+    /// [`rw_flags`](Self::rw_flags), else plain `pread`/`pwrite`). Returns the bytes transferred (0 for syncs)
     /// or a negated errno. A short transfer is returned as it is (no retry), except that a
     /// transfer capped by the kernel's per-call limit continues.
     ///
@@ -74,11 +130,27 @@ impl IoRequest {
                     let ret = unsafe {
                         let at = self.buf.add(done);
                         let offset = self.offset.saturating_add(done as i64);
-                        match (self.kind == IoKind::Read, positional) {
-                            (true, true) => libc::pread(self.fd, at.cast(), rest, offset),
-                            (false, true) => libc::pwrite(self.fd, at.cast(), rest, offset),
-                            (true, false) => libc::read(self.fd, at.cast(), rest),
-                            (false, false) => libc::write(self.fd, at.cast(), rest),
+                        let read = self.kind == IoKind::Read;
+                        if self.rw_flags != 0 {
+                            // Only the `*v2` calls take flags; -1 is their "at the current
+                            // position", what a stream's offset 0 means.
+                            let iov = libc::iovec {
+                                iov_base: at.cast(),
+                                iov_len: rest,
+                            };
+                            let offset = if positional { offset } else { -1 };
+                            if read {
+                                libc::preadv2(self.fd, &iov, 1, offset, self.rw_flags)
+                            } else {
+                                libc::pwritev2(self.fd, &iov, 1, offset, self.rw_flags)
+                            }
+                        } else {
+                            match (read, positional) {
+                                (true, true) => libc::pread(self.fd, at.cast(), rest, offset),
+                                (false, true) => libc::pwrite(self.fd, at.cast(), rest, offset),
+                                (true, false) => libc::read(self.fd, at.cast(), rest),
+                                (false, false) => libc::write(self.fd, at.cast(), rest),
+                            }
                         }
                     };
                     if ret < 0 {
@@ -211,6 +283,7 @@ mod tests {
             offset,
             buf: buf.as_mut_ptr(),
             len: buf.len(),
+            rw_flags: 0,
         }
     }
 
@@ -256,6 +329,7 @@ mod tests {
             offset: 0,
             buf: data.as_mut_ptr(),
             len: data.len(),
+            rw_flags: 0,
         };
         // SAFETY: `data` outlives the call and is not shared.
         assert_eq!(unsafe { write.perform() }, 14);
@@ -301,6 +375,91 @@ mod tests {
     }
 
     #[test]
+    fn rw_flags_are_checked_per_kind_and_a_refused_one_is_named() {
+        assert_eq!(check_rw_flags(IoKind::Read, 0), Ok(0));
+        assert_eq!(
+            check_rw_flags(IoKind::Read, libc::RWF_NOWAIT.into()),
+            Ok(libc::RWF_NOWAIT)
+        );
+        assert_eq!(
+            check_rw_flags(IoKind::Write, WRITE_FLAGS.into()),
+            Ok(WRITE_FLAGS)
+        );
+        let err = check_rw_flags(IoKind::Read, libc::RWF_DSYNC.into()).unwrap_err();
+        assert!(
+            err.contains("RWF_DSYNC") && err.contains("writes only"),
+            "{err}"
+        );
+        let err = check_rw_flags(IoKind::Write, libc::RWF_APPEND.into()).unwrap_err();
+        assert!(err.contains("RWF_APPEND"), "{err}");
+        let err = check_rw_flags(IoKind::Write, 0x1_0000_0000).unwrap_err();
+        assert!(err.contains("0x100000000"), "{err}");
+        assert!(check_rw_flags(IoKind::Write, -1).is_err());
+        assert!(check_rw_flags(IoKind::Fsync, libc::RWF_DSYNC.into()).is_err());
+    }
+
+    #[test]
+    fn flags_reach_the_kernel_with_preadv2_and_pwritev2() {
+        let f = temp_file(b"");
+        let mut data = *b"durable";
+        let write = IoRequest {
+            kind: IoKind::Write,
+            fd: f.as_raw_fd(),
+            offset: 4,
+            buf: data.as_mut_ptr(),
+            len: data.len(),
+            rw_flags: libc::RWF_DSYNC,
+        };
+        // SAFETY: `data` outlives the call and is not shared.
+        assert_eq!(unsafe { write.perform() }, 7);
+        let mut buf = [0u8; 16];
+        let mut read = read_req(f.as_raw_fd(), &mut buf, 4);
+        read.rw_flags = libc::RWF_NOWAIT;
+        // Just written, so cached: a non-blocking read has it.
+        // SAFETY: `buf` outlives the call and is not shared.
+        assert_eq!(unsafe { read.perform() }, 7);
+        assert_eq!(&buf[..7], b"durable");
+        // A bit no kernel knows is refused by the kernel itself: the flags got there
+        // (plain pread/pwrite would have ignored them).
+        let unknown = IoRequest {
+            rw_flags: 1 << 30,
+            ..write
+        };
+        // SAFETY: as above.
+        assert_eq!(unsafe { unknown.perform() }, -(libc::EOPNOTSUPP as i64));
+    }
+
+    #[test]
+    fn a_nowait_request_on_a_stream_does_not_wait() {
+        let (r, mut w) = pipe();
+        let mut buf = [0u8; 8];
+        let mut read = read_req(r.as_raw_fd(), &mut buf, 0);
+        read.rw_flags = libc::RWF_NOWAIT;
+        // Empty: EAGAIN at once, where a plain read would wait for a writer.
+        // SAFETY: `buf` outlives the calls and is not shared.
+        assert_eq!(unsafe { read.perform() }, -(libc::EAGAIN as i64));
+        std::io::Write::write_all(&mut w, b"now").unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { read.perform() }, 3);
+        assert_eq!(&buf[..3], b"now");
+        let mut data = *b"synced";
+        let write = IoRequest {
+            kind: IoKind::Write,
+            fd: w.as_raw_fd(),
+            offset: 0,
+            buf: data.as_mut_ptr(),
+            len: data.len(),
+            rw_flags: libc::RWF_DSYNC,
+        };
+        // Offset 0 on a stream: its current position (-1 for pwritev2).
+        // SAFETY: `data` outlives the call and is not shared.
+        assert_eq!(unsafe { write.perform() }, 6);
+        // SAFETY: as above.
+        assert_eq!(unsafe { read.perform() }, 6);
+        assert_eq!(&buf[..6], b"synced");
+    }
+
+    #[test]
     fn write_then_sync() {
         let f = temp_file(b"");
         let mut data = *b"abc";
@@ -310,6 +469,7 @@ mod tests {
             offset: 10,
             buf: data.as_mut_ptr(),
             len: 3,
+            rw_flags: 0,
         };
         // SAFETY: `data` outlives the call.
         assert_eq!(unsafe { req.perform() }, 3);

@@ -270,6 +270,7 @@ mod tests {
         offset: 0,
         buf: std::ptr::null_mut(),
         len: 0,
+        rw_flags: 0,
     };
 
     #[test]

@@ -474,16 +474,21 @@ impl Stager<'_> {
         let entry = match request.kind {
             IoKind::Read => opcode::Read::new(fd, request.buf, len)
                 .offset(offset)
+                .rw_flags(request.rw_flags)
                 .build(),
             IoKind::Write => opcode::Write::new(fd, request.buf, len)
                 .offset(offset)
+                .rw_flags(request.rw_flags)
                 .build(),
             IoKind::Fsync => opcode::Fsync::new(fd).build(),
             IoKind::Fdsync => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
         };
-        let entry = if request.len > PUNT_ABOVE {
+        // A request that asked not to wait is never punted to a worker: it gets its
+        // `EAGAIN` from the inline attempt.
+        let nowait = request.rw_flags & libc::RWF_NOWAIT != 0;
+        let entry = if request.len > PUNT_ABOVE && !nowait {
             entry.flags(squeue::Flags::ASYNC)
         } else {
             entry
@@ -512,6 +517,7 @@ mod tests {
     use crate::test_util::require_uring;
     use crate::test_util::temp_file;
     use crate::EventFd;
+    use std::os::fd::FromRawFd;
 
     fn reap_until(ring: &mut Ring, n: usize) -> VecDeque<Completion> {
         let mut out = VecDeque::new();
@@ -537,6 +543,7 @@ mod tests {
             offset: 6,
             buf: buf.as_mut_ptr(),
             len: buf.len(),
+            rw_flags: 0,
         };
         let id = RequestId::fresh();
         // SAFETY: `buf` outlives the reap below.
@@ -547,6 +554,40 @@ mod tests {
         assert_eq!(got[0], Completion { id, res: 5 });
         assert_eq!(&buf[..5], b"uring");
         assert!(efd.read().unwrap() >= 1);
+    }
+
+    #[test]
+    fn a_nowait_read_of_an_empty_pipe_completes_with_eagain() {
+        require_uring!();
+        let efd = EventFd::new().unwrap();
+        let mut ring = Ring::new(4, false, efd.as_raw_fd()).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe() writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors are fresh and owned by nothing else (closed on drop).
+        let [r, _w] = fds.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
+        let mut buf = vec![0u8; 8];
+        let req = IoRequest {
+            kind: IoKind::Read,
+            fd: r.as_raw_fd(),
+            offset: -1,
+            buf: buf.as_mut_ptr(),
+            len: buf.len(),
+            rw_flags: libc::RWF_NOWAIT,
+        };
+        let id = RequestId::fresh();
+        // SAFETY: `buf` outlives the reap below.
+        unsafe { ring.stager().push_request(id, &req) }.unwrap();
+        ring.submit().unwrap();
+        // Without the flag the read would wait for a writer that never comes.
+        let got = reap_until(&mut ring, 1);
+        assert_eq!(
+            got[0],
+            Completion {
+                id,
+                res: -(libc::EAGAIN as i64)
+            }
+        );
     }
 
     #[test]

@@ -81,9 +81,10 @@ pub struct AioDriver<E: Entry> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     /// `io_submit` itself: `O_DIRECT` requests (truly asynchronous), small buffered file
-    /// requests (mostly page-cache copies), and whatever `io_submit` refuses up front (a
-    /// bad descriptor, one not open for this direction, a negative offset, a sync or a
-    /// read of a descriptor that supports neither), so that it is still refused at submit.
+    /// requests (mostly page-cache copies), `RWF_NOWAIT` requests (they never wait), and
+    /// whatever `io_submit` refuses up front (a bad descriptor, one not open for this
+    /// direction, a negative offset, a sync or a read of a descriptor that supports
+    /// neither), so that it is still refused at submit.
     Kernel,
     /// The helper threads: large buffered requests on regular files and block devices.
     Helpers,
@@ -98,7 +99,10 @@ enum Route {
 /// threads: the request then runs at offset 0, which `IoRequest::perform` reads as "the
 /// current position" on such a descriptor.
 fn route(request: &mut IoRequest, direct: bool) -> Route {
-    if request.offset < 0 || !matches!(request.kind, IoKind::Read | IoKind::Write) {
+    // RWF_NOWAIT: the kernel answers at once (or with EAGAIN) instead of waiting, so
+    // io_submit cannot hold its caller up; a thread would defeat the flag's purpose.
+    let nowait = request.rw_flags & libc::RWF_NOWAIT != 0;
+    if nowait || request.offset < 0 || !matches!(request.kind, IoKind::Read | IoKind::Write) {
         return Route::Kernel;
     }
     let fd = request.fd;
@@ -619,6 +623,23 @@ mod tests {
         let mut read = FakeEntry::read(f.as_raw_fd(), LARGE, 0);
         read.direct = true;
         assert_eq!(route_of(&read), (Route::Kernel, 0));
+    }
+
+    #[test]
+    fn a_nowait_request_stays_in_the_kernel_whatever_its_size_or_file() {
+        let f = temp_file(b"");
+        let (r, w) = pipe();
+        let mut large_read = FakeEntry::read(f.as_raw_fd(), LARGE, 0);
+        let mut pipe_read = FakeEntry::read(r.as_raw_fd(), 4, 0);
+        let mut pipe_write = FakeEntry::write(w.as_raw_fd(), b"abc", 0);
+        for entry in [&mut large_read, &mut pipe_read, &mut pipe_write] {
+            entry.rw_flags = libc::RWF_NOWAIT;
+            assert_eq!(route_of(entry).0, Route::Kernel);
+        }
+        // Other flags keep the usual routes.
+        let mut large_write = FakeEntry::write(f.as_raw_fd(), &[1; LARGE], 0);
+        large_write.rw_flags = libc::RWF_DSYNC;
+        assert_eq!(route_of(&large_write).0, Route::Helpers);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub(crate) struct FakeEntry {
     /// Boxed: its address does not change when the entry moves.
     pub(crate) buf: Box<[u8]>,
     pub(crate) direct: bool,
+    pub(crate) rw_flags: i32,
 }
 
 impl FakeEntry {
@@ -25,6 +26,7 @@ impl FakeEntry {
             offset,
             buf: vec![0u8; len].into_boxed_slice(),
             direct: false,
+            rw_flags: 0,
         }
     }
 
@@ -35,6 +37,7 @@ impl FakeEntry {
             offset,
             buf: data.to_vec().into_boxed_slice(),
             direct: false,
+            rw_flags: 0,
         }
     }
 
@@ -45,6 +48,7 @@ impl FakeEntry {
             offset: 0,
             buf: Box::new([]),
             direct: false,
+            rw_flags: 0,
         }
     }
 }
@@ -59,6 +63,7 @@ unsafe impl Entry for FakeEntry {
             offset: self.offset,
             buf: self.buf.as_ptr().cast_mut(),
             len: self.buf.len(),
+            rw_flags: self.rw_flags,
         }
     }
 

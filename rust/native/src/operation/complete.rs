@@ -174,6 +174,11 @@ pub(crate) fn run_inline(op: OpRef<'_>) -> bool {
     if op.kind() != IoKind::Read || op.phase() != Phase::New || op.is_direct() {
         return false;
     }
+    // `read_nowait` is itself an RWF_NOWAIT read, so that flag changes nothing here
+    // (the normal path reports its EAGAIN); any other would be dropped.
+    if op.rw_flags() & !libc::RWF_NOWAIT != 0 {
+        return false;
+    }
     let request = op.request();
     if request.len > INLINE_READ_MAX {
         return false;

@@ -156,13 +156,14 @@ const AIO: Behaviour = Behaviour {
 
 impl Behaviour {
     /// The argument format of a classmethod. `offset` is taken as an object and checked
-    /// by `new::offset_arg`.
+    /// by `new::offset_arg`; a read's or write's keyword-only `flags` is range-checked
+    /// (`L`) and then checked by `new::flags_arg`.
     pub(super) fn format(&self, kind: IoKind) -> &'static CStr {
         match (self.priority, kind) {
-            (Priority::Masked, IoKind::Read) => c"KI|OH:read",
-            (Priority::Signed, IoKind::Read) => c"KI|Oh:read",
-            (Priority::Masked, IoKind::Write) => c"OI|OH:write",
-            (Priority::Signed, IoKind::Write) => c"OI|Oh:write",
+            (Priority::Masked, IoKind::Read) => c"KI|OH$L:read",
+            (Priority::Signed, IoKind::Read) => c"KI|Oh$L:read",
+            (Priority::Masked, IoKind::Write) => c"OI|OH$L:write",
+            (Priority::Signed, IoKind::Write) => c"OI|Oh$L:write",
             (Priority::Masked, IoKind::Fsync) => c"I|H:fsync",
             (Priority::Signed, IoKind::Fsync) => c"I|h:fsync",
             (Priority::Masked, IoKind::Fdsync) => c"I|H:fdsync",
@@ -170,11 +171,11 @@ impl Behaviour {
         }
     }
 
-    /// The argument format of `read_into(buffer, fd, offset=0, priority=0)`.
+    /// The argument format of `read_into(buffer, fd, offset=0, priority=0, *, flags=0)`.
     pub(super) fn read_into_format(&self) -> &'static CStr {
         match self.priority {
-            Priority::Masked => c"OI|OH:read_into",
-            Priority::Signed => c"OI|Oh:read_into",
+            Priority::Masked => c"OI|OH$L:read_into",
+            Priority::Signed => c"OI|Oh$L:read_into",
         }
     }
 

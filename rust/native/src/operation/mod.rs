@@ -80,6 +80,8 @@ struct OperationObject {
     /// copied in; a read's data is copied out on completion).
     direct: Cell<Option<DirectMemory>>,
     priority: i16,
+    /// A read's or write's `RWF_*` flags (checked at construction), else 0.
+    rw_flags: i32,
 }
 
 impl OperationObject {
@@ -183,6 +185,10 @@ impl<'a> OpRef<'a> {
         self.fields().priority
     }
 
+    pub(crate) fn rw_flags(self) -> i32 {
+        self.fields().rw_flags
+    }
+
     pub(crate) fn context(self) -> *mut PyObject {
         self.fields().context.ptr()
     }
@@ -202,6 +208,7 @@ impl<'a> OpRef<'a> {
             offset: op.offset,
             buf,
             len,
+            rw_flags: op.rw_flags,
         }
     }
 

@@ -5,6 +5,7 @@ use std::os::raw::c_int;
 use std::ptr::{self, NonNull};
 
 use caio_backends::buffer::{direct_buffer, DirectError, DirectMemory};
+use caio_backends::io::check_rw_flags;
 use caio_backends::IoKind;
 use caio_core::{OpState, RequestId};
 
@@ -30,6 +31,8 @@ struct NewOp {
     export: Option<super::export::Export>,
     direct: Option<DirectMemory>,
     priority: i16,
+    /// `RWF_*` flags, checked for `kind` (see [`flags_arg`]).
+    rw_flags: i32,
 }
 
 /// Allocates an instance of `cls` (one of our Operation types) with the given fields.
@@ -62,6 +65,7 @@ fn new_op(cls: *mut PyTypeObject, new: NewOp) -> Result<*mut PyObject> {
         ptr::addr_of_mut!((*op).export).write(Cell::new(new.export));
         ptr::addr_of_mut!((*op).direct).write(Cell::new(new.direct));
         ptr::addr_of_mut!((*op).priority).write(new.priority);
+        ptr::addr_of_mut!((*op).rw_flags).write(new.rw_flags);
         Ok(obj)
     }
 }
@@ -116,6 +120,13 @@ fn offset_arg(rules: &Behaviour, obj: *mut PyObject) -> Result<i64> {
     }
 }
 
+/// The keyword-only `flags` of `read`/`read_into`/`write` (omitted: 0), parsed with `L`
+/// (so beyond 64 bits `OverflowError`, as every integer argument), as the kernel takes
+/// them for `kind`: any flag we do not pass on is a `ValueError` naming it.
+fn flags_arg(kind: IoKind, flags: i64) -> Result<i32> {
+    check_rw_flags(kind, flags).map_err(Error::Value)
+}
+
 /// The memory an `O_DIRECT` descriptor transfers for this request (None for others): the
 /// caller's (`caller`, an exported buffer's memory) in place where it is aligned enough,
 /// else a bounce buffer; its refusals raised as caio users see them.
@@ -147,17 +158,20 @@ pub(super) unsafe extern "C" fn op_read<const FLAVOR: u8>(
         let rules = flavor.behaviour();
         let (mut nbytes, mut fd, mut priority): (u64, u32, i16) = (0, 0, 0);
         let mut offset: *mut PyObject = ptr::null_mut();
+        let mut flags: i64 = 0;
         parse_args!(
             args,
             kwargs,
             rules.format(IoKind::Read),
-            [c"nbytes", c"fd", c"offset", c"priority"],
+            [c"nbytes", c"fd", c"offset", c"priority", c"flags"],
             &mut nbytes,
             &mut fd,
             &mut offset,
-            &mut priority
+            &mut priority,
+            &mut flags
         )?;
         let offset = offset_arg(rules, offset)?;
+        let rw_flags = flags_arg(IoKind::Read, flags)?;
         if let Some(limit) = &rules.read_limit {
             if nbytes > limit.max {
                 return Err(Error::Overflow(format!(
@@ -195,6 +209,7 @@ pub(super) unsafe extern "C" fn op_read<const FLAVOR: u8>(
             export: None,
             direct,
             priority,
+            rw_flags,
         };
         new_op(cls.cast(), new)
     })
@@ -211,17 +226,20 @@ pub(super) unsafe extern "C" fn op_write<const FLAVOR: u8>(
         let mut payload: *mut PyObject = ptr::null_mut();
         let (mut fd, mut priority): (u32, i16) = (0, 0);
         let mut offset: *mut PyObject = ptr::null_mut();
+        let mut flags: i64 = 0;
         parse_args!(
             args,
             kwargs,
             rules.format(IoKind::Write),
-            [c"payload_bytes", c"fd", c"offset", c"priority"],
+            [c"payload_bytes", c"fd", c"offset", c"priority", c"flags"],
             &mut payload,
             &mut fd,
             &mut offset,
-            &mut priority
+            &mut priority,
+            &mut flags
         )?;
         let offset = offset_arg(rules, offset)?;
+        let rw_flags = flags_arg(IoKind::Write, flags)?;
         // Anything else than `bytes` is written from its own memory, exported for as long
         // as the kernel may read it.
         // SAFETY: `payload` is a live argument (parsed from the call's own arguments);
@@ -259,12 +277,13 @@ pub(super) unsafe extern "C" fn op_write<const FLAVOR: u8>(
             export,
             direct,
             priority,
+            rw_flags,
         };
         new_op(cls.cast(), new)
     })
 }
 
-/// `read_into(buffer, fd, offset=0, priority=0)`: a read straight into the caller's
+/// `read_into(buffer, fd, offset=0, priority=0, *, flags=0)`: a read straight into the caller's
 /// writable buffer (its whole size), which the op exports until the completion is reaped.
 pub(super) unsafe extern "C" fn op_read_into<const FLAVOR: u8>(
     cls: *mut PyObject,
@@ -277,17 +296,20 @@ pub(super) unsafe extern "C" fn op_read_into<const FLAVOR: u8>(
         let mut target: *mut PyObject = ptr::null_mut();
         let (mut fd, mut priority): (u32, i16) = (0, 0);
         let mut offset: *mut PyObject = ptr::null_mut();
+        let mut flags: i64 = 0;
         parse_args!(
             args,
             kwargs,
             rules.read_into_format(),
-            [c"buffer", c"fd", c"offset", c"priority"],
+            [c"buffer", c"fd", c"offset", c"priority", c"flags"],
             &mut target,
             &mut fd,
             &mut offset,
-            &mut priority
+            &mut priority,
+            &mut flags
         )?;
         let offset = offset_arg(rules, offset)?;
+        let rw_flags = flags_arg(IoKind::Read, flags)?;
         let export = Export::writable(target, || type_name(target))?;
         let (data, len) = export.region();
         if let Some(limit) = &rules.read_limit {
@@ -314,6 +336,7 @@ pub(super) unsafe extern "C" fn op_read_into<const FLAVOR: u8>(
             export: Some(export),
             direct,
             priority,
+            rw_flags,
         };
         new_op(cls.cast(), new)
     })
@@ -346,6 +369,7 @@ fn sync_op(
         export: None,
         direct: None,
         priority,
+        rw_flags: 0,
     };
     new_op(cls.cast(), new)
 }
