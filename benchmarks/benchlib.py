@@ -55,6 +55,7 @@ class Workload:
     size: int  # bytes per operation (0 for syncs)
     pattern: str  # "random", "seq" or "none"
     description: str
+    direct: bool = False  # O_DIRECT, into buffers from caio.aligned_buffer
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -69,6 +70,8 @@ WORKLOADS: dict[str, Workload] = {
                  "4 KiB random reads into a reused buffer (page cache)"),
         Workload("seq1m_into", "read_into", 1 * MiB, "seq",
                  "1 MiB sequential reads into a reused buffer (page cache)"),
+        Workload("direct1m_into", "read_into", 1 * MiB, "seq",
+                 "1 MiB sequential O_DIRECT reads into a caio.aligned_buffer", direct=True),
         Workload("write4k", "write", 4 * KiB, "random", "4 KiB random overwrites"),
         Workload("fsync", "fsync", 0, "none", "fsync on a clean file"),
         Workload("fdsync", "fdsync", 0, "none", "fdatasync on a clean file"),
@@ -362,11 +365,12 @@ class Runner:
         self.ctx: Any = None
         self._handles: list[Any] = []
         self.payload = b"\xa5" * workload.size if workload.op == "write" else b""
-        self.buffers: dict[int, bytearray] = {}  # read_into: one reused buffer per worker
+        self.buffers: dict[int, Any] = {}  # read_into: one reused buffer per worker
 
     # Set-up happens inside the running loop (contexts bind to it).
     async def open(self, concurrency: int) -> None:
-        self.fd = os.open(self.files["data"], os.O_RDONLY)
+        self.fd = os.open(self.files["data"],
+                          os.O_RDONLY | (os.O_DIRECT if self.workload.direct else 0))
         self.wfd = os.open(self.files["write"], os.O_RDWR)
         kind = self.runner
         if kind.startswith("caio:"):
@@ -405,6 +409,21 @@ class Runner:
                 os.close(fd)
         self.fd = self.wfd = -1
 
+    def buffer(self, worker: int) -> Any:
+        """The worker's reused read_into buffer (aligned for O_DIRECT)."""
+        if worker not in self.buffers:
+            size = self.workload.size
+            if self.workload.direct:
+                from harness import aligned_buffer_factory
+
+                factory = aligned_buffer_factory()
+                if factory is None:
+                    raise LookupError("caio.aligned_buffer is missing")
+                self.buffers[worker] = factory(size)
+            else:
+                self.buffers[worker] = bytearray(size)
+        return self.buffers[worker]
+
     def make_op(self, worker: int) -> OpFunc:
         w = self.workload
         kind = self.runner
@@ -416,7 +435,7 @@ class Runner:
             if w.op == "read_into":
                 # The adapters have no read_into: the raw Operation through the adapter's
                 # own submit(), the path its read() takes.
-                into = self.buffers.setdefault(worker, bytearray(size))
+                into = self.buffer(worker)
                 read_into = ctx.OPERATION_CLASS.read_into
                 submit_op = ctx.submit
                 return lambda off: submit_op(read_into(into, fd, off))
@@ -430,7 +449,7 @@ class Runner:
             if w.op == "read":
                 return lambda off: submit(os.pread, fd, size, off)
             if w.op == "read_into":
-                into = self.buffers.setdefault(worker, bytearray(size))
+                into = self.buffer(worker)
                 return lambda off: submit(os.preadv, fd, [into], off)
             if w.op == "write":
                 return lambda off: submit(os.pwrite, wfd, payload, off)
@@ -481,7 +500,12 @@ class Runner:
         elif w.op == "read_into":
             off = 3 * w.size if 4 * w.size <= os.fstat(self.fd).st_size else 0
             count = await op(off)
-            if count != w.size or bytes(self.buffers[0]) != os.pread(self.fd, w.size, off):
+            plain = os.open(self.files["data"], os.O_RDONLY)  # (O_DIRECT: no unaligned pread)
+            try:
+                expected = os.pread(plain, w.size, off)
+            finally:
+                os.close(plain)
+            if count != w.size or bytes(self.buffers[0]) != expected:
                 raise AssertionError(f"{self.runner}: read_into returned {count!r} or "
                                      "left wrong data in the buffer")
         elif w.op == "write":

@@ -177,6 +177,13 @@ def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
     trio_labels = trio_caio_labels(labels, ours, loops)
 
     workloads = parse_str_list(args.workloads) if args.workloads else list(benchlib.WORKLOADS)
+    if not ours.info.get("aligned_buffer"):
+        direct = [w for w in workloads if w in benchlib.WORKLOADS and
+                  benchlib.WORKLOADS[w].direct]
+        if direct:
+            log(f"note: caio.aligned_buffer is missing in ours: {', '.join(direct)} skipped "
+                f"({harness.ALIGNED_STANDIN_ENV}=1 measures an anonymous mmap instead)")
+            workloads = [w for w in workloads if w not in direct]
     workloads_b = [w for w in workloads if w in benchlib.WORKLOADS]
     for wname in workloads:
         if wname not in benchlib.WORKLOADS and wname != "bigread":

@@ -187,3 +187,18 @@ def test_compare_read_into_rows_and_their_ratio(tmp_path, data_dir):
     positive_median(rows[("rand4k_into", "ref:executor")]["ref"], "ops_per_s")
     assert "read_into a reused buffer / read returning bytes" in stdout
     assert "rand4k_into c=4 default" in stdout
+
+
+def test_compare_direct_row_through_an_aligned_buffer(tmp_path, data_dir, monkeypatch):
+    """The O_DIRECT row: caio.aligned_buffer where it exists, else (so that the row is
+    exercised now) the harness's page-aligned anonymous-mmap stand-in."""
+    import caio
+
+    if not hasattr(caio, "aligned_buffer"):
+        monkeypatch.setenv("CAIO_BENCH_ALIGNED_STANDIN", "1")
+    data, _stdout = run_compare(tmp_path, data_dir, "--backends", "default", "--loops",
+                                "asyncio", "--workloads", "direct1m_into")
+    rows = {r["label"]: r for r in data["rows"] if r["kind"] == "timed"}
+    assert not [r for r in rows.values() if r["errors"]]
+    positive_median(rows["default"]["ours"], "ops_per_s")
+    positive_median(rows["ref:executor"]["ref"], "ops_per_s")
