@@ -261,7 +261,25 @@ def probe() -> dict[str, Any]:
     info["loops"] = available_loops(with_trio=True)
     info["trio_backends"], info["trio_error"] = trio_backends()
     info["python"] = sys.version.split()[0]
+    info["aligned_buffer"] = aligned_buffer_factory() is not None
     return info
+
+
+# CAIO_BENCH_ALIGNED_STANDIN=1: an anonymous mmap (page-aligned) stands in for
+# caio.aligned_buffer, so that the O_DIRECT row is exercised before that helper exists.
+ALIGNED_STANDIN_ENV = "CAIO_BENCH_ALIGNED_STANDIN"
+
+
+def aligned_buffer_factory() -> Any:
+    """``caio.aligned_buffer`` (size -> writable, page-aligned buffer), the stand-in, or None."""
+    import caio
+
+    factory = getattr(caio, "aligned_buffer", None)
+    if factory is None and os.environ.get(ALIGNED_STANDIN_ENV) == "1":
+        import mmap
+
+        return lambda size: mmap.mmap(-1, size)
+    return factory
 
 
 # ------------------------------------------------------------------------ worker protocol

@@ -174,3 +174,31 @@ def test_pytest_benchmark_suite_runs_with_benchmarks_disabled(data_dir):
                           cwd=str(REPO_ROOT), env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "1 passed" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_compare_read_into_rows_and_their_ratio(tmp_path, data_dir):
+    """The read-into rows (ours only) run next to their bytes-returning twins and the report
+    gives their ratio."""
+    data, stdout = run_compare(tmp_path, data_dir, "--backends", "default", "--loops", "asyncio",
+                               "--workloads", "rand4k,rand4k_into", "--concurrency", "4")
+    rows = {(r["workload"], r["label"]): r for r in data["rows"] if r["kind"] == "timed"}
+    assert not [r for r in rows.values() if r["errors"]]
+    positive_median(rows[("rand4k_into", "default")]["ours"], "ops_per_s")
+    positive_median(rows[("rand4k_into", "ref:executor")]["ref"], "ops_per_s")
+    assert "read_into a reused buffer / read returning bytes" in stdout
+    assert "rand4k_into c=4 default" in stdout
+
+
+def test_compare_direct_row_through_an_aligned_buffer(tmp_path, data_dir, monkeypatch):
+    """The O_DIRECT row: caio.aligned_buffer where it exists, else (so that the row is
+    exercised now) the harness's page-aligned anonymous-mmap stand-in."""
+    import caio
+
+    if not hasattr(caio, "aligned_buffer"):
+        monkeypatch.setenv("CAIO_BENCH_ALIGNED_STANDIN", "1")
+    data, _stdout = run_compare(tmp_path, data_dir, "--backends", "default", "--loops",
+                                "asyncio", "--workloads", "direct1m_into")
+    rows = {r["label"]: r for r in data["rows"] if r["kind"] == "timed"}
+    assert not [r for r in rows.values() if r["errors"]]
+    positive_median(rows["default"]["ours"], "ops_per_s")
+    positive_median(rows["ref:executor"]["ref"], "ops_per_s")
