@@ -153,6 +153,10 @@ class EventfdTrioContextBase(
         with self._reader_scope, contextlib.suppress(trio.ClosedResourceError):
             while not self._closed:
                 await trio.lowlevel.wait_readable(fd)
+                if self._closed:
+                    # close() ran after the wake-up was decided, before this task did:
+                    # the Context is already handed over (retire) and must not be pumped.
+                    break
                 self._on_read_event()
 
 
