@@ -12,13 +12,18 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
-def test_asyncio_example_runs_as_written(workdir: Path) -> None:
-    code = python_blocks()[0]
-    assert "AsyncioContext" in code
+def run_block(code: str, workdir: Path) -> None:
+    """Runs a README block as a user would, in ``workdir``; it must succeed."""
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_asyncio_example_runs_as_written(workdir: Path) -> None:
+    code = python_blocks()[0]
+    assert "AsyncioContext" in code
+    run_block(code, workdir)
     assert (workdir / "test.file").read_bytes() == b"Hello world"
 
 
@@ -26,18 +31,12 @@ def test_raw_example_runs_as_written(workdir: Path) -> None:
     code = next(b for b in python_blocks() if "caio.thread_aio import Context" in b)
     (workdir / "test.file").write_bytes(b"x" * 5000)
     code += "\nassert data == b'x' * 4096, len(data)\n"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
+    run_block(code, workdir)
 
 
 def test_buffer_write_example_runs_as_written(workdir: Path) -> None:
     code = next(b for b in python_blocks() if "memoryview(chunk)" in b)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
+    run_block(code, workdir)
     assert (workdir / "test.file").read_bytes() == b"hello"
 
 
@@ -45,16 +44,10 @@ def test_read_into_example_runs_as_written(workdir: Path) -> None:
     code = next(b for b in python_blocks() if "Operation.read_into(buffer" in b)
     (workdir / "test.file").write_bytes(b"r" * 100)
     code += "\nassert count == 100 and bytes(buffer[:100]) == b'r' * 100, count\n"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
+    run_block(code, workdir)
 
 
 def test_rw_flags_example_runs_as_written(workdir: Path) -> None:
     code = next(b for b in python_blocks() if "flags=caio.RWF_DSYNC" in b)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
+    run_block(code, workdir)
     assert (workdir / "test.file").read_bytes() == b"journal entry"
