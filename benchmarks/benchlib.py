@@ -17,8 +17,11 @@ import ctypes
 import mmap
 import os
 import random
+import shutil
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,6 +37,7 @@ from harness import (
     cpu_us_per_op,
     current_rss_mib,
     libc,
+    log,
     peak_rss_mib,
 )
 
@@ -121,6 +125,33 @@ def prepare_data_dir(directory: Path, big_size: int = BIG_READ_SIZE,
         files["big"] = directory / BIG_FILE_NAME
         make_file(files["big"], big_size, seed=3)
     return {k: str(v) for k, v in files.items()}
+
+
+@dataclass(frozen=True)
+class DataDirectory:
+    path: Path
+    fstype: str
+    temporary: bool
+
+    @property
+    def description(self) -> str:
+        return str(self.path) + (" (temporary)" if self.temporary else "")
+
+
+@contextmanager
+def data_directory(arg: str | None, prefix: str = "caio-bench-") -> Iterator[DataDirectory]:
+    """The folder for the data files: ``arg``, or a temporary folder removed afterwards.
+    Warns when it is on tmpfs (no page cache in the usual sense)."""
+    temporary = not arg
+    path = Path(arg).resolve() if arg else Path(tempfile.mkdtemp(prefix=prefix))
+    fstype = filesystem_type(path)
+    if fstype in ("tmpfs", "ramfs"):
+        log(f"warning: {path} is on {fstype}; page-cache behaviour differs from a real disk")
+    try:
+        yield DataDirectory(path, fstype, temporary)
+    finally:
+        if temporary:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def filesystem_type(path: str | Path) -> str:

@@ -35,10 +35,8 @@ the reference rows only, with a note.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -479,27 +477,15 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any], has_theirs: b
                        "a stall equal to the read time means the read ran on the loop thread)")
         out += render_table(headers, body, align)
 
-    # Page cache verification.
     warm_all = []
     for r in rows:
         for s in ("ours", "theirs", "ref"):
             if r.get(s):
                 for w in r[s].get("warm", []):
-                    warm_all.append((r, w))
+                    warm_all.append(((f"{r['loop']} {r['workload']} c={r['concurrency']} "
+                                     f"{row_label(r)}"), w))
     out.append("")
-    if warm_all:
-        bad = [(r, w) for r, w in warm_all if not w.get("ok")]
-        fracs = [w["resident"] for _, w in warm_all if w.get("resident") is not None]
-        methods = sorted({w["method"].split(" ")[0] for _, w in warm_all})
-        if not bad:
-            out.append(f"page cache: verified resident before every run ({len(warm_all)} runs, "
-                       f"{'/'.join(methods)}, min {min(fracs) * 100:.1f}%)")
-        else:
-            out.append(f"page cache: NOT fully resident in {len(bad)} of {len(warm_all)} runs:")
-            for r, w in bad[:10]:
-                res = "unknown" if w.get("resident") is None else f"{w['resident'] * 100:.1f}%"
-                out.append(f"  {r['loop']} {r['workload']} c={r['concurrency']} "
-                           f"{row_label(r)}: {res} ({w['method']})")
+    out += harness.page_cache_lines(warm_all)
     errors = [r for r in rows if r["errors"]]
     for r in errors:
         for e in r["errors"]:
@@ -684,19 +670,11 @@ def main(argv: list[str] | None = None) -> int:
         if loop not in ours.info["loops"]:
             raise SystemExit(f"event loop {loop!r} is not available (have {ours.info['loops']})")
 
-    tmp_created = None
-    if args.data_dir:
-        data_dir = Path(args.data_dir).resolve()
-    else:
-        tmp_created = data_dir = Path(tempfile.mkdtemp(prefix="caio-bench-"))
-    fstype = benchlib.filesystem_type(data_dir)
-    if fstype in ("tmpfs", "ramfs"):
-        log(f"warning: {data_dir} is on {fstype}; page-cache behaviour differs from a real disk")
-    try:
+    with benchlib.data_directory(args.data_dir) as data:
         workloads = parse_str_list(args.workloads) if args.workloads else None
         need_big = (workloads is None or "bigread" in workloads) and args.big_read_mib > 0
         files = benchlib.prepare_data_dir(
-            data_dir, big_size=args.big_read_mib * harness.MiB if need_big else 0)
+            data.path, big_size=args.big_read_mib * harness.MiB if need_big else 0)
         if workloads is None:
             args.workloads = ",".join(list(benchlib.WORKLOADS) + ["bigread"])
 
@@ -704,16 +682,13 @@ def main(argv: list[str] | None = None) -> int:
         if not configs:
             raise SystemExit("nothing to run")
         run_all(args, configs, sides, files)
-    finally:
-        if tmp_created is not None:
-            shutil.rmtree(tmp_created, ignore_errors=True)
 
     rows = aggregate(configs, sides, args.default_alias)
     meta = {
         **harness.sides_meta(sides),
         **harness.machine_meta(),
-        "fstype": fstype,
-        "data_dir": str(data_dir) + (" (temporary)" if tmp_created else ""),
+        "fstype": data.fstype,
+        "data_dir": data.description,
         "repeat": args.repeat,
         "seconds": args.seconds,
         "warmup": args.warmup,

@@ -307,9 +307,9 @@ def serve_worker(main: WorkerMain, arg: str,
 
 
 def run_worker(script: Path, env: dict[str, str], spec: dict[str, Any],
-               timeout: float) -> dict[str, Any]:
-    """The driver side: ``script --worker SPEC`` in a fresh interpreter; its result."""
-    cmd = [sys.executable, str(script), "--worker", json.dumps(spec)]
+               timeout: float, python: str = sys.executable) -> dict[str, Any]:
+    """The driver side: ``python script --worker SPEC`` in a fresh interpreter; its result."""
+    cmd = [python, str(script), "--worker", json.dumps(spec)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=str(HERE), check=False)
     for line in reversed(proc.stdout.splitlines()):
@@ -331,13 +331,14 @@ class Side:
     script: Path  # what its workers run
     env: dict[str, str]
     info: dict[str, Any] = field(default_factory=dict)
+    python: str = sys.executable  # the interpreter its workers run on
 
     @property
     def title(self) -> str:
         return "ours" if self.name == "ours" else f"caio {UPSTREAM_VERSION}"
 
     def run(self, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-        return run_worker(self.script, self.env, spec, timeout)
+        return run_worker(self.script, self.env, spec, timeout, self.python)
 
     def probe(self) -> None:
         self.info = self.run({"kind": "probe"}, timeout=60)
@@ -364,11 +365,18 @@ def ensure_upstream(folder: Path, version: str) -> None:
     dist = list(folder.glob(f"caio-{version}.dist-info"))
     if marker.exists() and dist:
         return
-    log(f"installing caio=={version} from PyPI into {folder} ...")
+    pip_install_target(sys.executable, f"caio=={version}", folder)
+
+
+def pip_install_target(python: str, requirement: str, folder: Path,
+                       env: dict[str, str] | None = None) -> None:
+    """``python -m pip install --no-deps --target folder requirement`` (a PyPI name or a
+    source folder); CalledProcessError when pip fails."""
+    log(f"installing {requirement} into {folder} ...")
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-           "--no-deps", "--upgrade", "--target", str(folder), f"caio=={version}"]
-    subprocess.run(cmd, check=True)
+    cmd = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+           "--no-deps", "--upgrade", "--target", str(folder), requirement]
+    subprocess.run(cmd, check=True, env=env)
 
 
 def prepare_ours(script: Path, upstream: Path, extra_paths: list[str], snapshot: bool) -> Side:
@@ -572,6 +580,24 @@ def add_section(out: list[str], title: str, lines: list[str]) -> None:
     """A titled block after a blank line; nothing at all without lines."""
     if lines:
         out += ["", title, *lines]
+
+
+def page_cache_lines(warm: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """What the residency checks before the runs found (``warm``: a run's label and its
+    ``benchlib.warm_file`` report): one line when all were resident, else the misses."""
+    if not warm:
+        return []
+    bad = [(label, w) for label, w in warm if not w.get("ok")]
+    if not bad:
+        fracs = [w["resident"] for _, w in warm if w.get("resident") is not None]
+        methods = sorted({w["method"].split(" ")[0] for _, w in warm})
+        return [(f"page cache: verified resident before every run ({len(warm)} runs, "
+                f"{'/'.join(methods)}, min {min(fracs) * 100:.1f}%)")]
+    out = [f"page cache: NOT fully resident in {len(bad)} of {len(warm)} runs:"]
+    for label, w in bad[:10]:
+        res = "unknown" if w.get("resident") is None else f"{w['resident'] * 100:.1f}%"
+        out.append(f"  {label}: {res} ({w['method']})")
+    return out
 
 
 def emit_report(out: list[str], wall_s: float) -> str:
