@@ -822,8 +822,8 @@ def print_report(meta: dict[str, Any], entrants: list[Entrant], rows: list[Row],
 
     others = [e for e in entrants if e.name != OURS and any(e.name in a["cells"] for a in agg)]
     if others and any(OURS in a["cells"] for a in agg):
-        out += ["", "== ours/x: ops/s of ours (AsyncioContext()) over x, median of paired runs; "
-                "CPU us/op of x in brackets =="]
+        out += ["", ("== ours/x: ops/s of ours (AsyncioContext()) over x, median of paired runs; "
+                "CPU us/op of x in brackets ==")]
         body = []
         for e in others:
             line = [e.name]
