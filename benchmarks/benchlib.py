@@ -731,10 +731,11 @@ async def big_read(runner_kind: str, path: str, size: int, tick: float = 0.001,
 
             rss_before = current_rss_mib()
             peak_before = peak_rss_mib()
-            t0 = time.perf_counter()
+            window = Stopwatch()
             data = await read()
-            elapsed = time.perf_counter() - t0
-            return {"elapsed_s": elapsed, "idle_tick_ms": idle_gap * 1e3, "n": len(data),
+            elapsed, cpu = window.read()
+            return {"elapsed_s": elapsed, "cpu_s": cpu, "idle_tick_ms": idle_gap * 1e3,
+                    "n": len(data),
                     "rss_before_mib": rss_before, "peak_before_mib": peak_before}
 
         result = await ticker.around(measured)

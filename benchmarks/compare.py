@@ -286,7 +286,7 @@ def run_all(args: argparse.Namespace, configs: list[Config], sides: dict[str, Si
 
 TIMED_KEYS = ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_op", "max_stall_ms",
               "workers_active")
-BIG_KEYS = ("elapsed_s", "max_stall_ms", "peak_rss_mib", "peak_delta_mib", "idle_tick_ms")
+BIG_KEYS = ("elapsed_s", "cpu_s", "max_stall_ms", "peak_rss_mib", "peak_delta_mib", "idle_tick_ms")
 
 
 def aggregate(configs: list[Config], sides: dict[str, Side],
@@ -413,11 +413,12 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any], has_theirs: b
         if has_theirs:
             headers += [f"{theirs_title} ops/s", "ours/theirs"]
             align += "rr"
-            headers += ["p50 us o/t", "p99 us o/t", "CPU us/op o/t", "stall ms o/t",
+            headers += ["p50 us o/t", "p99 us o/t", "CPU us/op o/t", "CPU o/t", "stall ms o/t",
                         "active o/t"]
+            align += "rrrrrr"
         else:
             headers += ["p50 us", "p99 us", "CPU us/op", "stall ms", "active"]
-        align += "rrrrr"
+            align += "rrrrr"
         body: list[list[str]] = []
         prev = None
         for r in timed:
@@ -435,8 +436,11 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any], has_theirs: b
                 else:
                     cells += ["", ""]
             cells += [pair_text(r, "p50_us"), pair_text(r, "p99_us"),
-                      pair_text(r, "cpu_us_per_op"), pair_text(r, "max_stall_ms"),
-                      pair_text(r, "workers_active", integer=True)]
+                      pair_text(r, "cpu_us_per_op")]
+            if has_theirs:  # CPU per op of ours over theirs, run by run (lower: ours cheaper)
+                cells.append(fmt_stat((r.get("ratio") or {}).get("cpu_us_per_op"), ratio=True)
+                             if "theirs" in r else "")
+            cells += [pair_text(r, "max_stall_ms"), pair_text(r, "workers_active", integer=True)]
             if r["errors"]:
                 failed = not side.get("ops_per_s") or ("theirs" in r and
                                                        not r["theirs"].get("ops_per_s"))
@@ -451,14 +455,14 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any], has_theirs: b
     big = [r for r in rows if r["kind"] == "bigread"]
     if big:
         mib = meta["big_read_mib"]
-        headers = ["loop", "backend", "read ms", "max loop stall ms", "peak RSS MiB",
+        headers = ["loop", "backend", "read ms", "CPU ms", "max loop stall ms", "peak RSS MiB",
                    "RSS growth MiB"]
-        align = "llrrrr"
+        align = "llrrrrr"
         body = []
         for r in big:
             cells = [r["loop"], row_label(r)]
-            for bkey in ("elapsed_s", "max_stall_ms", "peak_rss_mib", "peak_delta_mib"):
-                scale = 1e3 if bkey == "elapsed_s" else 1.0
+            for bkey in ("elapsed_s", "cpu_s", "max_stall_ms", "peak_rss_mib", "peak_delta_mib"):
+                scale = 1e3 if bkey in ("elapsed_s", "cpu_s") else 1.0
                 o = med(r.get("ours") or r.get("ref"), bkey)
                 t = med(r.get("theirs"), bkey)
                 o = o * scale if o is not None else None
