@@ -324,7 +324,8 @@ def worker_main(spec: dict[str, Any]) -> dict[str, Any]:
         return participant_info(spec["participant"])
     if kind == "verify":
         return {key: harness.run_on_loop(spec["loop"], partial(
-            verify, spec["participant"], ROWS[key], spec["files"])) for key in spec["rows"]}
+            verify, make_adapter(spec["participant"]), ROWS[key], spec["files"]))
+            for key in spec["rows"]}
     if kind == "timed":
         row = ROWS[spec["row"]]
         workload = benchlib.WORKLOADS[row.workload]
@@ -411,13 +412,13 @@ async def run_spread(concurrency: int, jobs: list[Callable[[Any], Awaitable[None
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
 
 
-async def verify(participant: str, row: Row, files: dict[str, str]) -> dict[str, Any]:
-    """Check the participant's reads (or writes) of ``row``'s size at its concurrency:
-    ``{"ok": True}`` or ``{"ok": False, "error": what went wrong}``."""
+async def verify(adapter: Adapter, row: Row, files: dict[str, str]) -> dict[str, Any]:
+    """Check an adapter's reads (or writes) of ``row``'s size at its concurrency:
+    ``{"ok": True}`` or ``{"ok": False, "error": what went wrong}``. ``files``: "verify"
+    (``make_offset_file``) and "verify_write" (a scratch copy of it, made here)."""
     workload = benchlib.WORKLOADS[row.workload]
     size, count = workload.size, max(64, 2 * row.concurrency)
     rnd = random.Random(11)
-    adapter = make_adapter(participant)
     problems: list[str] = []
     try:
         if workload.op == "write":
