@@ -534,14 +534,15 @@ def python_tag(python: str) -> str:
 
 
 def source_key() -> str:
-    """The checkout's commit, plus a hash of uncommitted changes to what gets built."""
+    """A hash of the committed sources that get built (so commits elsewhere do not force
+    a rebuild), plus one of their uncommitted changes."""
     paths = ["caio", "rust", "Cargo.toml", "Cargo.lock", "setup.py", "pyproject.toml"]
 
     def git(*cmd: str) -> str:
         return subprocess.run(["git", *cmd], cwd=harness.REPO_ROOT, capture_output=True,
                               text=True, check=True).stdout
 
-    key = git("rev-parse", "--short=12", "HEAD").strip()
+    key = hashlib.sha1(git("ls-tree", "-r", "HEAD", "--", *paths).encode()).hexdigest()[:12]
     dirty = git("status", "--porcelain", "--untracked-files=all", "--", *paths)
     if dirty:
         digest = hashlib.sha1(git("diff", "HEAD", "--", *paths).encode())
