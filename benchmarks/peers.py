@@ -30,7 +30,7 @@ repeats; ratios are ours (default ``AsyncioContext()``) over the participant, ru
 
 Examples::
 
-    python benchmarks/peers.py --repeat 3                  # the full run (about 5 minutes)
+    python benchmarks/peers.py --repeat 3                  # the full run (3-4 minutes on 2 cores)
     python benchmarks/peers.py --quick                     # one short repeat
     python benchmarks/peers.py --participants ours,turbofile,urio --workloads rand4k
     python benchmarks/peers.py --quick --python "$(which python3)" --ours-from-import \\
