@@ -626,7 +626,7 @@ def prepare_entrants(args: argparse.Namespace, names: list[str]) -> list[Entrant
                 paths + extra + inherit))
             entrant.info = entrant.side.run({"kind": "info", "participant": name}, 60)
             check_origin(entrant, paths)
-        except (subprocess.CalledProcessError, RuntimeError, OSError) as exc:
+        except (subprocess.SubprocessError, RuntimeError, OSError) as exc:
             entrant.error = f"{type(exc).__name__}: {exc}"
             log(f"{name}: not run: {entrant.error}")
         else:
@@ -655,7 +655,7 @@ def verify_all(args: argparse.Namespace, entrants: list[Entrant], rows: list[Row
                 "files": files, "loop": args.loop}
         try:
             e.verified = e.side.run(spec, 120)
-        except RuntimeError as exc:
+        except (subprocess.SubprocessError, RuntimeError) as exc:
             e.verified = {r.key: {"ok": False, "error": f"verification crashed: {exc}"}
                           for r in rows}
         for key, v in e.verified.items():
