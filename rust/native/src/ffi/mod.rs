@@ -21,7 +21,7 @@ pub(crate) use pyo3_ffi::{
     PyMethodDefPointer, PyModuleDef, PyModuleDef_HEAD_INIT, PyModuleDef_Init, PyModuleDef_Slot,
     PyModule_AddObjectRef, PyObject, PyObject_CallObject, PyObject_CallOneArg,
     PyObject_CheckBuffer, PyObject_ClearWeakRefs, PyObject_GC_UnTrack, PyObject_GetBuffer,
-    PyObject_Repr, PyTuple_GetItem, PyTuple_New, PyTuple_SetItem, PyTuple_Size, PyTypeObject,
+    PyObject_Repr, PySequence_Check, PySequence_Tuple, PyTuple_GetItem, PyTuple_New, PyTuple_SetItem, PyTuple_Size, PyTypeObject,
     PyType_FromSpec, PyType_GenericAlloc, PyType_GetSlot, PyType_Slot, PyType_Spec,
     PyUnicode_AsUTF8AndSize, PyUnicode_FromStringAndSize, Py_DecRef, Py_False, Py_IncRef, Py_None,
     Py_READONLY, Py_TPFLAGS_DEFAULT, Py_TPFLAGS_DISALLOW_INSTANTIATION, Py_TPFLAGS_HAVE_GC,

@@ -70,6 +70,18 @@ unsafe fn finish_fields(op: OpRef<'_>, mut res: i64) -> i64 {
                 fields.nbytes.set(res as usize);
             }
         }
+        IoKind::ReadV | IoKind::WriteV => {
+            // Reaped: the kernel is done with every buffer.
+            drop(fields.vectored.take());
+            drop(fields.direct.take());
+            let is_read = fields.kind == IoKind::ReadV;
+            if !is_read && rules.write_payload_dropped {
+                drop(fields.buffer.take());
+            }
+            if res >= 0 && (is_read || rules.write_nbytes_is_written) {
+                fields.nbytes.set((res as usize).min(fields.requested));
+            }
+        }
         IoKind::Fsync | IoKind::Fdsync => {}
     }
     reported
