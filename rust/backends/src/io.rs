@@ -155,8 +155,35 @@ impl IoRequest {
     /// iovecs each describing such memory.
     pub unsafe fn perform(&self) -> i64 {
         match self.kind {
-            // SAFETY: the caller's promise for vectored requests (see above).
-            IoKind::ReadV | IoKind::WriteV => unsafe { self.perform_vectored() },
+            IoKind::ReadV | IoKind::WriteV => {
+                let iov = self.buf.cast::<libc::iovec>().cast_const();
+                let count = self.len as libc::c_int;
+                let mut offset = self.offset;
+                loop {
+                    // SAFETY: `count` iovecs at `iov` describing memory the caller vouched
+                    // for (see above).
+                    let ret = unsafe {
+                        if self.kind == IoKind::ReadV {
+                            libc::preadv2(self.fd, iov, count, offset, self.rw_flags)
+                        } else {
+                            libc::pwritev2(self.fd, iov, count, offset, self.rw_flags)
+                        }
+                    };
+                    if ret >= 0 {
+                        return ret as i64;
+                    }
+                    let err = errno();
+                    if err == libc::EINTR as i64 {
+                        continue;
+                    }
+                    // A stream at offset 0: its current position (-1), as for one buffer.
+                    if err == libc::ESPIPE as i64 && offset == 0 {
+                        offset = -1;
+                        continue;
+                    }
+                    return -err;
+                }
+            }
             // SAFETY: fsync/fdatasync take no pointers.
             IoKind::Fsync => Self::status(unsafe { libc::fsync(self.fd) }),
             // SAFETY: as above.
@@ -213,39 +240,6 @@ impl IoRequest {
                     }
                 }
             }
-        }
-    }
-
-    /// [`Self::perform`] of a vectored request.
-    ///
-    /// # Safety
-    /// As for [`Self::perform`].
-    unsafe fn perform_vectored(&self) -> i64 {
-        let iov = self.buf.cast::<libc::iovec>().cast_const();
-        let count = self.len as libc::c_int;
-        let mut offset = self.offset;
-        loop {
-            // SAFETY: `count` iovecs at `iov` describing memory the caller vouched for.
-            let ret = unsafe {
-                if self.kind == IoKind::ReadV {
-                    libc::preadv2(self.fd, iov, count, offset, self.rw_flags)
-                } else {
-                    libc::pwritev2(self.fd, iov, count, offset, self.rw_flags)
-                }
-            };
-            if ret >= 0 {
-                return ret as i64;
-            }
-            let err = errno();
-            if err == libc::EINTR as i64 {
-                continue;
-            }
-            // A stream at offset 0: its current position (-1), as for a plain request.
-            if err == libc::ESPIPE as i64 && offset == 0 {
-                offset = -1;
-                continue;
-            }
-            return -err;
         }
     }
 

@@ -47,16 +47,15 @@ impl FakeEntry {
 
     /// A vectored request over `buf` cut into pieces of `sizes` bytes, in order.
     fn vectored(kind: IoKind, fd: RawFd, mut buf: Box<[u8]>, sizes: &[usize], offset: i64) -> Self {
-        let mut at = buf.as_mut_ptr();
+        let mut at = 0;
         let iovecs = sizes
             .iter()
             .map(|&size| {
                 let iov = libc::iovec {
-                    iov_base: at.cast(),
+                    iov_base: buf[at..].as_mut_ptr().cast(),
                     iov_len: size,
                 };
-                // SAFETY: the sizes add up to at most `buf`'s length (asserted below).
-                at = unsafe { at.add(size) };
+                at += size;
                 iov
             })
             .collect();

@@ -120,19 +120,21 @@ impl Vectored {
     ) -> Result<(PyOwned, Self)> {
         // SAFETY: `seq` is a live argument; GIL held. A buffer is a sequence too (of ints),
         // named apart so that `readv(bytearray(...))` says what went wrong.
-        let tuple = unsafe {
+        let (tuple, count) = unsafe {
             if ffi::PyObject_CheckBuffer(seq) != 0 || ffi::PySequence_Check(seq) == 0 {
                 return Err(Error::Type(format!(
                     "{method}() takes a sequence of bytes-like objects, not {}",
                     type_name(seq)
                 )));
             }
-            PyOwned::from_new(ffi::PySequence_Tuple(seq)).ok_or(Error::AlreadySet)?
+            let tuple = PyOwned::from_new(ffi::PySequence_Tuple(seq)).ok_or(Error::AlreadySet)?;
+            let count = ffi::PyTuple_Size(tuple.as_ptr()).max(0) as usize;
+            (tuple, count)
         };
-        // SAFETY: a live tuple we own; GIL held.
-        let count = unsafe { ffi::PyTuple_Size(tuple.as_ptr()) }.max(0) as usize;
         if count == 0 {
-            return Err(Error::Value(format!("{method}() needs at least one buffer")));
+            return Err(Error::Value(format!(
+                "{method}() needs at least one buffer"
+            )));
         }
         let max = iov_max();
         if count > max {
@@ -163,7 +165,11 @@ impl Vectored {
             iovecs.push(libc::iovec {
                 // An empty buffer's address means nothing; NULL keeps it from failing an
                 // O_DIRECT alignment check in the kernel.
-                iov_base: if len == 0 { std::ptr::null_mut() } else { data.cast() },
+                iov_base: if len == 0 {
+                    std::ptr::null_mut()
+                } else {
+                    data.cast()
+                },
                 iov_len: len,
             });
             exports.push(export);

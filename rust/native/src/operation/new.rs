@@ -416,14 +416,7 @@ fn vectored_op(
         offset,
         priority,
         rw_flags,
-    } = buffer_args(
-        args,
-        kwargs,
-        rules,
-        rules.format(kind),
-        c"buffers",
-        kind,
-    )?;
+    } = buffer_args(args, kwargs, rules, rules.format(kind), c"buffers", kind)?;
     let method = if read { "readv" } else { "writev" };
     let (tuple, vectored) = Vectored::of(buffers, read, method, type_name)?;
     // The total never exceeds MAX_RW_COUNT, below every backend's read limit: no check.
@@ -463,20 +456,14 @@ fn vectored_op(
     new_op(cls.cast(), new)
 }
 
-pub(super) unsafe extern "C" fn op_readv<const FLAVOR: u8>(
+/// `readv` (`WRITE` false) and `writev` (true), per backend.
+pub(super) unsafe extern "C" fn op_vectored<const FLAVOR: u8, const WRITE: bool>(
     cls: *mut PyObject,
     args: *mut PyObject,
     kwargs: *mut PyObject,
 ) -> *mut PyObject {
-    entry(|| vectored_op(cls, args, kwargs, Flavor::from_u8(FLAVOR), IoKind::ReadV))
-}
-
-pub(super) unsafe extern "C" fn op_writev<const FLAVOR: u8>(
-    cls: *mut PyObject,
-    args: *mut PyObject,
-    kwargs: *mut PyObject,
-) -> *mut PyObject {
-    entry(|| vectored_op(cls, args, kwargs, Flavor::from_u8(FLAVOR), IoKind::WriteV))
+    let kind = if WRITE { IoKind::WriteV } else { IoKind::ReadV };
+    entry(|| vectored_op(cls, args, kwargs, Flavor::from_u8(FLAVOR), kind))
 }
 
 fn sync_op(

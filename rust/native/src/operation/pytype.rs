@@ -7,7 +7,7 @@ use std::ptr;
 use caio_backends::IoKind;
 
 use super::flavor::Flavor;
-use super::new::{op_fdsync, op_fsync, op_read, op_read_into, op_readv, op_write, op_writev};
+use super::new::{op_fdsync, op_fsync, op_read, op_read_into, op_vectored, op_write};
 use super::props::{get_property, op_get_value, op_repr, op_set_callback, Property};
 use super::{OpRef, OperationObject};
 use crate::error::Result;
@@ -132,13 +132,13 @@ fn create_type_of<const FLAVOR: u8>(
         ),
         method_kw(
             c"readv",
-            op_readv::<FLAVOR>,
+            op_vectored::<FLAVOR, false>,
             ffi::METH_CLASS,
             c"readv(buffers, fd, offset=0, priority=0, *, flags=0) -> Operation: one read into a sequence of writable buffers, filled in order, no copy; get_value() is the number of bytes read.",
         ),
         method_kw(
             c"writev",
-            op_writev::<FLAVOR>,
+            op_vectored::<FLAVOR, true>,
             ffi::METH_CLASS,
             c"writev(buffers, fd, offset=0, priority=0, *, flags=0) -> Operation: one write from a sequence of buffers, in order, no copy; get_value() is the number of bytes written.",
         ),
