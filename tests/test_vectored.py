@@ -768,3 +768,11 @@ def test_trio_and_anyio_readv_and_writev(files):
     for library in ("asyncio", "trio"):
         anyio.run(with_anyio, backend=library)
     assert os.pread(fd, 4096, 1 << 20) == DATA[:4096]
+
+
+def test_the_readme_example_runs_as_written(workdir):
+    from test_readme import python_blocks, run_block
+
+    code = next(b for b in python_blocks() if "Operation.readv([head, rest]" in b)
+    run_block(code, workdir)
+    assert (workdir / "test.file").read_bytes() == b"HEAD" + b"body" * 1024
