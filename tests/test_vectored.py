@@ -214,6 +214,21 @@ def test_a_pipe_at_offset_zero_is_a_stream(backend):
         os.close(w)
 
 
+def test_a_vectored_read_is_left_to_the_backend_by_run_inline(backend, files):
+    fd = files.open(DATA)
+    ctx = backend.Context()
+    if not hasattr(ctx, "run_inline"):
+        pytest.skip(f"{backend.name}: no inline path")
+    os.pread(fd, 100, 0)  # cached
+    target = bytearray(100)
+    op = backend.Operation.readv([target], fd, 0)
+    assert ctx.run_inline(op) is False
+    assert target == bytearray(100)
+    assert backend.run(ctx, op) == [100]
+    assert bytes(target) == DATA[:100]
+    backend.settle(ctx)
+
+
 def test_the_repr_names_the_mode(native_backend, files):
     fd = files.open()
     assert 'mode="readv"' in repr(native_backend.Operation.readv([bytearray(3)], fd))

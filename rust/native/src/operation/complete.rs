@@ -176,7 +176,8 @@ fn run_callback(op: OpRef<'_>, reported: i64) {
 }
 
 /// Runs `op` on the calling thread if it is an unclaimed small read whose data is in the
-/// page cache (`preadv2(RWF_NOWAIT)`), completing it (callback included). Returns whether
+/// page cache (`preadv2(RWF_NOWAIT)`), completing it (callback included). A vectored
+/// read never runs here (`read_nowait` takes one byte range): the backend runs it. Returns whether
 /// it completed; `false` leaves the op untouched for a normal submit. GIL held.
 ///
 /// Only a linux_uring op can have a negative offset, and only -1 (see
