@@ -9,8 +9,11 @@ as subclasses so that type checkers see one common API.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 
 class AbstractContext(abc.ABC):
@@ -52,6 +55,26 @@ class AbstractOperation(abc.ABC):
     ) -> AbstractOperation:
         """Create an operation writing ``payload_bytes`` to ``fd`` at ``offset``; ``flags``:
         a combination of ``caio.RWF_DSYNC``, ``RWF_SYNC`` and ``RWF_NOWAIT``, or 0."""
+        raise NotImplementedError
+
+    @classmethod
+    @abc.abstractmethod
+    def readv(
+        cls, buffers: Sequence[Buffer], fd: int, offset: int = 0, priority: int = 0, *,
+        flags: int = 0,
+    ) -> AbstractOperation:
+        """Create one read from ``fd`` at ``offset`` into the writable buffers of
+        ``buffers``, filled in order; ``get_value()`` is the number of bytes read."""
+        raise NotImplementedError
+
+    @classmethod
+    @abc.abstractmethod
+    def writev(
+        cls, buffers: Sequence[Buffer], fd: int, offset: int = 0, priority: int = 0, *,
+        flags: int = 0,
+    ) -> AbstractOperation:
+        """Create one write to ``fd`` at ``offset`` of the buffers of ``buffers``, in
+        order; ``get_value()`` is the number of bytes written."""
         raise NotImplementedError
 
     @classmethod

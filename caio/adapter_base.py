@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import operator
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cast
@@ -282,6 +282,33 @@ class AdapterBase(Generic[ContextType, OperationType]):
         op: Any = operation_class.read_into(buffer, fd, offset, priority, flags=flags)
         return self.submit(op)
 
+    def readv(
+        self, buffers: Sequence[Any], fd: int, offset: int, priority: int = 0, *,
+        flags: int = 0,
+    ) -> Awaitable[int]:
+        """Reads into the writable buffers of ``buffers``, filled in order, at ``offset``
+        with one request and no copy; returns the number of bytes read (short at the
+        end of the file)."""
+        if type(offset) is not int or offset < 0:
+            _check_offset(offset)
+        operation_class: Any = self.OPERATION_CLASS
+        op: Any = operation_class.readv(buffers, fd, offset, priority, flags=flags)
+        return self.submit(op)
+
+    def writev(
+        self, buffers: Sequence[Any], fd: int, offset: int, priority: int = 0, *,
+        flags: int = 0,
+    ) -> Awaitable[int]:
+        """Writes all the buffers of ``buffers``, in order, at ``offset`` and returns
+        their total length, as ``write`` does: a short write is continued with the
+        remaining bytes."""
+        if type(offset) is not int or offset < 0:
+            _check_offset(offset)
+        operation_class: Any = self.OPERATION_CLASS
+        op: Any = operation_class.writev(buffers, fd, offset, priority, flags=flags)
+        # The op's tuple of the buffers: what the continuation slices.
+        return self._write_all(op, op.payload, fd, offset, priority, flags, vectored=True)
+
     def write(
         self, payload: bytes, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
     ) -> Awaitable[int]:
@@ -298,9 +325,10 @@ class AdapterBase(Generic[ContextType, OperationType]):
         return self._write_all(op, payload, fd, offset, priority, flags)
 
     async def _write_all(
-        self, op: OperationType, payload: bytes, fd: int, offset: int, priority: int,
-        flags: int = 0,
+        self, op: OperationType, payload: Any, fd: int, offset: int, priority: int,
+        flags: int = 0, vectored: bool = False,
     ) -> int:
+        # ``payload``: a write's payload, or (``vectored``) a writev's buffers.
         # In bytes, whatever the payload's item size (an array of ints, say); read before
         # the op runs (linux_aio's nbytes becomes the bytes written).
         size = op.nbytes
@@ -319,8 +347,11 @@ class AdapterBase(Generic[ContextType, OperationType]):
                 stream = is_stream(fd)
             # A stream has no offsets: the rest goes where the first part went.
             at = offset if stream else offset + done
-            rest: Any = self.OPERATION_CLASS.write(
-                _tail(payload, done), fd, at, priority, flags=flags,
+            operation_class: Any = self.OPERATION_CLASS
+            rest: Any = (
+                operation_class.writev(_tails(payload, done), fd, at, priority, flags=flags)
+                if vectored
+                else operation_class.write(_tail(payload, done), fd, at, priority, flags=flags)
             )
             written = await self.submit(rest)
 
@@ -623,6 +654,20 @@ def _tail(payload: Any, start: int) -> Any:
     if type(payload) is bytes:
         return payload[start:]
     return memoryview(payload).cast("B")[start:]
+
+
+def _tails(buffers: Sequence[Any], start: int) -> list[Any]:
+    """The buffers of a writev from byte ``start`` on (the ones before it left out, the
+    one it falls in sliced), without copies."""
+    rest: list[Any] = []
+    for buffer in buffers:
+        view = memoryview(buffer).cast("B")
+        if start >= view.nbytes:
+            start -= view.nbytes
+            continue
+        rest.append(view[start:] if start else buffer)
+        start = 0
+    return rest
 
 
 def _check_offset(offset: Any) -> None:

@@ -5,7 +5,8 @@
 backend (falling back on limits as it does), ``caio.trio_adapter.TrioContext`` under
 its trio backend; both run the backend ``import caio`` selected, unless ``backend=`` names another
 (``"linux_uring"``, ``"linux_aio"``, ``"thread_aio"``, ``"python_aio"``). The methods are the
-adapters' own (``read``, ``write``, ``fsync``, ``fdsync``, ``submit``, ``close``)::
+adapters' own (``read``, ``read_into``, ``readv``, ``write``, ``writev``, ``fsync``,
+``fdsync``, ``submit``, ``close``)::
 
     async with AnyioContext() as ctx:
         await ctx.write(b"data", fd, 0)
@@ -18,7 +19,7 @@ can, and its buffer stays owned until the kernel is done with it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,18 @@ class AnyioContext:
         self, buffer: Any, fd: int, offset: int, priority: int = 0, *, flags: int = 0,
     ) -> Awaitable[int]:
         return self.adapter.read_into(buffer, fd, offset, priority, flags=flags)
+
+    def readv(
+        self, buffers: Sequence[Any], fd: int, offset: int, priority: int = 0, *,
+        flags: int = 0,
+    ) -> Awaitable[int]:
+        return self.adapter.readv(buffers, fd, offset, priority, flags=flags)
+
+    def writev(
+        self, buffers: Sequence[Any], fd: int, offset: int, priority: int = 0, *,
+        flags: int = 0,
+    ) -> Awaitable[int]:
+        return self.adapter.writev(buffers, fd, offset, priority, flags=flags)
 
     def write(
         self, payload: bytes, fd: int, offset: int, priority: int = 0, *, flags: int = 0,

@@ -1,4 +1,4 @@
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, final
 
 from typing_extensions import Buffer
@@ -45,6 +45,20 @@ class Operation(AbstractOperation):
     def read_into(
         cls, buffer: Buffer, fd: int, offset: int = 0, priority: int = 0, *, flags: int = 0,
     ) -> Operation: ...
+    @classmethod
+    def readv(
+        cls, buffers: Sequence[Buffer], fd: int, offset: int = 0, priority: int = 0,
+        *, flags: int = 0,
+    ) -> Operation:
+        """One read into the writable buffers of ``buffers``, filled in order, no copy;
+        ``get_value()`` is the number of bytes read."""
+    @classmethod
+    def writev(
+        cls, buffers: Sequence[Buffer], fd: int, offset: int = 0, priority: int = 0,
+        *, flags: int = 0,
+    ) -> Operation:
+        """One write of the buffers of ``buffers``, in order, no copy; ``get_value()`` is
+        the number of bytes written."""
     @classmethod
     def fsync(cls, fd: int, priority: int = 0) -> Operation: ...
     @classmethod

@@ -15,12 +15,12 @@ import operator
 import os
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum, unique
 from functools import partial
 from multiprocessing.pool import ThreadPool
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex, cast
 
 from ._rwflags import check_rw_flags
 from ._streams import is_stream
@@ -42,6 +42,8 @@ class OpCode(IntEnum):
     WRITE = 1
     FSYNC = 2
     FDSYNC = 3
+    READV = 4
+    WRITEV = 5
     NOOP = -1
 
 
@@ -188,6 +190,7 @@ class Context(AbstractContext):
         # The traceback's frames (the worker's handlers) hold this Context and the op: let
         # go of their locals, so a failed op kept by the caller does not keep the pool.
         traceback.clear_frames(operation.exception.__traceback__)
+        operation._release_views()  # a cancelled vectored op never reached its handler
         operation.written = 0
         operation.context = None
         self._invoke_callback(operation, None)
@@ -280,6 +283,21 @@ class Context(AbstractContext):
             return count
         return self._pwrite(fd, data, offset)
 
+    def _handle_vectored(self, operation: Operation) -> int:
+        fd, offset, flags = operation.fileno, operation.offset, operation._rw_flags
+        views = operation._views
+        # One preadv2/pwritev2 call (its result as it is, like the native backends'); a
+        # stream's "next bytes" is offset -1 there.
+        call = os.preadv if operation.opcode == OpCode.READV else os.pwritev
+        try:
+            count: int = self._transfer(
+                fd, offset, partial(call, fd, views, offset, flags),
+                partial(call, fd, views, -1, flags),
+            )
+        finally:
+            operation._release_views()
+        return count
+
     def _handle_fsync(self, operation: Operation) -> None:
         os.fsync(operation.fileno)
 
@@ -294,6 +312,8 @@ class Context(AbstractContext):
         OpCode.WRITE: _handle_write,
         OpCode.FSYNC: _handle_fsync,
         OpCode.FDSYNC: _handle_fdsync,
+        OpCode.READV: _handle_vectored,
+        OpCode.WRITEV: _handle_vectored,
         OpCode.NOOP: _handle_noop,
     })
 
@@ -367,13 +387,72 @@ def _check_payload(payload: object) -> int:
         return view.nbytes
 
 
+#: The most buffers one readv/writev takes (the native backends' limit too).
+_IOV_MAX: int = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+#: The most bytes one read or write system call moves on Linux (MAX_RW_COUNT): what one
+#: readv/writev may total.
+_MAX_RW_COUNT = 0x7FFFF000
+
+
+def _vectored_views(
+    buffers: object, method: str, *, writable: bool,
+) -> tuple[tuple[Any, ...], list[memoryview]]:
+    """The buffers of the sequence ``buffers`` and views of each, checked as the native
+    backends check them (``TypeError``, ``BufferError``, ``ValueError``); none is left exported
+    when one is refused."""
+    try:
+        memoryview(buffers)  # type: ignore[arg-type]
+    except TypeError:
+        is_buffer = False
+    else:
+        is_buffer = True
+    if is_buffer or isinstance(buffers, dict) or not hasattr(type(buffers), "__getitem__"):
+        raise TypeError(
+            f"{method}() takes a sequence of bytes-like objects, not {type(buffers)!r}",
+        )
+    items: tuple[Any, ...] = tuple(cast("Iterable[Any]", buffers))
+    if not items:
+        raise ValueError(f"{method}() needs at least one buffer")
+    if len(items) > _IOV_MAX:
+        raise ValueError(
+            f"{method}() takes at most {_IOV_MAX} buffers (IOV_MAX), got {len(items)}",
+        )
+    views: list[memoryview] = []
+    try:
+        for index, item in enumerate(items):
+            try:
+                view = memoryview(item)
+            except TypeError:
+                what = "a writable" if writable else "a"
+                raise TypeError(
+                    f"{method}() needs {what} bytes-like object at index {index}, "
+                    f"not {type(item)!r}",
+                ) from None
+            views.append(view)
+            if writable and view.readonly:
+                raise BufferError(f"{method}() needs writable buffers (index {index})")
+            if not view.c_contiguous:
+                raise BufferError(f"{method}() needs contiguous buffers (index {index})")
+        total = sum(view.nbytes for view in views)
+        if total > _MAX_RW_COUNT:
+            raise ValueError(
+                f"{method}() buffers total {total} bytes, more than one request moves "
+                f"({_MAX_RW_COUNT} bytes)",
+            )
+    except BaseException:
+        for view in views:
+            view.release()
+        raise
+    return items, views
+
+
 def _rw_flags(opcode: OpCode, flags: SupportsIndex) -> int:
     """An operation's checked ``RWF_*`` flags (see ``caio._rwflags``)."""
-    if opcode not in (OpCode.READ, OpCode.WRITE):
+    if opcode not in (OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV):
         if operator.index(flags):
             raise ValueError(f"flags apply to reads and writes only, not to {opcode.name}")
         return 0
-    value = check_rw_flags(flags, write=opcode == OpCode.WRITE)
+    value = check_rw_flags(flags, write=opcode in (OpCode.WRITE, OpCode.WRITEV))
     if value and not _RW_FLAGS_SUPPORTED:
         raise ValueError("flags need preadv2/pwritev2, which this system does not have")
     return value
@@ -418,6 +497,9 @@ class Operation(AbstractOperation):
         # A read into the caller's buffer (read_into): a writable view of it.
         self._into: memoryview | None = None
         self._target: object = None
+        # A vectored op (readv/writev): its buffers (the payload) and, until it has run,
+        # views of them (exports: a bytearray cannot be resized meanwhile).
+        self._views: list[memoryview] = []
         if self.opcode == OpCode.WRITE:
             _check_payload(payload)
             self.buffer = payload
@@ -463,6 +545,49 @@ class Operation(AbstractOperation):
         return operation
 
     @classmethod
+    def _vectored(
+        cls, opcode: OpCode, buffers: Sequence[Buffer], fd: int, offset: int, priority: int,
+        flags: int,
+    ) -> Operation:
+        method = "readv" if opcode == OpCode.READV else "writev"
+        items, views = _vectored_views(buffers, method, writable=opcode == OpCode.READV)
+        try:
+            operation = cls(
+                fd, sum(view.nbytes for view in views), offset, opcode,
+                priority=priority, flags=flags,
+            )
+        except BaseException:
+            for view in views:
+                view.release()
+            raise
+        operation._views = views
+        operation._target = items
+        return operation
+
+    @classmethod
+    def readv(
+        cls, buffers: Sequence[Buffer], fd: int, offset: int = 0, priority: int = 0, *,
+        flags: int = 0,
+    ) -> Operation:
+        """Create one read into the writable buffers of ``buffers``, filled in order, at
+        ``offset``; ``get_value()`` is the number of bytes read."""
+        return cls._vectored(OpCode.READV, buffers, fd, offset, priority, flags)
+
+    @classmethod
+    def writev(
+        cls, buffers: Sequence[Buffer], fd: int, offset: int = 0, priority: int = 0, *,
+        flags: int = 0,
+    ) -> Operation:
+        """Create one write of the buffers of ``buffers``, in order, at ``offset``;
+        ``get_value()`` is the number of bytes written."""
+        return cls._vectored(OpCode.WRITEV, buffers, fd, offset, priority, flags)
+
+    def _release_views(self) -> None:
+        views, self._views = self._views, []
+        for view in views:
+            view.release()
+
+    @classmethod
     def fsync(cls, fd: int, priority: int = 0) -> Operation:
         """Create an fsync operation."""
         return cls(fd, None, None, OpCode.FSYNC, priority=priority)
@@ -483,7 +608,7 @@ class Operation(AbstractOperation):
             # carries the caller's traceback (its frames hold this op), so storing it on
             # the op would make a cycle that keeps the op, its Context and pool alive.
             raise copy.copy(self.exception)
-        if self.opcode == OpCode.WRITE:
+        if self.opcode in (OpCode.WRITE, OpCode.READV, OpCode.WRITEV):
             return self.written
         if self.opcode == OpCode.READ:
             return self.buffer
@@ -499,7 +624,7 @@ class Operation(AbstractOperation):
 
     @property
     def payload(self) -> Any:
-        if self._into is not None:
+        if self._into is not None or self.opcode in (OpCode.READV, OpCode.WRITEV):
             return self._target
         return memoryview(self.buffer)
 

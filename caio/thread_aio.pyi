@@ -1,4 +1,4 @@
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, final
 
 from typing_extensions import Buffer
@@ -82,6 +82,20 @@ class Operation(AbstractOperation):
     ) -> Operation:
         """Read into a writable buffer (its whole size), no copy; ``get_value()`` is
         the number of bytes read."""
+    @classmethod
+    def readv(
+        cls, buffers: Sequence[Buffer], fd: int, offset: int = 0, priority: int = 0,
+        *, flags: int = 0,
+    ) -> Operation:
+        """One read into the writable buffers of ``buffers``, filled in order, no copy;
+        ``get_value()`` is the number of bytes read."""
+    @classmethod
+    def writev(
+        cls, buffers: Sequence[Buffer], fd: int, offset: int = 0, priority: int = 0,
+        *, flags: int = 0,
+    ) -> Operation:
+        """One write of the buffers of ``buffers``, in order, no copy; ``get_value()`` is
+        the number of bytes written."""
     @classmethod
     def write(
         cls, payload_bytes: Buffer, fd: int, offset: int = 0, priority: int = 0,

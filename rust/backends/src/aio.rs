@@ -16,6 +16,8 @@ const IOCB_CMD_PREAD: u16 = 0;
 const IOCB_CMD_PWRITE: u16 = 1;
 const IOCB_CMD_FSYNC: u16 = 2;
 const IOCB_CMD_FDSYNC: u16 = 3;
+const IOCB_CMD_PREADV: u16 = 7;
+const IOCB_CMD_PWRITEV: u16 = 8;
 const IOCB_FLAG_RESFD: u32 = 1;
 
 /// The most completions one [`AioContext::get_events`] call takes: a stack buffer, so
@@ -56,13 +58,17 @@ const _: () = assert!(std::mem::size_of::<IoEvent>() == 32);
 impl Iocb {
     /// The control block for `request`, completing under `id` and signalling `resfd`.
     /// `priority` goes to `aio_reqprio` (the kernel ignores it without `IOCB_FLAG_IOPRIO`,
-    /// as in caio); the request's `RWF_*` flags to `aio_rw_flags`.
+    /// as in caio); the request's `RWF_*` flags to `aio_rw_flags`. A vectored request's
+    /// `buf`/`len` (iovec array, count) are what `IOCB_CMD_PREADV`/`PWRITEV` take as
+    /// `aio_buf`/`aio_nbytes`.
     pub fn new(id: RequestId, request: &IoRequest, priority: i16, resfd: RawFd) -> Self {
         let opcode = match request.kind {
             IoKind::Read => IOCB_CMD_PREAD,
             IoKind::Write => IOCB_CMD_PWRITE,
             IoKind::Fsync => IOCB_CMD_FSYNC,
             IoKind::Fdsync => IOCB_CMD_FDSYNC,
+            IoKind::ReadV => IOCB_CMD_PREADV,
+            IoKind::WriteV => IOCB_CMD_PWRITEV,
         };
         Iocb {
             aio_data: id.0,

@@ -62,6 +62,12 @@ pub enum DirectError {
         /// The alignment the file needs, in bytes.
         block: usize,
     },
+    /// The memory of a request that cannot be bounced (a vectored one) does not start at
+    /// a multiple of `memory`, the device's memory alignment.
+    MisalignedMemory {
+        /// The alignment the memory needs, in bytes.
+        memory: usize,
+    },
     /// The aligned memory could not be allocated.
     NoMemory,
 }
@@ -72,6 +78,10 @@ impl fmt::Display for DirectError {
             Self::Misaligned { block } => write!(
                 f,
                 "O_DIRECT needs offset and size to be multiples of {block} bytes"
+            ),
+            Self::MisalignedMemory { memory } => write!(
+                f,
+                "O_DIRECT needs this request's memory aligned to {memory} bytes"
             ),
             Self::NoMemory => f.write_str("cannot allocate aligned memory for O_DIRECT"),
         }
@@ -199,6 +209,48 @@ pub fn direct_buffer(
     }
 }
 
+/// The `O_DIRECT` decision for a vectored request at `offset` over `segments` (each
+/// `(address, size)`), which has no bounce buffer: every non-empty segment's memory is used
+/// in place, so each must be aligned for the device and sized in whole blocks (what the
+/// kernel checks per segment), and the offset a multiple of the block size. `device` is
+/// asked at most once, and only when something is not page-aligned.
+pub fn direct_segments_plan(
+    offset: i64,
+    segments: impl IntoIterator<Item = (usize, usize)>,
+    device: impl FnOnce() -> DirectAlignment,
+) -> Result<(), DirectError> {
+    let mut device = Some(device);
+    let mut known = None;
+    let mut ask = || *known.get_or_insert_with(|| device.take().map_or(PAGE_ALIGNED, |f| f()));
+    for (address, len) in segments.into_iter().filter(|&(_, len)| len > 0) {
+        if let DirectPlan::Bounce { .. } = direct_plan(offset, len, Some(address), &mut ask)? {
+            return Err(DirectError::MisalignedMemory {
+                memory: ask().memory,
+            });
+        }
+    }
+    // The offset alone, should every segment be empty.
+    direct_plan(offset, 0, None, &mut ask).map(|_| ())
+}
+
+/// For a descriptor opened with `O_DIRECT`: checks a vectored request (see
+/// [`direct_segments_plan`]); `Ok(Some(InPlace))` if it can run, `Ok(None)` for ordinary
+/// descriptors.
+pub fn direct_segments(
+    fd: RawFd,
+    offset: i64,
+    segments: impl IntoIterator<Item = (usize, usize)>,
+) -> Result<Option<DirectMemory>, DirectError> {
+    if !is_direct(fd) {
+        return Ok(None);
+    }
+    direct_segments_plan(offset, segments, || {
+        let (memory, block) = direct_io_alignment(fd);
+        DirectAlignment { memory, block }
+    })?;
+    Ok(Some(DirectMemory::InPlace))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +264,29 @@ mod tests {
 
     fn never_asked() -> DirectAlignment {
         panic!("a page-aligned request must not look the alignment up")
+    }
+
+    #[test]
+    fn a_vectored_request_needs_every_segment_aligned_and_skips_empty_ones() {
+        let page = 0x7000_0000;
+        let ok = [(page, 4096), (0x123, 0), (page + 8192, 8192)];
+        assert_eq!(direct_segments_plan(4096, ok, never_asked), Ok(()));
+        assert_eq!(
+            direct_segments_plan(0, [(page, 512), (page + 512, 512)], || SECTOR),
+            Ok(())
+        );
+        assert_eq!(
+            direct_segments_plan(0, [(page, 4096), (page + 3, 4096)], || SECTOR),
+            Err(DirectError::MisalignedMemory { memory: 512 })
+        );
+        assert_eq!(
+            direct_segments_plan(0, [(page, 4096), (page, 100)], || SECTOR),
+            Err(DirectError::Misaligned { block: 512 })
+        );
+        assert_eq!(
+            direct_segments_plan(100, [(0, 0)], || SECTOR),
+            Err(DirectError::Misaligned { block: 512 })
+        );
     }
 
     #[test]

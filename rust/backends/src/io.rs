@@ -14,6 +14,24 @@ pub enum IoKind {
     Fsync,
     /// `fdatasync`.
     Fdsync,
+    /// `preadv2` into several buffers, filled in order: the request's `buf` points at an
+    /// array of `len` [`libc::iovec`]s (not at bytes), owned with the buffers it describes.
+    ReadV,
+    /// `pwritev2` from several buffers, in order; `buf` and `len` as for [`IoKind::ReadV`].
+    WriteV,
+}
+
+impl IoKind {
+    /// Whether `buf`/`len` describe an iovec array ([`IoKind::ReadV`], [`IoKind::WriteV`])
+    /// rather than one byte range.
+    pub fn is_vectored(self) -> bool {
+        matches!(self, IoKind::ReadV | IoKind::WriteV)
+    }
+
+    /// Whether the request transfers data into memory (a read, vectored or not).
+    pub fn is_read(self) -> bool {
+        matches!(self, IoKind::Read | IoKind::ReadV)
+    }
 }
 
 /// A request as plain data: the buffer is only an address and a length owned elsewhere.
@@ -25,9 +43,10 @@ pub struct IoRequest {
     pub fd: RawFd,
     /// File offset for reads and writes.
     pub offset: i64,
-    /// Start of the buffer (unused for syncs).
+    /// Start of the buffer (unused for syncs); for a vectored kind, of the iovec array.
     pub buf: *mut u8,
-    /// Length of the buffer in bytes.
+    /// Length of the buffer in bytes; for a vectored kind, the number of iovecs (at most
+    /// `IOV_MAX`, their total at most [`MAX_RW_COUNT`]: one syscall moves it all).
     pub len: usize,
     /// `RWF_*` flags of a read or write (`preadv2`/`pwritev2`'s), checked by
     /// [`check_rw_flags`]; 0 for plain requests and syncs.
@@ -40,8 +59,9 @@ pub struct IoRequest {
 unsafe impl Send for IoRequest {}
 
 /// The most a single read or write syscall moves on Linux (`MAX_RW_COUNT`, 4 KiB pages).
-/// A transfer of exactly this size with more requested is continued, not reported short.
-const MAX_RW_COUNT: usize = 0x7fff_f000;
+/// A transfer of exactly this size with more requested is continued, not reported short;
+/// a vectored request may not ask for more (so it needs no continuation).
+pub const MAX_RW_COUNT: usize = 0x7fff_f000;
 
 /// The `RWF_*` flags a read may carry: [`libc::RWF_NOWAIT`] (fail with `EAGAIN` rather
 /// than wait for the disk or a lock).
@@ -76,8 +96,8 @@ pub fn check_rw_flags(kind: IoKind, flags: i64) -> Result<i32, String> {
     }
     let flags = flags as u64;
     let (allowed, what) = match kind {
-        IoKind::Read => (READ_FLAGS, "a read"),
-        IoKind::Write => (WRITE_FLAGS, "a write"),
+        IoKind::Read | IoKind::ReadV => (READ_FLAGS, "a read"),
+        IoKind::Write | IoKind::WriteV => (WRITE_FLAGS, "a write"),
         IoKind::Fsync | IoKind::Fdsync => (0, "a sync"),
     };
     let refused = flags & !(allowed as u64);
@@ -102,6 +122,21 @@ fn errno() -> i64 {
 }
 
 impl IoRequest {
+    /// The bytes the request transfers at most: `len`, or for a vectored request the sum
+    /// of its iovecs' lengths.
+    ///
+    /// # Safety
+    /// A vectored request's `buf` must point at `len` valid iovecs (as for [`Self::perform`]).
+    pub unsafe fn byte_len(&self) -> usize {
+        if !self.kind.is_vectored() {
+            return self.len;
+        }
+        // SAFETY: the caller's promise: `len` initialised iovecs at `buf`.
+        let iovecs =
+            unsafe { std::slice::from_raw_parts(self.buf.cast::<libc::iovec>(), self.len) };
+        iovecs.iter().map(|iov| iov.iov_len).sum()
+    }
+
     /// Runs the request with blocking syscalls (`preadv2`/`pwritev2` when it has
     /// [`rw_flags`](Self::rw_flags), else plain `pread`/`pwrite`). Returns the bytes transferred (0 for syncs)
     /// or a negated errno. A short transfer is returned as it is (no retry), except that a
@@ -111,11 +146,44 @@ impl IoRequest {
     /// `pread`/`pwrite` with `ESPIPE`; at offset 0 the request then means "the next
     /// bytes" and runs as a plain `read`/`write`, as io_uring and kernel AIO treat it.
     ///
+    /// A vectored request is one `preadv2`/`pwritev2` call (its total fits one call), its
+    /// result returned as it is.
+    ///
     /// # Safety
     /// `buf` must be valid for `len` bytes (writable for reads) until this returns, and no
-    /// one else may access it meanwhile.
+    /// one else may access it meanwhile; for a vectored request, `buf` must point at `len`
+    /// iovecs each describing such memory.
     pub unsafe fn perform(&self) -> i64 {
         match self.kind {
+            IoKind::ReadV | IoKind::WriteV => {
+                let iov = self.buf.cast::<libc::iovec>().cast_const();
+                let count = self.len as libc::c_int;
+                let mut offset = self.offset;
+                loop {
+                    // SAFETY: `count` iovecs at `iov` describing memory the caller vouched
+                    // for (see above).
+                    let ret = unsafe {
+                        if self.kind == IoKind::ReadV {
+                            libc::preadv2(self.fd, iov, count, offset, self.rw_flags)
+                        } else {
+                            libc::pwritev2(self.fd, iov, count, offset, self.rw_flags)
+                        }
+                    };
+                    if ret >= 0 {
+                        return ret as i64;
+                    }
+                    let err = errno();
+                    if err == libc::EINTR as i64 {
+                        continue;
+                    }
+                    // A stream at offset 0: its current position (-1), as for one buffer.
+                    if err == libc::ESPIPE as i64 && offset == 0 {
+                        offset = -1;
+                        continue;
+                    }
+                    return -err;
+                }
+            }
             // SAFETY: fsync/fdatasync take no pointers.
             IoKind::Fsync => Self::status(unsafe { libc::fsync(self.fd) }),
             // SAFETY: as above.

@@ -480,6 +480,15 @@ impl Stager<'_> {
                 .offset(offset)
                 .rw_flags(request.rw_flags)
                 .build(),
+            // A vectored request's `buf`/`len` are the iovec array and its count.
+            IoKind::ReadV => opcode::Readv::new(fd, request.buf.cast(), len)
+                .offset(offset)
+                .rw_flags(request.rw_flags)
+                .build(),
+            IoKind::WriteV => opcode::Writev::new(fd, request.buf.cast(), len)
+                .offset(offset)
+                .rw_flags(request.rw_flags)
+                .build(),
             IoKind::Fsync => opcode::Fsync::new(fd).build(),
             IoKind::Fdsync => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
@@ -488,7 +497,9 @@ impl Stager<'_> {
         // A request that asked not to wait is never punted to a worker: it gets its
         // `EAGAIN` from the inline attempt.
         let nowait = request.rw_flags & libc::RWF_NOWAIT != 0;
-        let entry = if request.len > PUNT_ABOVE && !nowait {
+        // SAFETY: this function's contract (a vectored request's iovecs are valid).
+        let bytes = unsafe { request.byte_len() };
+        let entry = if bytes > PUNT_ABOVE && !nowait {
             entry.flags(squeue::Flags::ASYNC)
         } else {
             entry

@@ -4,7 +4,7 @@
 /// `parse_args!(args, kwargs, c"fmt", [c"kw", ...], &mut out, ...)` → `Result<()>`.
 macro_rules! parse_args {
     ($args:expr, $kwargs:expr, $fmt:expr, [$($kw:expr),* $(,)?] $(, $out:expr)* $(,)?) => {{
-        let mut kwlist: [*const std::os::raw::c_char; 0 $(+ { let _ = $kw; 1 })* + 1] =
+        let mut kwlist: [*const std::os::raw::c_char; 0 $(+ $crate::args::one!($kw))* + 1] =
             [$($kw.as_ptr(),)* std::ptr::null()];
         // SAFETY: `args`/`kwargs` come straight from the interpreter (a tuple and a dict or
         // NULL); the format string's codes match the types of the out-pointers given with
@@ -26,4 +26,12 @@ macro_rules! parse_args {
     }};
 }
 
-pub(crate) use parse_args;
+/// `1` for any expression, unevaluated: counts keywords in a constant context, so that a
+/// keyword may be a runtime value.
+macro_rules! one {
+    ($kw:expr) => {
+        1
+    };
+}
+
+pub(crate) use {one, parse_args};

@@ -16,6 +16,8 @@ pub(crate) struct FakeEntry {
     pub(crate) buf: Box<[u8]>,
     pub(crate) direct: bool,
     pub(crate) rw_flags: i32,
+    /// A vectored request's iovecs, over consecutive pieces of `buf` (boxed: stable too).
+    pub(crate) iovecs: Box<[libc::iovec]>,
 }
 
 impl FakeEntry {
@@ -27,6 +29,7 @@ impl FakeEntry {
             buf: vec![0u8; len].into_boxed_slice(),
             direct: false,
             rw_flags: 0,
+            iovecs: Box::new([]),
         }
     }
 
@@ -38,7 +41,46 @@ impl FakeEntry {
             buf: data.to_vec().into_boxed_slice(),
             direct: false,
             rw_flags: 0,
+            iovecs: Box::new([]),
         }
+    }
+
+    /// A vectored request over `buf` cut into pieces of `sizes` bytes, in order.
+    fn vectored(kind: IoKind, fd: RawFd, mut buf: Box<[u8]>, sizes: &[usize], offset: i64) -> Self {
+        let mut at = 0;
+        let iovecs = sizes
+            .iter()
+            .map(|&size| {
+                let iov = libc::iovec {
+                    iov_base: buf[at..].as_mut_ptr().cast(),
+                    iov_len: size,
+                };
+                at += size;
+                iov
+            })
+            .collect();
+        assert!(sizes.iter().sum::<usize>() <= buf.len());
+        Self {
+            kind,
+            fd,
+            offset,
+            buf,
+            direct: false,
+            rw_flags: 0,
+            iovecs,
+        }
+    }
+
+    /// A `ReadV` into pieces of `sizes` bytes of one zeroed buffer.
+    pub(crate) fn readv(fd: RawFd, sizes: &[usize], offset: i64) -> Self {
+        let buf = vec![0u8; sizes.iter().sum()].into_boxed_slice();
+        Self::vectored(IoKind::ReadV, fd, buf, sizes, offset)
+    }
+
+    /// A `WriteV` of `data` cut into pieces of `sizes` bytes.
+    pub(crate) fn writev(fd: RawFd, data: &[u8], sizes: &[usize], offset: i64) -> Self {
+        let buf = data.to_vec().into_boxed_slice();
+        Self::vectored(IoKind::WriteV, fd, buf, sizes, offset)
     }
 
     pub(crate) fn sync(fd: RawFd) -> Self {
@@ -49,20 +91,30 @@ impl FakeEntry {
             buf: Box::new([]),
             direct: false,
             rw_flags: 0,
+            iovecs: Box::new([]),
         }
     }
 }
 
-// SAFETY: the boxed buffer is owned by the entry alone, stays at one address while the
-// entry moves, and is freed only with the entry.
+// SAFETY: the iovecs' pointers point into `buf`, which moves with the entry and is used by
+// whichever one thread has the entry.
+unsafe impl Send for FakeEntry {}
+
+// SAFETY: the boxed buffer (and the boxed iovecs into it) is owned by the entry alone,
+// stays at one address while the entry moves, and is freed only with the entry.
 unsafe impl Entry for FakeEntry {
     fn request(&self) -> IoRequest {
+        let (buf, len) = if self.kind.is_vectored() {
+            (self.iovecs.as_ptr().cast_mut().cast(), self.iovecs.len())
+        } else {
+            (self.buf.as_ptr().cast_mut(), self.buf.len())
+        };
         IoRequest {
             kind: self.kind,
             fd: self.fd,
             offset: self.offset,
-            buf: self.buf.as_ptr().cast_mut(),
-            len: self.buf.len(),
+            buf,
+            len,
             rw_flags: self.rw_flags,
         }
     }

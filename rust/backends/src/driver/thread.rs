@@ -350,6 +350,21 @@ mod tests {
     }
 
     #[test]
+    fn a_vectored_write_then_read_come_back_with_their_bytes_in_order() {
+        let file = temp_file(b"");
+        let driver = queueing(2, 8);
+        let entry = FakeEntry::writev(file.as_raw_fd(), b"one two", &[4, 0, 3], 1);
+        dispatch_one(&driver, entry);
+        let (written, res) = take_one(&driver);
+        assert_eq!((written.kind, res), (IoKind::WriteV, 7));
+        dispatch_one(&driver, FakeEntry::readv(file.as_raw_fd(), &[2, 2, 10], 0));
+        let (read, res) = take_one(&driver);
+        assert_eq!(res, 8);
+        assert_eq!(&read.buf[..8], b"\0one two");
+        assert_eq!(driver.in_flight(), 0);
+    }
+
+    #[test]
     fn a_write_then_a_read_come_back_through_the_call_on_a_worker() {
         let file = temp_file(b"");
         let (driver, delivered) = calling(2, 8);

@@ -401,6 +401,25 @@ mod tests {
     }
 
     #[test]
+    fn a_vectored_write_then_read_come_back_with_their_bytes_in_order() {
+        require_uring!();
+        let driver = new_driver(8, false);
+        let f = temp_file(b"");
+        let entry = FakeEntry::writev(f.as_raw_fd(), b"vectored io", &[3, 0, 5, 3], 2);
+        dispatch_all(&driver, vec![entry]);
+        let wrote = take_n(&driver, 1);
+        assert_eq!((wrote[0].0.kind, wrote[0].1), (IoKind::WriteV, 11));
+        dispatch_all(
+            &driver,
+            vec![FakeEntry::readv(f.as_raw_fd(), &[1, 6, 0, 9], 1)],
+        );
+        let read = take_n(&driver, 1);
+        assert_eq!(read[0].1, 12);
+        assert_eq!(&read[0].0.buf[..12], b"\0vectored io");
+        assert_eq!(driver.in_flight(), 0);
+    }
+
+    #[test]
     fn a_write_a_sync_then_a_read_come_back_with_their_bytes() {
         require_uring!();
         let driver = new_driver(8, false);

@@ -70,6 +70,18 @@ unsafe fn finish_fields(op: OpRef<'_>, mut res: i64) -> i64 {
                 fields.nbytes.set(res as usize);
             }
         }
+        IoKind::ReadV | IoKind::WriteV => {
+            // Reaped: the kernel is done with every buffer.
+            drop(fields.vectored.take());
+            drop(fields.direct.take());
+            let is_read = fields.kind == IoKind::ReadV;
+            if !is_read && rules.write_payload_dropped {
+                drop(fields.buffer.take());
+            }
+            if res >= 0 && (is_read || rules.write_nbytes_is_written) {
+                fields.nbytes.set((res as usize).min(fields.requested));
+            }
+        }
         IoKind::Fsync | IoKind::Fdsync => {}
     }
     reported
@@ -164,7 +176,8 @@ fn run_callback(op: OpRef<'_>, reported: i64) {
 }
 
 /// Runs `op` on the calling thread if it is an unclaimed small read whose data is in the
-/// page cache (`preadv2(RWF_NOWAIT)`), completing it (callback included). Returns whether
+/// page cache (`preadv2(RWF_NOWAIT)`), completing it (callback included). A vectored
+/// read never runs here (`read_nowait` takes one byte range): the backend runs it. Returns whether
 /// it completed; `false` leaves the op untouched for a normal submit. GIL held.
 ///
 /// Only a linux_uring op can have a negative offset, and only -1 (see

@@ -168,6 +168,10 @@ impl Behaviour {
             (Priority::Signed, IoKind::Fsync) => c"I|h:fsync",
             (Priority::Masked, IoKind::Fdsync) => c"I|H:fdsync",
             (Priority::Signed, IoKind::Fdsync) => c"I|h:fdsync",
+            (Priority::Masked, IoKind::ReadV) => c"OI|OH$L:readv",
+            (Priority::Signed, IoKind::ReadV) => c"OI|Oh$L:readv",
+            (Priority::Masked, IoKind::WriteV) => c"OI|OH$L:writev",
+            (Priority::Signed, IoKind::WriteV) => c"OI|Oh$L:writev",
         }
     }
 

@@ -1,4 +1,5 @@
-//! The Operation object: one read, write, fsync or fdsync, with the buffer it owns.
+//! The Operation object: one read, write, readv, writev, fsync or fdsync, with the
+//! buffers it owns.
 //!
 //! Life: built by a classmethod (`read`, `write`, ...), claimed once by a Context's
 //! `submit`, completed by [`deliver`] on whichever thread the backend reports on.
@@ -75,6 +76,9 @@ struct OperationObject {
     /// A write whose payload is not `bytes`: the export of its memory, held until the
     /// completion is reaped (the exporter cannot resize or free it meanwhile).
     export: Cell<Option<export::Export>>,
+    /// A vectored op (`readv`/`writev`): its buffers' exports and the iovec array over
+    /// them, held until the completion is reaped (`buffer` is then the tuple of buffers).
+    vectored: Cell<Option<export::Vectored>>,
     /// For a file opened with `O_DIRECT` (else None): the caller's aligned memory is used
     /// in place, or a bounce buffer is what the kernel transfers (a write's payload is
     /// copied in; a read's data is copied out on completion).
@@ -98,6 +102,14 @@ impl OperationObject {
             None if self.reads_into => (ptr::null_mut(), 0),
             None => bytes_data(self.buffer.ptr()),
         }
+    }
+
+    /// A vectored op's `(iovec array, count)`, while it holds its buffers.
+    fn vectored_region(&self) -> Option<(*mut u8, usize)> {
+        let vectored = self.vectored.take();
+        let region = vectored.as_ref().map(export::Vectored::request_region);
+        self.vectored.set(vectored);
+        region
     }
 
     /// The `O_DIRECT` bounce buffer as `(data, size)`, if the op has one.
@@ -201,7 +213,10 @@ impl<'a> OpRef<'a> {
     /// is alive and holds `buffer` (which it does until it is done).
     pub(crate) fn request(self) -> IoRequest {
         let op = self.fields();
-        let (buf, len) = op.direct_region().unwrap_or_else(|| op.buffer_data());
+        let (buf, len) = op
+            .vectored_region()
+            .or_else(|| op.direct_region())
+            .unwrap_or_else(|| op.buffer_data());
         IoRequest {
             kind: op.kind,
             fd: op.fd as i32,

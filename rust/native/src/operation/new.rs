@@ -1,15 +1,18 @@
-//! The classmethods that build an op: `read`, `write`, `fsync`, `fdsync`.
+//! The classmethods that build an op: `read`, `write`, `read_into`, `readv`, `writev`,
+//! `fsync`, `fdsync`.
 
 use std::cell::Cell;
 use std::os::raw::c_int;
 use std::ptr::{self, NonNull};
 
-use caio_backends::buffer::{direct_buffer, DirectError, DirectMemory};
+use std::ffi::CStr;
+
+use caio_backends::buffer::{direct_buffer, direct_segments, DirectError, DirectMemory};
 use caio_backends::io::check_rw_flags;
 use caio_backends::IoKind;
 use caio_core::{OpState, RequestId};
 
-use super::export::Export;
+use super::export::{Export, Vectored};
 use super::flavor::{Behaviour, Flavor, NegativeOffset};
 use super::{type_name, ObjectField, OperationObject};
 use crate::args::parse_args;
@@ -27,8 +30,10 @@ struct NewOp {
     nbytes: usize,
     /// A read's destination or a write's payload, None for syncs.
     buffer: Option<PyOwned>,
-    /// A write's payload that is not `bytes`: its memory's export.
-    export: Option<super::export::Export>,
+    /// A write's payload that is not `bytes`, a `read_into` target: its memory's export.
+    export: Option<Export>,
+    /// A vectored op's buffers (then `buffer` is their tuple).
+    vectored: Option<Vectored>,
     direct: Option<DirectMemory>,
     priority: i16,
     /// `RWF_*` flags, checked for `kind` (see [`flags_arg`]).
@@ -63,6 +68,7 @@ fn new_op(cls: *mut PyTypeObject, new: NewOp) -> Result<*mut PyObject> {
         ptr::addr_of_mut!((*op).context).write(ObjectField::new(None));
         ptr::addr_of_mut!((*op).request_id).write(Cell::new(RequestId::NONE.0));
         ptr::addr_of_mut!((*op).export).write(Cell::new(new.export));
+        ptr::addr_of_mut!((*op).vectored).write(Cell::new(new.vectored));
         ptr::addr_of_mut!((*op).direct).write(Cell::new(new.direct));
         ptr::addr_of_mut!((*op).priority).write(new.priority);
         ptr::addr_of_mut!((*op).rw_flags).write(new.rw_flags);
@@ -136,15 +142,23 @@ fn direct_memory(
     len: usize,
     caller: Option<*mut u8>,
 ) -> Result<Option<DirectMemory>> {
-    match direct_buffer(fd as i32, offset, len, caller.map(<*mut u8>::cast_const)) {
-        Ok(memory) => Ok(memory),
-        Err(DirectError::Misaligned { block }) => Err(Error::Value(format!(
+    direct_buffer(fd as i32, offset, len, caller.map(<*mut u8>::cast_const))
+        .map_err(|err| direct_error(fd, offset, len, err))
+}
+
+/// An `O_DIRECT` refusal as caio users see it.
+fn direct_error(fd: u32, offset: i64, len: usize, err: DirectError) -> Error {
+    match err {
+        DirectError::Misaligned { block } => Error::Value(format!(
             "fd {fd} is open with O_DIRECT, which needs offset and size to be multiples of \
              {block} bytes (got offset={offset}, size={len})"
-        ))),
-        Err(DirectError::NoMemory) => Err(Error::Memory(format!(
-            "cannot allocate {len} aligned bytes for O_DIRECT"
-        ))),
+        )),
+        DirectError::MisalignedMemory { memory } => Error::Value(format!(
+            "fd {fd} is open with O_DIRECT, which needs the memory aligned to {memory} bytes"
+        )),
+        DirectError::NoMemory => {
+            Error::Memory(format!("cannot allocate {len} aligned bytes for O_DIRECT"))
+        }
     }
 }
 
@@ -207,11 +221,57 @@ pub(super) unsafe extern "C" fn op_read<const FLAVOR: u8>(
             nbytes: nbytes as usize,
             buffer: Some(buffer),
             export: None,
+            vectored: None,
             direct,
             priority,
             rw_flags,
         };
         new_op(cls.cast(), new)
+    })
+}
+
+/// The arguments `write`, `read_into`, `readv` and `writev` share:
+/// `(object, fd, offset=0, priority=0, *, flags=0)`, the offset and flags checked.
+struct BufferArgs {
+    /// The first argument, borrowed from the call.
+    object: *mut PyObject,
+    fd: u32,
+    offset: i64,
+    priority: i16,
+    rw_flags: i32,
+}
+
+/// Parses [`BufferArgs`] with `format` (the backend's, naming the method), the first
+/// argument's keyword being `object_name`, the flags checked for `kind`.
+fn buffer_args(
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+    rules: &Behaviour,
+    format: &CStr,
+    object_name: &CStr,
+    kind: IoKind,
+) -> Result<BufferArgs> {
+    let mut object: *mut PyObject = ptr::null_mut();
+    let (mut fd, mut priority): (u32, i16) = (0, 0);
+    let mut offset: *mut PyObject = ptr::null_mut();
+    let mut flags: i64 = 0;
+    parse_args!(
+        args,
+        kwargs,
+        format,
+        [object_name, c"fd", c"offset", c"priority", c"flags"],
+        &mut object,
+        &mut fd,
+        &mut offset,
+        &mut priority,
+        &mut flags
+    )?;
+    Ok(BufferArgs {
+        object,
+        fd,
+        offset: offset_arg(rules, offset)?,
+        priority,
+        rw_flags: flags_arg(kind, flags)?,
     })
 }
 
@@ -223,23 +283,20 @@ pub(super) unsafe extern "C" fn op_write<const FLAVOR: u8>(
     entry(|| {
         let flavor = Flavor::from_u8(FLAVOR);
         let rules = flavor.behaviour();
-        let mut payload: *mut PyObject = ptr::null_mut();
-        let (mut fd, mut priority): (u32, i16) = (0, 0);
-        let mut offset: *mut PyObject = ptr::null_mut();
-        let mut flags: i64 = 0;
-        parse_args!(
+        let BufferArgs {
+            object: payload,
+            fd,
+            offset,
+            priority,
+            rw_flags,
+        } = buffer_args(
             args,
             kwargs,
+            rules,
             rules.format(IoKind::Write),
-            [c"payload_bytes", c"fd", c"offset", c"priority", c"flags"],
-            &mut payload,
-            &mut fd,
-            &mut offset,
-            &mut priority,
-            &mut flags
+            c"payload_bytes",
+            IoKind::Write,
         )?;
-        let offset = offset_arg(rules, offset)?;
-        let rw_flags = flags_arg(IoKind::Write, flags)?;
         // Anything else than `bytes` is written from its own memory, exported for as long
         // as the kernel may read it.
         // SAFETY: `payload` is a live argument (parsed from the call's own arguments);
@@ -275,6 +332,7 @@ pub(super) unsafe extern "C" fn op_write<const FLAVOR: u8>(
             nbytes: len,
             buffer: Some(payload),
             export,
+            vectored: None,
             direct,
             priority,
             rw_flags,
@@ -293,23 +351,20 @@ pub(super) unsafe extern "C" fn op_read_into<const FLAVOR: u8>(
     entry(|| {
         let flavor = Flavor::from_u8(FLAVOR);
         let rules = flavor.behaviour();
-        let mut target: *mut PyObject = ptr::null_mut();
-        let (mut fd, mut priority): (u32, i16) = (0, 0);
-        let mut offset: *mut PyObject = ptr::null_mut();
-        let mut flags: i64 = 0;
-        parse_args!(
+        let BufferArgs {
+            object: target,
+            fd,
+            offset,
+            priority,
+            rw_flags,
+        } = buffer_args(
             args,
             kwargs,
+            rules,
             rules.read_into_format(),
-            [c"buffer", c"fd", c"offset", c"priority", c"flags"],
-            &mut target,
-            &mut fd,
-            &mut offset,
-            &mut priority,
-            &mut flags
+            c"buffer",
+            IoKind::Read,
         )?;
-        let offset = offset_arg(rules, offset)?;
-        let rw_flags = flags_arg(IoKind::Read, flags)?;
         let export = Export::writable(target, || type_name(target))?;
         let (data, len) = export.region();
         if let Some(limit) = &rules.read_limit {
@@ -334,12 +389,81 @@ pub(super) unsafe extern "C" fn op_read_into<const FLAVOR: u8>(
             nbytes: len,
             buffer: Some(target),
             export: Some(export),
+            vectored: None,
             direct,
             priority,
             rw_flags,
         };
         new_op(cls.cast(), new)
     })
+}
+
+/// `readv(buffers, fd, offset=0, priority=0, *, flags=0)` (`kind` ReadV: the buffers are
+/// filled in order, straight from the kernel) and `writev(...)` (WriteV): one request
+/// over a sequence of buffers, each exported until the completion is reaped.
+fn vectored_op(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+    flavor: Flavor,
+    kind: IoKind,
+) -> Result<*mut PyObject> {
+    let rules = flavor.behaviour();
+    let read = kind == IoKind::ReadV;
+    let BufferArgs {
+        object: buffers,
+        fd,
+        offset,
+        priority,
+        rw_flags,
+    } = buffer_args(args, kwargs, rules, rules.format(kind), c"buffers", kind)?;
+    let method = if read { "readv" } else { "writev" };
+    let (tuple, vectored) = Vectored::of(buffers, read, method, type_name)?;
+    // The total never exceeds MAX_RW_COUNT, below every backend's read limit: no check.
+    let total = vectored.total();
+    // O_DIRECT: each buffer in place, or the request is refused (no bounce buffer).
+    let direct = match direct_segments(fd as i32, offset, vectored.segments()) {
+        Ok(direct) => direct,
+        Err(DirectError::MisalignedMemory { memory }) => {
+            return Err(Error::Value(format!(
+                "fd {fd} is open with O_DIRECT: {method}() uses each buffer in place, so each \
+                 non-empty one must start at a multiple of {memory} bytes (use \
+                 caio.aligned_buffer)"
+            )))
+        }
+        Err(DirectError::Misaligned { block }) => {
+            return Err(Error::Value(format!(
+                "fd {fd} is open with O_DIRECT, which needs the offset and each buffer's \
+                 size to be multiples of {block} bytes (got offset={offset})"
+            )))
+        }
+        Err(err) => return Err(direct_error(fd, offset, total, err)),
+    };
+    let new = NewOp {
+        flavor,
+        kind,
+        reads_into: false,
+        fd,
+        offset,
+        nbytes: total,
+        buffer: Some(tuple),
+        export: None,
+        vectored: Some(vectored),
+        direct,
+        priority,
+        rw_flags,
+    };
+    new_op(cls.cast(), new)
+}
+
+/// `readv` (`WRITE` false) and `writev` (true), per backend.
+pub(super) unsafe extern "C" fn op_vectored<const FLAVOR: u8, const WRITE: bool>(
+    cls: *mut PyObject,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+) -> *mut PyObject {
+    let kind = if WRITE { IoKind::WriteV } else { IoKind::ReadV };
+    entry(|| vectored_op(cls, args, kwargs, Flavor::from_u8(FLAVOR), kind))
 }
 
 fn sync_op(
@@ -367,6 +491,7 @@ fn sync_op(
         nbytes: 0,
         buffer: None,
         export: None,
+        vectored: None,
         direct: None,
         priority,
         rw_flags: 0,

@@ -130,7 +130,7 @@ pub(super) unsafe extern "C" fn op_get_value(
                 }
                 .map(PyOwned::into_ptr)
             }
-            IoKind::Write => int(fields.result.get()),
+            IoKind::Write | IoKind::ReadV | IoKind::WriteV => int(fields.result.get()),
             IoKind::Fsync | IoKind::Fdsync => Ok(none()),
         }
     })
@@ -182,7 +182,10 @@ fn payload(op: OpRef<'_>) -> Result<*mut PyObject> {
                 }
             }
         }
-        IoKind::Write => Ok(object_or_none(fields.buffer.cloned())),
+        // A vectored op's: the tuple of its buffers.
+        IoKind::Write | IoKind::ReadV | IoKind::WriteV => {
+            Ok(object_or_none(fields.buffer.cloned()))
+        }
         IoKind::Fsync | IoKind::Fdsync => Ok(none()),
     }
 }
@@ -231,6 +234,8 @@ pub(super) unsafe extern "C" fn op_repr(slf: *mut PyObject) -> *mut PyObject {
             IoKind::Write => "write",
             IoKind::Fsync => "fsync",
             IoKind::Fdsync => "fdsync",
+            IoKind::ReadV => "readv",
+            IoKind::WriteV => "writev",
         };
         let state = match op.phase() {
             Phase::New => "new",

@@ -7,7 +7,7 @@ use std::ptr;
 use caio_backends::IoKind;
 
 use super::flavor::Flavor;
-use super::new::{op_fdsync, op_fsync, op_read, op_read_into, op_write};
+use super::new::{op_fdsync, op_fsync, op_read, op_read_into, op_vectored, op_write};
 use super::props::{get_property, op_get_value, op_repr, op_set_callback, Property};
 use super::{OpRef, OperationObject};
 use crate::error::Result;
@@ -28,8 +28,10 @@ unsafe extern "C" fn op_traverse(
         // A read's buffer is an exact bytes object (never GC-tracked, so in no cycle) that
         // the kernel or a worker may be writing: visiting it would hand it to Python
         // (`gc.get_referents`). A write's payload is the caller's own object, possibly a
-        // bytes subclass with a `__dict__` that refers back to the op, so it is visited.
-        let payload = if fields.kind == IoKind::Write {
+        // bytes subclass with a `__dict__` that refers back to the op, so it is visited, as
+        // is a writev's tuple of buffers (a readv's, like a read_into's target, is not:
+        // the kernel may be writing into its buffers).
+        let payload = if matches!(fields.kind, IoKind::Write | IoKind::WriteV) {
             fields.buffer.ptr()
         } else {
             ptr::null_mut()
@@ -63,6 +65,7 @@ fn release_fields(op: OpRef<'_>) {
     let fields = op.fields();
     drop(fields.direct.take());
     drop(fields.export.take());
+    drop(fields.vectored.take());
     for field in [
         &fields.callback,
         &fields.buffer,
@@ -126,6 +129,18 @@ fn create_type_of<const FLAVOR: u8>(
             op_write::<FLAVOR>,
             ffi::METH_CLASS,
             c"write(payload_bytes, fd, offset=0, priority=0) -> Operation",
+        ),
+        method_kw(
+            c"readv",
+            op_vectored::<FLAVOR, false>,
+            ffi::METH_CLASS,
+            c"readv(buffers, fd, offset=0, priority=0, *, flags=0) -> Operation: one read into a sequence of writable buffers, filled in order, no copy; get_value() is the number of bytes read.",
+        ),
+        method_kw(
+            c"writev",
+            op_vectored::<FLAVOR, true>,
+            ffi::METH_CLASS,
+            c"writev(buffers, fd, offset=0, priority=0, *, flags=0) -> Operation: one write from a sequence of buffers, in order, no copy; get_value() is the number of bytes written.",
         ),
         method_kw(
             c"fsync",
