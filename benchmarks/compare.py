@@ -274,7 +274,8 @@ def run_all(args: argparse.Namespace, configs: list[Config], sides: dict[str, Si
             return f"ERROR {exc}"
         cfg.results[side_name][rep] = result
         return (f"{result['ops_per_s']:,.0f} ops/s" if cfg.kind == "timed"
-                else f"stall {result['max_stall_ms']:.1f} ms")
+                else f"stall {result['max_stall_ms']:.1f} ms (loop CPU {result['stall_cpu_ms']:.2f} "
+                     f"ms), free {result['free_ms']:.1f} ms")
 
     groups = [[(cfg, name) for name in cfg.runners] for cfg in configs]
     harness.run_interleaved(args.repeat, groups, measure,
@@ -286,7 +287,8 @@ def run_all(args: argparse.Namespace, configs: list[Config], sides: dict[str, Si
 
 TIMED_KEYS = ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_op", "max_stall_ms",
               "workers_active")
-BIG_KEYS = ("elapsed_s", "cpu_s", "max_stall_ms", "peak_rss_mib", "peak_delta_mib", "idle_tick_ms")
+BIG_KEYS = ("elapsed_s", "cpu_s", "max_stall_ms", "stall_cpu_ms", "max_loop_cpu_ms",
+            "free_ms", "peak_rss_mib", "peak_delta_mib", "idle_tick_ms")
 
 
 def aggregate(configs: list[Config], sides: dict[str, Side],
@@ -342,6 +344,20 @@ def pair_text(row: dict[str, Any], key: str, integer: bool = False) -> str:
     if "theirs" not in row:
         return fmt(o)
     return f"{fmt(o)} / {fmt(t)}"
+
+
+def big_cell(row: dict[str, Any], key: str, scale: float) -> str:
+    """A big-read cell: ``ours / theirs`` medians, or ours as median [min-max]."""
+    def scaled(s: dict[str, float] | None) -> dict[str, float] | None:
+        if not s:
+            return None
+        return {k: (v * scale if k in ("median", "min", "max") else v) for k, v in s.items()}
+
+    o = scaled((row.get("ours") or row.get("ref") or {}).get(key))
+    if "theirs" in row:
+        t = scaled(row["theirs"].get(key))
+        return f"{fmt_num(o and o['median'])} / {fmt_num(t and t['median'])}"
+    return fmt_stat(o)
 
 
 def fairness_caveat(row: dict[str, Any], seconds: float) -> str:
@@ -455,25 +471,25 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any], has_theirs: b
     big = [r for r in rows if r["kind"] == "bigread"]
     if big:
         mib = meta["big_read_mib"]
-        headers = ["loop", "backend", "read ms", "CPU ms", "max loop stall ms", "peak RSS MiB",
-                   "RSS growth MiB"]
-        align = "llrrrrr"
+        headers = ["loop", "backend", "read ms", "CPU ms", "max loop stall ms", "loop CPU in it",
+                   "max loop CPU/tick", "free ms", "peak RSS MiB", "RSS growth MiB"]
+        align = "llrrrrrrrr"
         body = []
         for r in big:
             cells = [r["loop"], row_label(r)]
-            for bkey in ("elapsed_s", "cpu_s", "max_stall_ms", "peak_rss_mib", "peak_delta_mib"):
-                scale = 1e3 if bkey in ("elapsed_s", "cpu_s") else 1.0
-                o = med(r.get("ours") or r.get("ref"), bkey)
-                t = med(r.get("theirs"), bkey)
-                o = o * scale if o is not None else None
-                t = t * scale if t is not None else None
-                cells.append(f"{fmt_num(o)} / {fmt_num(t)}" if "theirs" in r else fmt_num(o))
+            for bkey in ("elapsed_s", "cpu_s", "max_stall_ms", "stall_cpu_ms", "max_loop_cpu_ms",
+                         "free_ms", "peak_rss_mib", "peak_delta_mib"):
+                cells.append(big_cell(r, bkey, 1e3 if bkey in ("elapsed_s", "cpu_s") else 1.0))
             if r["errors"]:
                 cells[2] += " (!)"
             body.append(cells)
         out.append("")
         out.append(f"== one {mib} MiB read (page cache) while a 1 ms ticker runs; "
-                   + ("ours / theirs, " if has_theirs else "") + "medians ==")
+                   + ("ours / theirs, medians" if has_theirs else "median [min-max]") + " ==")
+        out.append("(stall: the ticker's longest gap from the call until the result is in hand; "
+                   "loop CPU in it: what the loop thread itself ran during that gap, the rest "
+                   "it waited for a CPU; max loop CPU/tick: the most it ran in any one gap; "
+                   "free: dropping the result afterwards, outside the stall)")
         idle = [x for x in (med(r.get("ours") or r.get("ref"), "idle_tick_ms") for r in big)
                 if x is not None]
         if idle:

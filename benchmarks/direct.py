@@ -198,6 +198,35 @@ async def run_asyncio(spec: dict[str, Any]) -> dict[str, Any]:
                 else:
                     tally.error(OSError(f"short read: {len(data)} bytes"))
 
+        async def worker_into() -> None:
+            # Zero-copy: the kernel reads straight into this worker's aligned buffer.
+            buffer = aligned(BLOCK)
+            read_into = ctx.read_into
+            while not tally.stop:
+                try:
+                    got = await read_into(buffer, fd, nxt())
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    tally.error(exc)
+                    continue
+                if got == BLOCK:
+                    tally.ok += 1
+                else:
+                    tally.error(OSError(f"short read: {got} bytes"))
+
+        if spec["mode"] == "into":
+            aligned = harness.aligned_buffer_factory()
+            if aligned is None:
+                raise RuntimeError("caio.aligned_buffer is missing")
+            validation = None
+            off = offsets.next()
+            buffer = aligned(BLOCK)
+            try:
+                await ctx.read_into(buffer, fd, off)
+                validation = validate_read(buffer, path, off)
+            except Exception as exc:  # noqa: BLE001 - reported
+                validation = f"{error_kind(exc)}: {exc!r}"
+            worker = worker_into
+
         def stop() -> None:
             tally.stop = True
 
@@ -333,7 +362,7 @@ class Config:
         if self.mode == "raw":
             return f"{MODULES[self.backend]} raw Context"
         name = f"{MODULES[self.backend]}_asyncio"
-        return name + (" deferred" if self.mode == "deferred" else "")
+        return name + {"deferred": " deferred", "into": " read_into"}.get(self.mode, "")
 
     def describe(self) -> str:
         return f"depth {self.depth} {self.side_title} {self.what}"
@@ -434,9 +463,15 @@ def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
                 if b not in side.info["backends"]:
                     log(f"note: backend {b!r} is not available in {side.title}; skipped")
                     continue
-                modes = ["default", "deferred", "raw"] if b == "linux" else ["default"]
-                if side.name == "theirs" and "raw" in modes:
+                modes = ["into", "default", "deferred", "raw"] if b == "linux" else \
+                    ["into", "default"]
+                # read_into with caio.aligned_buffer, and the raw Context: ours only.
+                if side.name == "theirs" or not side.info.get("aligned_buffer"):
+                    modes.remove("into")
+                if side.name == "theirs":
                     modes.remove("raw")
+                if args.mode_list:
+                    modes = [m for m in modes if m in args.mode_list]
                 for mode in modes:
                     configs.append(Config(side.name, b, mode, depth))
     return configs
@@ -619,6 +654,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backends", default="linux",
                    help="comma list among linux,uring,thread (linux)")
     harness.add_side_options(p, f"do not measure caio {UPSTREAM_VERSION}")
+    p.add_argument("--modes", default=None,
+                   help="comma list among into,default,deferred,raw (all): into = "
+                        "read_into a caio.aligned_buffer per task (zero-copy), default/"
+                        "deferred = read() (a bounce buffer, then bytes), raw = the "
+                        "linux_aio Context without an adapter")
     p.add_argument("--no-fio", action="store_true", help="skip the fio rows")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke run: 1 s runs, 1 repeat, depths 1,8")
@@ -632,6 +672,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.depth_list = parse_int_list(args.depths)
+    args.mode_list = parse_str_list(args.modes) if args.modes else []
     if args.repeat < 1 or args.seconds <= 0 or not args.depth_list or \
             min(args.depth_list) < 1:
         p.error("--repeat and --depths must be >= 1 and --seconds > 0")

@@ -83,7 +83,7 @@ class UringContextProtocol(EventfdContextProtocol, Protocol):
 
 
 class SemaphoreProtocol(Protocol):
-    async def acquire(self) -> Any: ...
+    def acquire(self) -> Awaitable[Any]: ...
 
     def release(self) -> None: ...
 
@@ -279,7 +279,11 @@ class AdapterBase(Generic[ContextType, OperationType]):
         if type(offset) is not int or offset < 0:
             _check_offset(offset)
         operation_class: Any = self.OPERATION_CLASS
-        op: Any = operation_class.read_into(buffer, fd, offset, priority, flags=flags)
+        op: Any = (
+            operation_class.read_into(buffer, fd, offset, priority, flags=flags)
+            if flags
+            else operation_class.read_into(buffer, fd, offset, priority)
+        )
         return self.submit(op)
 
     def readv(

@@ -11,6 +11,7 @@ Contexts are watched with ``loop.add_reader``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +24,58 @@ from .adapter_base import (
     OperationType,
     SemaphoreProtocol,
 )
+
+
+class CapacitySemaphore:
+    """The adapter's bounded semaphore: ``asyncio.BoundedSemaphore``'s behaviour (FIFO
+    waiters, ``ValueError`` on releasing more than acquired, ``_value`` = free slots), but
+    ``acquire()`` with a slot free and nobody queued is a plain call returning a future
+    that is already done, so awaiting it does not suspend: no coroutine to create and run
+    per operation (``BoundedSemaphore.acquire`` + ``release`` cost about 1 us here, a
+    tenth of an O_DIRECT 4 KiB read's CPU at depth 32). ``release()`` hands the slot
+    straight to the first waiter."""
+
+    __slots__ = ("_bound", "_free_now", "_loop", "_value", "_waiters")
+
+    def __init__(self, value: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._value = value
+        self._bound = value
+        self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._loop = loop
+        self._free_now: asyncio.Future[Any] = loop.create_future()
+        self._free_now.set_result(True)
+
+    def acquire(self) -> Awaitable[Any]:
+        if self._value > 0 and not self._waiters:
+            self._value -= 1
+            return self._free_now
+        return self._wait()
+
+    async def _wait(self) -> bool:
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # The slot was handed over before the cancellation: pass it on.
+                self.release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+        return True
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        if self._value >= self._bound:
+            raise ValueError("BoundedSemaphore released too many times")
+        self._value += 1
 
 
 class AsyncioContextBase(AdapterBase[ContextType, OperationType]):
@@ -40,7 +93,7 @@ class AsyncioContextBase(AdapterBase[ContextType, OperationType]):
         super().__init__(max_requests, deferred, **kwargs)
 
     def _new_semaphore(self, value: int) -> SemaphoreProtocol:
-        return asyncio.BoundedSemaphore(value)
+        return CapacitySemaphore(value, self.loop)
 
     def _new_waiter(self) -> asyncio.Future[Any]:
         return self.loop.create_future()
@@ -91,4 +144,10 @@ class EventfdAsyncioContextBase(
         self.loop.remove_reader(fd)
 
 
-__all__ = ("AsyncioContextBase", "ContextType", "EventfdAsyncioContextBase", "OperationType")
+__all__ = (
+    "AsyncioContextBase",
+    "CapacitySemaphore",
+    "ContextType",
+    "EventfdAsyncioContextBase",
+    "OperationType",
+)
