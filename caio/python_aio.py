@@ -190,7 +190,7 @@ class Context(AbstractContext):
         # The traceback's frames (the worker's handlers) hold this Context and the op: let
         # go of their locals, so a failed op kept by the caller does not keep the pool.
         traceback.clear_frames(operation.exception.__traceback__)
-        operation._release_views()  # a cancelled vectored op never reached its handler
+        operation._release_views()  # a cancelled read_into/vectored op never ran its handler
         operation.written = 0
         operation.context = None
         self._invoke_callback(operation, None)
@@ -255,9 +255,11 @@ class Context(AbstractContext):
 
     def _handle_read(self, operation: Operation) -> int:
         fd, offset, flags = operation.fileno, operation.offset, operation._rw_flags
-        into = operation._into
-        if into is not None:
-            count = self._preadv(fd, into, offset, flags)
+        if operation._target is not None:  # read_into: its one view, released once run
+            try:
+                count = self._preadv(fd, operation._views[0], offset, flags)
+            finally:
+                operation._release_views()
             operation.buffer = count
             return count
         if flags:
@@ -494,11 +496,10 @@ class Operation(AbstractOperation):
         self._rw_flags = _rw_flags(self.opcode, flags)
 
         self.buffer: Any = b""
-        # A read into the caller's buffer (read_into): a writable view of it.
-        self._into: memoryview | None = None
+        # The caller's buffer of a read_into, or the buffers of a vectored op (the
+        # payload), and until the op has run, views of them (exports: a bytearray cannot
+        # be resized meanwhile; released before the callback, as the native backends do).
         self._target: object = None
-        # A vectored op (readv/writev): its buffers (the payload) and, until it has run,
-        # views of them (exports: a bytearray cannot be resized meanwhile).
         self._views: list[memoryview] = []
         if self.opcode == OpCode.WRITE:
             _check_payload(payload)
@@ -540,7 +541,7 @@ class Operation(AbstractOperation):
         if not view.c_contiguous:
             raise BufferError("read_into() needs one contiguous buffer")
         operation = cls(fd, view.nbytes, offset, OpCode.READ, priority=priority, flags=flags)
-        operation._into = view.cast("B")
+        operation._views = [view.cast("B")]
         operation._target = buffer
         return operation
 
@@ -624,7 +625,7 @@ class Operation(AbstractOperation):
 
     @property
     def payload(self) -> Any:
-        if self._into is not None or self.opcode in (OpCode.READV, OpCode.WRITEV):
+        if self._target is not None:
             return self._target
         return memoryview(self.buffer)
 

@@ -158,3 +158,34 @@ def test_a_failed_read_into_raises_and_leaves_the_buffer(backend, files):
     with pytest.raises(OSError):
         op.get_value()
     assert bytes(buffer) == b"\x11" * 64
+
+
+@pytest.mark.parametrize("vectored", [False, True], ids=["read_into", "readv"])
+def test_the_callers_buffer_is_released_before_its_callback(backend, files, vectored):
+    """By the time the callback runs the op no longer exports the caller's buffer: a
+    bytearray can be resized there, and an mmap closed right after (python_aio used to
+    hold its view until the op itself was freed, which a pool worker could delay)."""
+    from conftest import Tracker
+
+    fd = files.open(DATA)
+    buffer = bytearray(4096)
+    op = (backend.Operation.readv([buffer], fd, 0) if vectored
+          else backend.Operation.read_into(buffer, fd, 0))
+    tracker = Tracker(1)
+    record = tracker.callback(0)
+    resized = []
+
+    def callback(result):
+        try:
+            buffer.extend(b"+")
+            resized.append(True)
+        except BufferError as exc:
+            resized.append(exc)
+        record(result)
+
+    op.set_callback(callback)
+    ctx = backend.Context()
+    assert ctx.submit(op) == 1
+    backend.wait_done(ctx, tracker)
+    assert resized == [True]
+    assert bytes(buffer) == DATA[:4096] + b"+"
