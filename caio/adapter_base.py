@@ -476,7 +476,11 @@ class UringAdapter(EventfdAdapterBase[UringContextType, OperationType]):
     """io_uring: ``deferred=True`` batches one loop iteration's submissions into a
     single ``flush()`` (unless SQPOLL was negotiated)."""
 
-    # As in caio, SQPOLL is on whenever the process may use it (set by the concrete class).
+    # Not as caio (on whenever allowed): the polling kernel thread competes with the loop
+    # for the CPUs and spins between requests. Measured on 2 cores, 16 in flight: 1 MiB
+    # cached reads about 1.9x the throughput at 0.55x the CPU per read without it, 4 KiB
+    # writes about 1.7x at 0.45x (benchmarks/results/2026-12-01-uring-ab.txt).
+    # ``sqpoll=True`` still asks for it; ``Context.sqpoll`` says what was negotiated.
     DEFAULT_SQPOLL: ClassVar[bool] = False
 
     def _create_context(self, max_requests: int, **kwargs: Any) -> UringContextType:
