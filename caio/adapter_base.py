@@ -477,9 +477,8 @@ class UringAdapter(EventfdAdapterBase[UringContextType, OperationType]):
     single ``flush()`` (unless SQPOLL was negotiated)."""
 
     # Not as caio (on whenever allowed): the polling kernel thread competes with the loop
-    # for the CPUs and spins between requests. Measured on 2 cores, 16 in flight: 1 MiB
-    # cached reads about 1.9x the throughput at 0.55x the CPU per read without it, 4 KiB
-    # writes about 1.7x at 0.45x (benchmarks/results/2026-12-01-uring-ab.txt).
+    # for the CPUs and spins between requests; without it large reads and writes run
+    # faster at about half the CPU per op (benchmarks/results/2026-12-01-uring-ab.txt).
     # ``sqpoll=True`` still asks for it; ``Context.sqpoll`` says what was negotiated.
     DEFAULT_SQPOLL: ClassVar[bool] = False
 

@@ -185,15 +185,11 @@ else:
         UringAdapter[_UringContext, _UringOperation],
         EventfdTrioContextBase[_UringContext, _UringOperation],
     ):
-        """trio front end of ``caio.linux_uring.Context``. Without SQPOLL unless asked
-        (``sqpoll=True``): there is no caio behaviour to keep here, and the polling kernel
-        thread competes with the loop for the CPUs (measured on 2 cores: 4 KiB writes at
-        16 in flight, about 2.5x the throughput and a third of the CPU per write without
-        it)."""
+        """trio front end of ``caio.linux_uring.Context``, without SQPOLL unless asked
+        (``sqpoll=True``; see ``UringAdapter.DEFAULT_SQPOLL``)."""
 
         CONTEXT_CLASS = _UringContext
         OPERATION_CLASS = _UringOperation
-        DEFAULT_SQPOLL = False
 
     TRIO_CONTEXTS["linux_uring"] = UringTrioContext
 
