@@ -118,6 +118,8 @@ class AdapterBase(Generic[ContextType, OperationType]):
         # Created before the backend context, so a failing context constructor
         # leaves nothing half-registered behind.
         self.semaphore = self._new_semaphore(max_requests)
+        # Bound once: looking the classmethod up binds a new method object per read.
+        self._new_read = self.OPERATION_CLASS.read
         self.context = self._create_context(max_requests, **kwargs)
 
     # --- loop primitives (every loop implements these) ------------------------
@@ -265,9 +267,9 @@ class AdapterBase(Generic[ContextType, OperationType]):
         # (the classmethods are typed as returning AbstractOperation; no runtime cast
         # on the hot path, and no keyword argument to parse without flags)
         op: Any = (
-            self.OPERATION_CLASS.read(nbytes, fd, offset, priority, flags=flags)
+            self._new_read(nbytes, fd, offset, priority, flags=flags)
             if flags
-            else self.OPERATION_CLASS.read(nbytes, fd, offset, priority)
+            else self._new_read(nbytes, fd, offset, priority)
         )
         return self.submit(op)
 
@@ -421,15 +423,17 @@ class EventfdAdapterBase(AdapterBase[EventfdContextType, OperationType]):
             raise RuntimeError(self.CLOSED_MESSAGE)
 
     def _complete_inline(self, op: OperationType) -> object:
-        self._check_open()
+        # (`_check_open`, spelled out: this runs once per operation)
+        if self._closed:
+            raise RuntimeError(self.CLOSED_MESSAGE)
         # Fast path: a small page-cache read completes right here, synchronously.
         if not self.context.run_inline(op):
             return False
-        self._inline_streak += 1
-        if self._inline_streak == 1:
+        streak = self._inline_streak = self._inline_streak + 1
+        if streak == 1:
             # Runs when the loop next gets control: a new iteration, a new budget.
             self._call_soon(self._reset_inline_streak)
-        elif self._inline_streak > self.INLINE_BUDGET:
+        elif streak > self.INLINE_BUDGET:
             return _YIELD_FIRST
         return True
 
