@@ -52,6 +52,20 @@ class ContextState(IntEnum):
     CLOSED = 2
 
 
+# Bumped in a child after fork(): a Context compares it with the value it was created
+# under, which costs less per operation than asking the OS for the pid.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _describe(obj: object) -> str:
     """repr() for error messages, without building huge strings for big buffers."""
     if isinstance(obj, (bytes, bytearray, memoryview, str)) and len(obj) > 64:
@@ -106,6 +120,7 @@ class Context(AbstractContext):
         self.pool = ThreadPool(pool_size)
         # The pool's threads do not survive fork(): a child must create its own Context.
         self._pid = os.getpid()
+        self._fork_generation = _fork_generation
         self._state = ContextState.OPEN
 
     @property
@@ -138,7 +153,7 @@ class Context(AbstractContext):
                 return False
             if self._state != ContextState.OPEN:
                 raise RuntimeError("Context is closed")
-            if self._pid != os.getpid():
+            if self._fork_generation != _fork_generation and self._pid != os.getpid():
                 raise RuntimeError(
                     f"this Context was created in process {self._pid}; a Context cannot "
                     "be used after fork(), create a new one in the child",
@@ -219,11 +234,24 @@ class Context(AbstractContext):
     # and kernel AIO treat it, and runs as a plain read/write.
 
     def _pread(self, fd: int, size: int, offset: int) -> bytes:
+        if NATIVE_PREAD_PWRITE:
+            # `_transfer` without its two partials: this is the path of every read.
+            try:
+                return os.pread(fd, size, offset)
+            except OSError:
+                _reraise_unless_stream_start(fd, offset)
+            return os.read(fd, size)
         return self._transfer(
             fd, offset, partial(os.pread, fd, size, offset), partial(os.read, fd, size),
         )
 
     def _pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        if NATIVE_PREAD_PWRITE:
+            try:
+                return os.pwrite(fd, data, offset)
+            except OSError:
+                _reraise_unless_stream_start(fd, offset)
+            return os.write(fd, data)
         return self._transfer(
             fd, offset, partial(os.pwrite, fd, data, offset), partial(os.write, fd, data),
         )
@@ -240,8 +268,7 @@ class Context(AbstractContext):
                 os.lseek(fd, offset, os.SEEK_SET)
                 return plain()
         except OSError:
-            if offset != 0 or not is_stream(fd):
-                raise
+            _reraise_unless_stream_start(fd, offset)
         return plain()
 
     def _preadv(self, fd: int, into: memoryview, offset: int, flags: int) -> int:
@@ -337,6 +364,13 @@ class Context(AbstractContext):
         self.close()
 
 
+def _reraise_unless_stream_start(fd: int, offset: int) -> None:
+    """In an ``except OSError``: re-raises it unless ``fd`` is a stream and ``offset`` 0
+    (then the caller runs the plain read/write)."""
+    if offset != 0 or not is_stream(fd):
+        raise  # noqa: PLE0704 (the error being handled by the caller)
+
+
 def _run_unless_cancelled(
     handler: Callable[[Context, Operation], Any], context: Context, operation: Operation,
 ) -> Any:
@@ -407,12 +441,12 @@ class Operation(AbstractOperation):
         self.exception: BaseException | None = None
         self.written: Any = 0
 
-        self.opcode = OpCode(opcode)
+        self.opcode = opcode if type(opcode) is OpCode else OpCode(opcode)
         self.__fileno = operator.index(fd)
         self.__nbytes = 0 if nbytes is None else operator.index(nbytes)
         self.__offset = 0 if offset is None else operator.index(offset)
         self.__priority = 0 if priority is None else operator.index(priority)
-        self._rw_flags = _rw_flags(self.opcode, flags)
+        self._rw_flags = 0 if flags.__class__ is int and not flags else _rw_flags(self.opcode, flags)
 
         self.buffer: Any = b""
         # A read into the caller's buffer (read_into): a writable view of it.
