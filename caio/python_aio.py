@@ -278,25 +278,25 @@ class Context(AbstractContext):
         return count
 
     def _handle_read(self, operation: Operation) -> int:
-        fd, offset, flags = operation.fileno, operation.offset, operation._rw_flags
+        fd, offset, flags = operation._fileno, operation._offset, operation._rw_flags
         into = operation._into
         if into is not None:
             count = self._preadv(fd, into, offset, flags)
             operation.buffer = count
             return count
         if flags:
-            buffer = bytearray(operation.nbytes)
+            buffer = bytearray(operation._nbytes)
             with memoryview(buffer) as view:
                 count = self._preadv(fd, view, offset, flags)
                 data = bytes(view[:count])
         else:
-            data = self._pread(fd, operation.nbytes, offset)
+            data = self._pread(fd, operation._nbytes, offset)
         operation.buffer = data
         return len(data)
 
     def _handle_write(self, operation: Operation) -> int:
         fd, data, offset, flags = (
-            operation.fileno, operation.buffer, operation.offset, operation._rw_flags,
+            operation._fileno, operation.buffer, operation._offset, operation._rw_flags,
         )
         if flags:
             count: int = self._transfer(
@@ -308,10 +308,10 @@ class Context(AbstractContext):
         return self._pwrite(fd, data, offset)
 
     def _handle_fsync(self, operation: Operation) -> None:
-        os.fsync(operation.fileno)
+        os.fsync(operation._fileno)
 
     def _handle_fdsync(self, operation: Operation) -> None:
-        fdsync(operation.fileno)
+        fdsync(operation._fileno)
 
     def _handle_noop(self, operation: Operation) -> None:
         return None
@@ -442,10 +442,10 @@ class Operation(AbstractOperation):
         self.written: Any = 0
 
         self.opcode = opcode if type(opcode) is OpCode else OpCode(opcode)
-        self.__fileno = operator.index(fd)
-        self.__nbytes = 0 if nbytes is None else operator.index(nbytes)
-        self.__offset = 0 if offset is None else operator.index(offset)
-        self.__priority = 0 if priority is None else operator.index(priority)
+        self._fileno = operator.index(fd)
+        self._nbytes = 0 if nbytes is None else operator.index(nbytes)
+        self._offset = 0 if offset is None else operator.index(offset)
+        self._priority = 0 if priority is None else operator.index(priority)
         self._rw_flags = 0 if flags.__class__ is int and not flags else _rw_flags(self.opcode, flags)
 
         self.buffer: Any = b""
@@ -525,11 +525,11 @@ class Operation(AbstractOperation):
 
     @property
     def fileno(self) -> int:
-        return self.__fileno
+        return self._fileno
 
     @property
     def offset(self) -> int:
-        return self.__offset
+        return self._offset
 
     @property
     def payload(self) -> Any:
@@ -539,7 +539,7 @@ class Operation(AbstractOperation):
 
     @property
     def nbytes(self) -> int:
-        return self.__nbytes
+        return self._nbytes
 
     def set_callback(self, callback: Callable[[Any], Any]) -> bool:
         if not callable(callback):
