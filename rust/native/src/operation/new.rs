@@ -161,28 +161,25 @@ struct ReadArgs {
 /// in range (sizes and offsets not negative, a priority below 2**15), converted without
 /// building an argument tuple: the values are those the format's conversions give for
 /// them (`K`, `I` and `H` mask, `h` range-checks, an offset >= 0 is itself). None for any
-/// other call, which [`read_args_parsed`] then reports on as before.
-///
-/// # Safety
-/// `args` holds `nargs` live objects; GIL held.
-unsafe fn read_args_fast(args: *const *mut PyObject, nargs: ffi::Py_ssize_t) -> Option<ReadArgs> {
-    if !(2..=4).contains(&nargs) {
+/// other call, which [`read_args_parsed`] then reports on as before. `args` are live
+/// objects (a call's positional arguments); GIL held.
+fn read_args_fast(args: &[*mut PyObject]) -> Option<ReadArgs> {
+    if !(2..=4).contains(&args.len()) {
         return None;
     }
     let mut values = [0i64; 4];
-    for (i, value) in values.iter_mut().enumerate().take(nargs as usize) {
-        // SAFETY: `i < nargs` (the function's contract); an exact int's conversion cannot
-        // raise, it reports overflow in the flag.
-        unsafe {
-            let arg = *args.add(i);
+    for (value, &arg) in values.iter_mut().zip(args) {
+        let mut overflow: c_int = 0;
+        // SAFETY: a live object (see above); an exact int's conversion cannot raise, it
+        // reports overflow in the flag.
+        *value = unsafe {
             if ffi::PyLong_CheckExact(arg) == 0 {
                 return None;
             }
-            let mut overflow: c_int = 0;
-            *value = ffi::PyLong_AsLongLongAndOverflow(arg, &mut overflow);
-            if overflow != 0 || *value < 0 {
-                return None;
-            }
+            ffi::PyLong_AsLongLongAndOverflow(arg, &mut overflow)
+        };
+        if overflow != 0 || *value < 0 {
+            return None;
         }
     }
     let [nbytes, fd, offset, priority] = values;
@@ -196,34 +193,32 @@ unsafe fn read_args_fast(args: *const *mut PyObject, nargs: ffi::Py_ssize_t) -> 
 }
 
 /// Any call of `read`, parsed by `PyArg_ParseTupleAndKeywords` from a tuple and a dict
-/// built from the vectorcall arguments.
-///
-/// # Safety
-/// `args` holds `nargs` live objects followed by one per name in `kwnames` (a tuple of
-/// strings, or NULL); GIL held.
-unsafe fn read_args_parsed(
+/// built from the vectorcall arguments: `args` (live objects, GIL held) are the
+/// positional ones followed by the values of the names in `kwnames` (a tuple of strings,
+/// or NULL).
+fn read_args_parsed(
     rules: &Behaviour,
-    args: *const *mut PyObject,
-    nargs: ffi::Py_ssize_t,
+    args: &[*mut PyObject],
+    nargs: usize,
     kwnames: *mut PyObject,
 ) -> Result<ReadArgs> {
-    // SAFETY: the function's contract. PyTuple_SetItem steals the reference it is given
-    // (a new one, taken just before); PyDict_SetItem takes its own.
+    let (positional, values) = args.split_at(nargs);
+    // SAFETY: live objects and a tuple of names, as above. PyTuple_SetItem steals the
+    // reference it is given (a new one, taken just before); PyDict_SetItem takes its own.
     let (tuple, dict) = unsafe {
-        let tuple = PyOwned::from_new(ffi::PyTuple_New(nargs)).ok_or(Error::AlreadySet)?;
-        for i in 0..nargs {
-            let arg = *args.add(i as usize);
+        let tuple = PyOwned::from_new(ffi::PyTuple_New(nargs as ffi::Py_ssize_t))
+            .ok_or(Error::AlreadySet)?;
+        for (i, &arg) in positional.iter().enumerate() {
             ffi::Py_IncRef(arg);
-            ffi::PyTuple_SetItem(tuple.as_ptr(), i, arg);
+            ffi::PyTuple_SetItem(tuple.as_ptr(), i as ffi::Py_ssize_t, arg);
         }
         let dict = if kwnames.is_null() {
             None
         } else {
             let dict = PyOwned::from_new(ffi::PyDict_New()).ok_or(Error::AlreadySet)?;
-            for j in 0..ffi::PyTuple_Size(kwnames) {
-                let value = *args.add((nargs + j) as usize);
-                if ffi::PyDict_SetItem(dict.as_ptr(), ffi::PyTuple_GetItem(kwnames, j), value) != 0
-                {
+            for (j, &value) in values.iter().enumerate() {
+                let name = ffi::PyTuple_GetItem(kwnames, j as ffi::Py_ssize_t);
+                if ffi::PyDict_SetItem(dict.as_ptr(), name, value) != 0 {
                     return Err(Error::AlreadySet);
                 }
             }
@@ -268,9 +263,23 @@ pub(super) unsafe extern "C" fn op_read<const FLAVOR: u8>(
     entry(|| {
         let flavor = Flavor::from_u8(FLAVOR);
         let rules = flavor.behaviour();
-        // SAFETY: the interpreter's vectorcall arguments; GIL held.
+        let nargs = nargs as usize;
+        // SAFETY: the interpreter passes `nargs` positional arguments followed by one
+        // value per name in `kwnames` (a tuple, or NULL), all alive for the call; GIL held.
+        let args = unsafe {
+            let nkw = if kwnames.is_null() {
+                0
+            } else {
+                ffi::PyTuple_Size(kwnames) as usize
+            };
+            if nargs + nkw == 0 {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(args, nargs + nkw)
+            }
+        };
         let fast = if kwnames.is_null() {
-            unsafe { read_args_fast(args, nargs) }
+            read_args_fast(args)
         } else {
             None
         };
@@ -282,8 +291,7 @@ pub(super) unsafe extern "C" fn op_read<const FLAVOR: u8>(
             flags,
         } = match fast {
             Some(parsed) => parsed,
-            // SAFETY: as above.
-            None => unsafe { read_args_parsed(rules, args, nargs, kwnames) }?,
+            None => read_args_parsed(rules, args, nargs, kwnames)?,
         };
         let rw_flags = flags_arg(IoKind::Read, flags)?;
         if let Some(limit) = &rules.read_limit {
