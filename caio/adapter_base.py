@@ -189,11 +189,11 @@ class AdapterBase(Generic[ContextType, OperationType]):
     def _on_done(self, waiter: Waiter, result: Any) -> None:
         """Completion callback; may run on any thread.
 
-        The waiter is checked twice: here (cheap early exit) and again on the loop
-        thread, because a completion can race the cancellation of its awaiter.
+        The loop thread resolves the waiter unless it is done by then (a completion can
+        race the cancellation of its awaiter). Not checked here as well: this runs on the
+        thread pool's one result-handler thread, whose time per completion bounds
+        python_aio's throughput, and the loop thread has to check anyway.
         """
-        if self._waiter_done(waiter):
-            return
         self._call_soon_threadsafe(partial(self._resolve, waiter))
 
     # --- public API ----------------------------------------------------------

@@ -208,8 +208,9 @@ class Context(AbstractContext):
         self._invoke_callback(operation, None)
 
     def _invoke_callback(self, operation: Operation, result: Any) -> None:
-        with operation._lock:
-            callback = operation.callback
+        # One attribute read (as set_callback's one store) is atomic: no lock on this
+        # thread, which runs every completion in turn.
+        callback = operation.callback
         if callback is None:
             return
         try:
@@ -340,12 +341,7 @@ class Context(AbstractContext):
             if not isinstance(operation, Operation):
                 continue
             with operation._lock:
-                if (
-                    operation.context is self
-                    and not operation._started
-                    and not operation._cancelled
-                ):
-                    operation._cancelled = True
+                if operation.context is self and _take_run_token(operation):
                     cancelled += 1
         return cancelled
 
@@ -371,14 +367,23 @@ def _reraise_unless_stream_start(fd: int, offset: int) -> None:
         raise  # noqa: PLE0704 (the error being handled by the caller)
 
 
+def _take_run_token(operation: Operation) -> bool:
+    """Whether this caller took the operation's one run token: the pool thread that is to
+    run it, or a cancel() before that (then it never runs). ``list.pop`` is atomic, so
+    exactly one of them gets it, without a lock on the pool thread's path."""
+    try:
+        operation._run_token.pop()
+    except IndexError:
+        return False
+    return True
+
+
 def _run_unless_cancelled(
     handler: Callable[[Context, Operation], Any], context: Context, operation: Operation,
 ) -> Any:
     """Runs on a pool thread: the handler, unless the operation was cancelled first."""
-    with operation._lock:
-        if operation._cancelled:
-            raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED))
-        operation._started = True
+    if not _take_run_token(operation):
+        raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED))
     return handler(context, operation)
 
 
@@ -436,8 +441,8 @@ class Operation(AbstractOperation):
         # The Context this operation is in flight on, else None (as on the native
         # backends); cancel() targets only those.
         self.context: Context | None = None
-        self._started = False
-        self._cancelled = False
+        # Taken by whichever comes first: the pool thread running it, or cancel().
+        self._run_token = [True]
         self.exception: BaseException | None = None
         self.written: Any = 0
 
@@ -544,8 +549,7 @@ class Operation(AbstractOperation):
     def set_callback(self, callback: Callable[[Any], Any]) -> bool:
         if not callable(callback):
             raise ValueError(f"callback must be callable, got {callback!r}")  # noqa: TRY004
-        with self._lock:
-            self.callback = callback
+        self.callback = callback
         return True
 
 
