@@ -120,8 +120,11 @@ class AsyncioContextBase(AdapterBase[ContextType, OperationType]):
         self.loop.call_soon(callback)
 
     def _call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+        # (try/except, not contextlib.suppress: this runs once per thread-pool completion)
+        try:
             self.loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop is closed: nobody waits
+            pass
 
     def _on_loop_thread(self) -> bool:
         try:

@@ -54,6 +54,20 @@ class ContextState(IntEnum):
     CLOSED = 2
 
 
+# Bumped in a child after fork(): a Context compares it with the value it was created
+# under, which costs less per operation than asking the OS for the pid.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _describe(obj: object) -> str:
     """repr() for error messages, without building huge strings for big buffers."""
     if isinstance(obj, (bytes, bytearray, memoryview, str)) and len(obj) > 64:
@@ -108,6 +122,7 @@ class Context(AbstractContext):
         self.pool = ThreadPool(pool_size)
         # The pool's threads do not survive fork(): a child must create its own Context.
         self._pid = os.getpid()
+        self._fork_generation = _fork_generation
         self._state = ContextState.OPEN
 
     @property
@@ -140,7 +155,7 @@ class Context(AbstractContext):
                 return False
             if self._state != ContextState.OPEN:
                 raise RuntimeError("Context is closed")
-            if self._pid != os.getpid():
+            if self._fork_generation != _fork_generation and self._pid != os.getpid():
                 raise RuntimeError(
                     f"this Context was created in process {self._pid}; a Context cannot "
                     "be used after fork(), create a new one in the child",
@@ -196,8 +211,9 @@ class Context(AbstractContext):
         self._invoke_callback(operation, None)
 
     def _invoke_callback(self, operation: Operation, result: Any) -> None:
-        with operation._lock:
-            callback = operation.callback
+        # One attribute read (as set_callback's one store) is atomic: no lock on this
+        # thread, which runs every completion in turn.
+        callback = operation.callback
         if callback is None:
             return
         try:
@@ -222,11 +238,24 @@ class Context(AbstractContext):
     # and kernel AIO treat it, and runs as a plain read/write.
 
     def _pread(self, fd: int, size: int, offset: int) -> bytes:
+        if NATIVE_PREAD_PWRITE:
+            # `_transfer` without its two partials: this is the path of every read.
+            try:
+                return os.pread(fd, size, offset)
+            except OSError:
+                _reraise_unless_stream_start(fd, offset)
+            return os.read(fd, size)
         return self._transfer(
             fd, offset, partial(os.pread, fd, size, offset), partial(os.read, fd, size),
         )
 
     def _pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        if NATIVE_PREAD_PWRITE:
+            try:
+                return os.pwrite(fd, data, offset)
+            except OSError:
+                _reraise_unless_stream_start(fd, offset)
+            return os.write(fd, data)
         return self._transfer(
             fd, offset, partial(os.pwrite, fd, data, offset), partial(os.write, fd, data),
         )
@@ -243,8 +272,7 @@ class Context(AbstractContext):
                 os.lseek(fd, offset, os.SEEK_SET)
                 return plain()
         except OSError:
-            if offset != 0 or not is_stream(fd):
-                raise
+            _reraise_unless_stream_start(fd, offset)
         return plain()
 
     def _preadv(self, fd: int, into: memoryview, offset: int, flags: int) -> int:
@@ -254,7 +282,7 @@ class Context(AbstractContext):
         return count
 
     def _handle_read(self, operation: Operation) -> int:
-        fd, offset, flags = operation.fileno, operation.offset, operation._rw_flags
+        fd, offset, flags = operation._fileno, operation._offset, operation._rw_flags
         if operation._target is not None:  # read_into: its one view, released once run
             try:
                 count = self._preadv(fd, operation._views[0], offset, flags)
@@ -263,18 +291,18 @@ class Context(AbstractContext):
             operation.buffer = count
             return count
         if flags:
-            buffer = bytearray(operation.nbytes)
+            buffer = bytearray(operation._nbytes)
             with memoryview(buffer) as view:
                 count = self._preadv(fd, view, offset, flags)
                 data = bytes(view[:count])
         else:
-            data = self._pread(fd, operation.nbytes, offset)
+            data = self._pread(fd, operation._nbytes, offset)
         operation.buffer = data
         return len(data)
 
     def _handle_write(self, operation: Operation) -> int:
         fd, data, offset, flags = (
-            operation.fileno, operation.buffer, operation.offset, operation._rw_flags,
+            operation._fileno, operation.buffer, operation._offset, operation._rw_flags,
         )
         if flags:
             count: int = self._transfer(
@@ -286,7 +314,7 @@ class Context(AbstractContext):
         return self._pwrite(fd, data, offset)
 
     def _handle_vectored(self, operation: Operation) -> int:
-        fd, offset, flags = operation.fileno, operation.offset, operation._rw_flags
+        fd, offset, flags = operation._fileno, operation._offset, operation._rw_flags
         views = operation._views
         # One preadv2/pwritev2 call (its result as it is, like the native backends'); a
         # stream's "next bytes" is offset -1 there.
@@ -301,10 +329,10 @@ class Context(AbstractContext):
         return count
 
     def _handle_fsync(self, operation: Operation) -> None:
-        os.fsync(operation.fileno)
+        os.fsync(operation._fileno)
 
     def _handle_fdsync(self, operation: Operation) -> None:
-        fdsync(operation.fileno)
+        fdsync(operation._fileno)
 
     def _handle_noop(self, operation: Operation) -> None:
         return None
@@ -335,12 +363,7 @@ class Context(AbstractContext):
             if not isinstance(operation, Operation):
                 continue
             with operation._lock:
-                if (
-                    operation.context is self
-                    and not operation._started
-                    and not operation._cancelled
-                ):
-                    operation._cancelled = True
+                if operation.context is self and _take_run_token(operation):
                     cancelled += 1
         return cancelled
 
@@ -359,14 +382,30 @@ class Context(AbstractContext):
         self.close()
 
 
+def _reraise_unless_stream_start(fd: int, offset: int) -> None:
+    """In an ``except OSError``: re-raises it unless ``fd`` is a stream and ``offset`` 0
+    (then the caller runs the plain read/write)."""
+    if offset != 0 or not is_stream(fd):
+        raise  # noqa: PLE0704 (the error being handled by the caller)
+
+
+def _take_run_token(operation: Operation) -> bool:
+    """Whether this caller took the operation's one run token: the pool thread that is to
+    run it, or a cancel() before that (then it never runs). ``list.pop`` is atomic, so
+    exactly one of them gets it, without a lock on the pool thread's path."""
+    try:
+        operation._run_token.pop()
+    except IndexError:
+        return False
+    return True
+
+
 def _run_unless_cancelled(
     handler: Callable[[Context, Operation], Any], context: Context, operation: Operation,
 ) -> Any:
     """Runs on a pool thread: the handler, unless the operation was cancelled first."""
-    with operation._lock:
-        if operation._cancelled:
-            raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED))
-        operation._started = True
+    if not _take_run_token(operation):
+        raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED))
     return handler(context, operation)
 
 
@@ -483,17 +522,17 @@ class Operation(AbstractOperation):
         # The Context this operation is in flight on, else None (as on the native
         # backends); cancel() targets only those.
         self.context: Context | None = None
-        self._started = False
-        self._cancelled = False
+        # Taken by whichever comes first: the pool thread running it, or cancel().
+        self._run_token = [True]
         self.exception: BaseException | None = None
         self.written: Any = 0
 
-        self.opcode = OpCode(opcode)
-        self.__fileno = operator.index(fd)
-        self.__nbytes = 0 if nbytes is None else operator.index(nbytes)
-        self.__offset = 0 if offset is None else operator.index(offset)
-        self.__priority = 0 if priority is None else operator.index(priority)
-        self._rw_flags = _rw_flags(self.opcode, flags)
+        self.opcode = opcode if type(opcode) is OpCode else OpCode(opcode)
+        self._fileno = operator.index(fd)
+        self._nbytes = 0 if nbytes is None else operator.index(nbytes)
+        self._offset = 0 if offset is None else operator.index(offset)
+        self._priority = 0 if priority is None else operator.index(priority)
+        self._rw_flags = 0 if flags.__class__ is int and not flags else _rw_flags(self.opcode, flags)
 
         self.buffer: Any = b""
         # The caller's buffer of a read_into, or the buffers of a vectored op (the
@@ -617,11 +656,11 @@ class Operation(AbstractOperation):
 
     @property
     def fileno(self) -> int:
-        return self.__fileno
+        return self._fileno
 
     @property
     def offset(self) -> int:
-        return self.__offset
+        return self._offset
 
     @property
     def payload(self) -> Any:
@@ -631,13 +670,12 @@ class Operation(AbstractOperation):
 
     @property
     def nbytes(self) -> int:
-        return self.__nbytes
+        return self._nbytes
 
     def set_callback(self, callback: Callable[[Any], Any]) -> bool:
         if not callable(callback):
             raise ValueError(f"callback must be callable, got {callback!r}")  # noqa: TRY004
-        with self._lock:
-            self.callback = callback
+        self.callback = callback
         return True
 
 

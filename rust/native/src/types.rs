@@ -30,6 +30,23 @@ pub(crate) fn method_kw(
     }
 }
 
+/// A vectorcall method taking `(self, args, nargs, kwnames)`.
+pub(crate) fn method_fast_kw(
+    name: &'static CStr,
+    meth: ffi::PyCFunctionFastWithKeywords,
+    flags: c_int,
+    doc: &'static CStr,
+) -> ffi::PyMethodDef {
+    ffi::PyMethodDef {
+        ml_name: name.as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: meth,
+        },
+        ml_flags: flags | ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_doc: doc.as_ptr(),
+    }
+}
+
 /// A method taking `(self, arg)`: `METH_NOARGS`, `METH_O` or `METH_VARARGS`.
 pub(crate) fn method(
     name: &'static CStr,

@@ -36,6 +36,11 @@ pub(crate) use pyo3_ffi::{
     _PyBytes_Resize, PyErr_Clear, PyImport_ImportModule, PyObject_GetAttrString, Py_REFCNT,
 };
 
+// Vectorcall methods (`Operation.read`), and the arguments they convert themselves.
+pub(crate) use pyo3_ffi::{
+    PyCFunctionFastWithKeywords, PyDict_New, PyDict_SetItem, PyLong_CheckExact, METH_FASTCALL,
+};
+
 // Integer conversions that no PyArg_Parse format expresses (operation offsets).
 pub(crate) use pyo3_ffi::{
     PyLong_AsLongLong, PyLong_AsLongLongAndOverflow, PyNumber_Index, PyObject_HasAttrString,

@@ -162,29 +162,151 @@ fn direct_error(fd: u32, offset: i64, len: usize, err: DirectError) -> Error {
     }
 }
 
+/// `read`'s arguments, converted.
+struct ReadArgs {
+    nbytes: u64,
+    fd: u32,
+    offset: i64,
+    priority: i16,
+    flags: i64,
+}
+
+/// The call every adapter makes, `read(nbytes, fd[, offset[, priority]])` with exact ints
+/// in range (sizes and offsets not negative, a priority below 2**15), converted without
+/// building an argument tuple: the values are those the format's conversions give for
+/// them (`K`, `I` and `H` mask, `h` range-checks, an offset >= 0 is itself). None for any
+/// other call, which [`read_args_parsed`] then reports on as before. `args` are live
+/// objects (a call's positional arguments); GIL held.
+fn read_args_fast(args: &[*mut PyObject]) -> Option<ReadArgs> {
+    if !(2..=4).contains(&args.len()) {
+        return None;
+    }
+    let mut values = [0i64; 4];
+    for (value, &arg) in values.iter_mut().zip(args) {
+        let mut overflow: c_int = 0;
+        // SAFETY: a live object (see above); an exact int's conversion cannot raise, it
+        // reports overflow in the flag.
+        *value = unsafe {
+            if ffi::PyLong_CheckExact(arg) == 0 {
+                return None;
+            }
+            ffi::PyLong_AsLongLongAndOverflow(arg, &mut overflow)
+        };
+        if overflow != 0 || *value < 0 {
+            return None;
+        }
+    }
+    let [nbytes, fd, offset, priority] = values;
+    Some(ReadArgs {
+        nbytes: nbytes as u64,
+        fd: u32::try_from(fd).ok()?,
+        offset,
+        priority: i16::try_from(priority).ok()?,
+        flags: 0,
+    })
+}
+
+/// Any call of `read`, parsed by `PyArg_ParseTupleAndKeywords` from a tuple and a dict
+/// built from the vectorcall arguments: `args` (live objects, GIL held) are the
+/// positional ones followed by the values of the names in `kwnames` (a tuple of strings,
+/// or NULL).
+fn read_args_parsed(
+    rules: &Behaviour,
+    args: &[*mut PyObject],
+    nargs: usize,
+    kwnames: *mut PyObject,
+) -> Result<ReadArgs> {
+    let (positional, values) = args.split_at(nargs);
+    // SAFETY: live objects and a tuple of names, as above. PyTuple_SetItem steals the
+    // reference it is given (a new one, taken just before); PyDict_SetItem takes its own.
+    let (tuple, dict) = unsafe {
+        let tuple = PyOwned::from_new(ffi::PyTuple_New(nargs as ffi::Py_ssize_t))
+            .ok_or(Error::AlreadySet)?;
+        for (i, &arg) in positional.iter().enumerate() {
+            ffi::Py_IncRef(arg);
+            ffi::PyTuple_SetItem(tuple.as_ptr(), i as ffi::Py_ssize_t, arg);
+        }
+        let dict = if kwnames.is_null() {
+            None
+        } else {
+            let dict = PyOwned::from_new(ffi::PyDict_New()).ok_or(Error::AlreadySet)?;
+            for (j, &value) in values.iter().enumerate() {
+                let name = ffi::PyTuple_GetItem(kwnames, j as ffi::Py_ssize_t);
+                if ffi::PyDict_SetItem(dict.as_ptr(), name, value) != 0 {
+                    return Err(Error::AlreadySet);
+                }
+            }
+            Some(dict)
+        };
+        (tuple, dict)
+    };
+    let kwargs = dict.as_ref().map_or(ptr::null_mut(), PyOwned::as_ptr);
+    let (mut nbytes, mut fd, mut priority): (u64, u32, i16) = (0, 0, 0);
+    let mut offset: *mut PyObject = ptr::null_mut();
+    let mut flags: i64 = 0;
+    parse_args!(
+        tuple.as_ptr(),
+        kwargs,
+        rules.format(IoKind::Read),
+        [c"nbytes", c"fd", c"offset", c"priority", c"flags"],
+        &mut nbytes,
+        &mut fd,
+        &mut offset,
+        &mut priority,
+        &mut flags
+    )?;
+    // (`offset` is borrowed from `tuple` or `dict`, alive until the end of this function)
+    let offset = offset_arg(rules, offset)?;
+    Ok(ReadArgs {
+        nbytes,
+        fd,
+        offset,
+        priority,
+        flags,
+    })
+}
+
+/// `read(nbytes, fd, offset=0, priority=0, *, flags=0)`, a vectorcall classmethod (the
+/// adapters build one per read).
 pub(super) unsafe extern "C" fn op_read<const FLAVOR: u8>(
     cls: *mut PyObject,
-    args: *mut PyObject,
-    kwargs: *mut PyObject,
+    args: *const *mut PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut PyObject,
 ) -> *mut PyObject {
     entry(|| {
         let flavor = Flavor::from_u8(FLAVOR);
         let rules = flavor.behaviour();
-        let (mut nbytes, mut fd, mut priority): (u64, u32, i16) = (0, 0, 0);
-        let mut offset: *mut PyObject = ptr::null_mut();
-        let mut flags: i64 = 0;
-        parse_args!(
-            args,
-            kwargs,
-            rules.format(IoKind::Read),
-            [c"nbytes", c"fd", c"offset", c"priority", c"flags"],
-            &mut nbytes,
-            &mut fd,
-            &mut offset,
-            &mut priority,
-            &mut flags
-        )?;
-        let offset = offset_arg(rules, offset)?;
+        let nargs = nargs as usize;
+        // SAFETY: the interpreter passes `nargs` positional arguments followed by one
+        // value per name in `kwnames` (a tuple, or NULL), all alive for the call; GIL held.
+        let args = unsafe {
+            let nkw = if kwnames.is_null() {
+                0
+            } else {
+                ffi::PyTuple_Size(kwnames) as usize
+            };
+            if nargs + nkw == 0 {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(args, nargs + nkw)
+            }
+        };
+        let fast = if kwnames.is_null() {
+            read_args_fast(args)
+        } else {
+            None
+        };
+        let ReadArgs {
+            nbytes,
+            fd,
+            offset,
+            priority,
+            flags,
+        } = match fast {
+            Some(parsed) => parsed,
+            None => read_args_parsed(rules, args, nargs, kwnames)?,
+        };
         let rw_flags = flags_arg(IoKind::Read, flags)?;
         if let Some(limit) = &rules.read_limit {
             if nbytes > limit.max {

@@ -110,9 +110,9 @@ fn create_type_of<const FLAVOR: u8>(
     name: &'static CStr,
     doc: &'static CStr,
 ) -> Result<*mut PyTypeObject> {
-    use crate::types::{getset, leak, method, method_kw, TypeBuilder};
+    use crate::types::{getset, leak, method, method_fast_kw, method_kw, TypeBuilder};
     let methods = leak(vec![
-        method_kw(
+        method_fast_kw(
             c"read",
             op_read::<FLAVOR>,
             ffi::METH_CLASS,
