@@ -791,3 +791,46 @@ def test_the_readme_example_runs_as_written(workdir):
     code = next(b for b in python_blocks() if "Operation.readv([head, rest]" in b)
     run_block(code, workdir)
     assert (workdir / "test.file").read_bytes() == b"HEAD" + b"body" * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# review fixes
+
+
+def test_a_subclass_written_against_caio_0_12_still_instantiates():
+    """``readv``/``writev`` are not abstract: an ``AbstractOperation`` subclass implementing
+    only caio 0.12's abstract set works, and calling the new methods names the class."""
+    from caio.abstract import AbstractOperation
+
+    class Old(AbstractOperation):
+        @classmethod
+        def read(cls, nbytes, fd, offset, priority=0):
+            return cls()
+
+        @classmethod
+        def write(cls, payload_bytes, fd, offset, priority=0):
+            return cls()
+
+        @classmethod
+        def fsync(cls, fd, priority=0):
+            return cls()
+
+        @classmethod
+        def fdsync(cls, fd, priority=0):
+            return cls()
+
+        def get_value(self):
+            return None
+
+        fileno = property(lambda self: 0)
+        offset = property(lambda self: 0)
+        payload = property(lambda self: None)
+        nbytes = property(lambda self: 0)
+
+        def set_callback(self, callback):
+            return True
+
+    assert isinstance(Old.read(1, 0, 0), Old)
+    for method in ("readv", "writev"):
+        with pytest.raises(NotImplementedError, match=f"Old.*{method}|{method}.*Old"):
+            getattr(Old, method)([bytearray(1)], 0, 0)
