@@ -477,6 +477,21 @@ class Operation(AbstractOperation):
         priority: SupportsIndex | None = None,
         flags: SupportsIndex = 0,
     ) -> None:
+        if OpCode(opcode) in (OpCode.READV, OpCode.WRITEV):
+            # Without buffers it would complete with 0, having done nothing.
+            raise ValueError("use Operation.readv() or Operation.writev() for vectored I/O")
+        self._setup(fd, nbytes, offset, opcode, payload, priority, flags)
+
+    def _setup(
+        self,
+        fd: SupportsIndex,
+        nbytes: SupportsIndex | None,
+        offset: SupportsIndex | None,
+        opcode: int,
+        payload: Buffer | None,
+        priority: SupportsIndex | None,
+        flags: SupportsIndex,
+    ) -> None:
         self._lock = threading.Lock()
         self.callback: Callable[[Any], Any] | None = None
         self.in_progress = False
@@ -550,17 +565,12 @@ class Operation(AbstractOperation):
         cls, opcode: OpCode, buffers: Sequence[Buffer], fd: int, offset: int, priority: int,
         flags: int,
     ) -> Operation:
+        # fd, offset and flags are checked before the buffers, as the native backends do.
+        operation = cls.__new__(cls)
+        operation._setup(fd, 0, offset, opcode, None, priority, flags)
         method = "readv" if opcode == OpCode.READV else "writev"
         items, views = _vectored_views(buffers, method, writable=opcode == OpCode.READV)
-        try:
-            operation = cls(
-                fd, sum(view.nbytes for view in views), offset, opcode,
-                priority=priority, flags=flags,
-            )
-        except BaseException:
-            for view in views:
-                view.release()
-            raise
+        operation.__nbytes = sum(view.nbytes for view in views)
         operation._views = views
         operation._target = items
         return operation

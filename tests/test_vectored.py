@@ -834,3 +834,40 @@ def test_a_subclass_written_against_caio_0_12_still_instantiates():
     for method in ("readv", "writev"):
         with pytest.raises(NotImplementedError, match=f"Old.*{method}|{method}.*Old"):
             getattr(Old, method)([bytearray(1)], 0, 0)
+
+
+OPEN_FD = object()  # stands for the test's open descriptor
+
+
+@pytest.mark.parametrize(("method", "args", "kwargs", "error"), [
+    ("readv", ([], "fd"), {}, TypeError),                   # the fd before the buffers
+    ("writev", ([], OPEN_FD, "x"), {}, TypeError),          # the offset before them
+    ("readv", (42, OPEN_FD, 0), {"flags": caio.RWF_DSYNC}, ValueError),  # the flags
+    ("writev", (b"one buffer", OPEN_FD, 0), {"flags": 1 << 40}, ValueError),
+    ("readv", ([bytearray(1)], OPEN_FD, 0), {"flags": 1 << 70}, OverflowError),
+])
+def test_bad_arguments_are_checked_in_the_same_order_on_every_backend(
+        backend, files, method, args, kwargs, error):
+    """fd, offset and flags are checked before the buffers, as the native backends parse
+    them: one bad call raises the same exception type everywhere."""
+    fd = files.open()
+    args = tuple(fd if a is OPEN_FD else a for a in args)
+    with pytest.raises(error):
+        getattr(backend.Operation, method)(*args, **kwargs)
+
+
+@pytest.mark.parametrize("opcode", ["READV", "WRITEV"])
+def test_python_aio_constructor_refuses_the_vectored_opcodes(files, opcode):
+    from caio import python_aio
+
+    fd = files.open(DATA)
+    with pytest.raises(ValueError, match=r"Operation\.(readv|writev)"):
+        python_aio.Operation(fd, 10, 0, getattr(python_aio.OpCode, opcode))
+    # ... which its own readv/writev still build
+    ctx = python_aio.Context()
+    target = bytearray(10)
+    op = python_aio.Operation.readv([target], fd, 0)
+    op.set_callback(lambda _: None)
+    ctx.submit(op)
+    wait_until(lambda: op.get_value() == 10 and bytes(target) == DATA[:10])
+    ctx.close()
