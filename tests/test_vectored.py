@@ -18,6 +18,7 @@ import os
 import sys
 import textwrap
 import threading
+import weakref
 
 import pytest
 from conftest import RAW_BACKENDS, run_python, short_name, wait_until
@@ -871,3 +872,58 @@ def test_python_aio_constructor_refuses_the_vectored_opcodes(files, opcode):
     ctx.submit(op)
     wait_until(lambda: op.get_value() == 10 and bytes(target) == DATA[:10])
     ctx.close()
+
+
+class Buffer(bytearray):
+    """A bytearray that can refer back to the op holding it (a ``__dict__``)."""
+
+
+@pytest.mark.parametrize("make", ["readv", "writev", "write", "write-memoryview", "read_into"])
+def test_a_cycle_through_a_held_buffer_is_collected(backend, files, make):
+    """An op refers to each buffer it holds (the object, and the export of it): a cycle
+    back from the buffer to the op is garbage the collector frees."""
+    fd = files.open(DATA)
+    buffer = Buffer(DATA[:10])
+    Operation = backend.Operation
+    op = {
+        "readv": lambda: Operation.readv([buffer], fd, 0),
+        "writev": lambda: Operation.writev([buffer], fd, 0),
+        "write": lambda: Operation.write(buffer, fd, 0),
+        "write-memoryview": lambda: Operation.write(memoryview(buffer)[1:], fd, 0),
+        "read_into": lambda: Operation.read_into(buffer, fd, 0),
+    }[make]()
+    buffer.op = op
+    dead = weakref.ref(buffer)
+    del buffer, op
+    gc.collect()
+    assert dead() is None, "the cycle through the buffer was not collected"
+
+
+def test_a_cycle_through_an_in_flight_buffer_is_kept_until_reaped(backend):
+    """The collector sees the cycle but cannot free it while the op is in flight: the
+    Context holds the op, the op its buffer (op_clear releases neither)."""
+    r, w = os.pipe()
+    try:
+        ctx = backend.Context()
+        buffer = Buffer(b"\xee" * SIZE)
+        op = backend.Operation.readv([buffer], r, 0)
+        buffer.op = op
+        done: list = []
+        op.set_callback(done.append)
+        assert ctx.submit(op) == 1
+        if hasattr(ctx, "flush"):
+            ctx.flush()
+        alive = weakref.ref(buffer)
+        del buffer, op
+        gc.collect()
+        assert alive() is not None and not done
+        os.write(w, PATTERN)
+        deliver(backend, ctx, done)
+        assert done == [SIZE]
+        assert bytes(alive()) == PATTERN
+        wait_until(lambda: gc.collect() is not None and alive() is None,
+                   message="the cycle was not collected once reaped")
+        backend.settle(ctx)
+    finally:
+        os.close(r)
+        os.close(w)

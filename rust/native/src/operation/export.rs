@@ -70,6 +70,11 @@ impl Export {
     pub(super) fn region(&self) -> (*mut u8, usize) {
         (self.0.buf.cast::<u8>(), self.0.len as usize)
     }
+
+    /// The exporter the export holds a strong reference to (NULL if none), for the GC.
+    pub(super) fn owner(&self) -> *mut PyObject {
+        self.0.obj
+    }
 }
 
 impl Drop for Export {
@@ -84,8 +89,9 @@ impl Drop for Export {
 /// memory, so both live and go together, when the completion is reaped.
 pub(super) struct Vectored {
     iovecs: Box<[libc::iovec]>,
-    /// Held for their memory only; released on drop (with the GIL, as every op field).
-    _exports: Vec<Export>,
+    /// Held for their memory (and visited by the GC); released on drop (with the GIL, as
+    /// every op field).
+    exports: Vec<Export>,
     total: usize,
 }
 
@@ -182,7 +188,7 @@ impl Vectored {
         }
         let vectored = Self {
             iovecs: iovecs.into_boxed_slice(),
-            _exports: exports,
+            exports,
             total,
         };
         Ok((tuple, vectored))
@@ -191,6 +197,11 @@ impl Vectored {
     /// `(iovec array, count)`: a vectored request's `buf` and `len`.
     pub(super) fn request_region(&self) -> (*mut u8, usize) {
         (self.iovecs.as_ptr().cast_mut().cast(), self.iovecs.len())
+    }
+
+    /// The exporters the exports hold strong references to, for the GC.
+    pub(super) fn owners(&self) -> impl Iterator<Item = *mut PyObject> + '_ {
+        self.exports.iter().map(Export::owner)
     }
 
     /// The bytes all the buffers hold.
