@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
+import itertools
 import operator
 import os
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from enum import IntEnum, unique
 from functools import partial
 from multiprocessing.pool import ThreadPool
@@ -412,13 +413,21 @@ def _vectored_views(
         raise TypeError(
             f"{method}() takes a sequence of bytes-like objects, not {type(buffers)!r}",
         )
-    items: tuple[Any, ...] = tuple(cast("Iterable[Any]", buffers))
+    # Refused from its length alone when it has one, and never more than IOV_MAX + 1 items
+    # taken (a __getitem__ that never ends, a length that lies), as the native backends do.
+    try:
+        size: int | None = len(cast("Sized", buffers))
+    except TypeError:
+        size = None
+    if size is not None and size > _IOV_MAX:
+        raise ValueError(f"{method}() takes at most {_IOV_MAX} buffers (IOV_MAX), got {size}")
+    items: tuple[Any, ...] = tuple(
+        itertools.islice(cast("Iterable[Any]", buffers), _IOV_MAX + 1),
+    )
     if not items:
         raise ValueError(f"{method}() needs at least one buffer")
     if len(items) > _IOV_MAX:
-        raise ValueError(
-            f"{method}() takes at most {_IOV_MAX} buffers (IOV_MAX), got {len(items)}",
-        )
+        raise ValueError(f"{method}() takes at most {_IOV_MAX} buffers (IOV_MAX), got more")
     views: list[memoryview] = []
     try:
         for index, item in enumerate(items):

@@ -886,12 +886,12 @@ def test_a_cycle_through_a_held_buffer_is_collected(backend, files, make):
     buffer = Buffer(DATA[:10])
     Operation = backend.Operation
     op = {
-        "readv": lambda: Operation.readv([buffer], fd, 0),
-        "writev": lambda: Operation.writev([buffer], fd, 0),
-        "write": lambda: Operation.write(buffer, fd, 0),
-        "write-memoryview": lambda: Operation.write(memoryview(buffer)[1:], fd, 0),
-        "read_into": lambda: Operation.read_into(buffer, fd, 0),
-    }[make]()
+        "readv": lambda b: Operation.readv([b], fd, 0),
+        "writev": lambda b: Operation.writev([b], fd, 0),
+        "write": lambda b: Operation.write(b, fd, 0),
+        "write-memoryview": lambda b: Operation.write(memoryview(b)[1:], fd, 0),
+        "read_into": lambda b: Operation.read_into(b, fd, 0),
+    }[make](buffer)
     buffer.op = op
     dead = weakref.ref(buffer)
     del buffer, op
@@ -927,3 +927,35 @@ def test_a_cycle_through_an_in_flight_buffer_is_kept_until_reaped(backend):
     finally:
         os.close(r)
         os.close(w)
+
+
+class Endless:
+    """A sequence (no ``__len__``) whose ``__getitem__`` never raises IndexError; counts
+    the items taken."""
+
+    def __init__(self):
+        self.taken = 0
+
+    def __getitem__(self, index):
+        self.taken += 1
+        if self.taken > IOV_MAX + 100:
+            raise RuntimeError("the whole sequence was taken")
+        return bytearray(1)
+
+
+@pytest.mark.parametrize("method", ["readv", "writev"])
+def test_a_huge_or_endless_sequence_is_refused_without_taking_it_all(backend, files, method):
+    fd = files.open()
+    call = getattr(backend.Operation, method)
+    # (not 10**9, which the unbounded code would try to hold in memory)
+    too_many = rf"at most {IOV_MAX} buffers \(IOV_MAX\), got {IOV_MAX * 1000}\b"
+    with pytest.raises(ValueError, match=too_many):
+        call(range(IOV_MAX * 1000), fd, 0)
+    claims_too_many = type("ClaimsTooMany", (Endless,), {"__len__": lambda _self: 10 ** 9})()
+    with pytest.raises(ValueError, match=r"at most \d+ buffers \(IOV_MAX\)"):
+        call(claims_too_many, fd, 0)
+    assert claims_too_many.taken == 0
+    for endless in (Endless(), type("LiesShort", (Endless,), {"__len__": lambda _self: 1})()):
+        with pytest.raises(ValueError, match=r"at most \d+ buffers \(IOV_MAX\)"):
+            call(endless, fd, 0)
+        assert endless.taken == IOV_MAX + 1

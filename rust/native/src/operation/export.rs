@@ -110,6 +110,66 @@ fn iov_max() -> usize {
     }
 }
 
+/// The items of the sequence `seq` as a tuple and their count, at most `max`: refused as too many
+/// (`ValueError`) from its length alone when it has one, and never more than `max + 1`
+/// items taken (a `__getitem__` that never ends, a length that lies), so that a huge or
+/// endless sequence costs nothing. Not a sequence (or a buffer, a sequence of ints named
+/// apart so that `readv(bytearray(...))` says what went wrong): `TypeError`.
+fn bounded_items(
+    seq: *mut PyObject,
+    max: usize,
+    method: &str,
+    type_name: impl Fn(*mut PyObject) -> String,
+) -> Result<(PyOwned, usize)> {
+    let too_many = |got: &dyn std::fmt::Display| {
+        Error::Value(format!(
+            "{method}() takes at most {max} buffers (IOV_MAX), got {got}"
+        ))
+    };
+    // SAFETY: `seq` is a live argument, `iter` and each item new references we own; GIL
+    // held. The fresh tuple gets each of its slots set once (SetItem steals the item).
+    unsafe {
+        if ffi::PyObject_CheckBuffer(seq) != 0 || ffi::PySequence_Check(seq) == 0 {
+            return Err(Error::Type(format!(
+                "{method}() takes a sequence of bytes-like objects, not {}",
+                type_name(seq)
+            )));
+        }
+        let size = ffi::PySequence_Size(seq);
+        if size < 0 {
+            if ffi::PyErr_ExceptionMatches(ffi::PyExc_TypeError) == 0 {
+                return Err(Error::AlreadySet);
+            }
+            ffi::PyErr_Clear(); // no len(): counted as taken
+        } else if size as usize > max {
+            return Err(too_many(&size));
+        } else if ffi::PyTuple_CheckExact(seq) != 0 || ffi::PyList_CheckExact(seq) != 0 {
+            // Copied as they are, `size` items at most.
+            let tuple = PyOwned::from_new(ffi::PySequence_Tuple(seq)).ok_or(Error::AlreadySet)?;
+            return Ok((tuple, size as usize));
+        }
+        let iter = PyOwned::from_new(ffi::PyObject_GetIter(seq)).ok_or(Error::AlreadySet)?;
+        let mut items = Vec::new();
+        while items.len() <= max {
+            match PyOwned::from_new(ffi::PyIter_Next(iter.as_ptr())) {
+                Some(item) => items.push(item),
+                None if !ffi::PyErr_Occurred().is_null() => return Err(Error::AlreadySet),
+                None => break,
+            }
+        }
+        if items.len() > max {
+            return Err(too_many(&"more"));
+        }
+        let count = items.len();
+        let tuple = PyOwned::from_new(ffi::PyTuple_New(count as ffi::Py_ssize_t))
+            .ok_or(Error::AlreadySet)?;
+        for (index, item) in items.into_iter().enumerate() {
+            ffi::PyTuple_SetItem(tuple.as_ptr(), index as ffi::Py_ssize_t, item.into_ptr());
+        }
+        Ok((tuple, count))
+    }
+}
+
 impl Vectored {
     /// Exports every buffer of the sequence `seq` (writable ones for a read), in order.
     /// Returns the buffers as a new tuple (the op's `payload`) with their exports.
@@ -124,28 +184,11 @@ impl Vectored {
         method: &str,
         type_name: impl Fn(*mut PyObject) -> String,
     ) -> Result<(PyOwned, Self)> {
-        // SAFETY: `seq` is a live argument; GIL held. A buffer is a sequence too (of ints),
-        // named apart so that `readv(bytearray(...))` says what went wrong.
-        let (tuple, count) = unsafe {
-            if ffi::PyObject_CheckBuffer(seq) != 0 || ffi::PySequence_Check(seq) == 0 {
-                return Err(Error::Type(format!(
-                    "{method}() takes a sequence of bytes-like objects, not {}",
-                    type_name(seq)
-                )));
-            }
-            let tuple = PyOwned::from_new(ffi::PySequence_Tuple(seq)).ok_or(Error::AlreadySet)?;
-            let count = ffi::PyTuple_Size(tuple.as_ptr()).max(0) as usize;
-            (tuple, count)
-        };
+        let max = iov_max();
+        let (tuple, count) = bounded_items(seq, max, method, &type_name)?;
         if count == 0 {
             return Err(Error::Value(format!(
                 "{method}() needs at least one buffer"
-            )));
-        }
-        let max = iov_max();
-        if count > max {
-            return Err(Error::Value(format!(
-                "{method}() takes at most {max} buffers (IOV_MAX), got {count}"
             )));
         }
         let flags = if writable {
