@@ -390,11 +390,32 @@ def _check_payload(payload: object) -> int:
         return view.nbytes
 
 
-#: The most buffers one readv/writev takes (the native backends' limit too).
-_IOV_MAX: int = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-#: The most bytes one read or write system call moves on Linux (MAX_RW_COUNT): what one
-#: readv/writev may total.
-_MAX_RW_COUNT = 0x7FFFF000
+def _io_limits() -> tuple[int, int]:
+    """``(IOV_MAX, MAX_RW_COUNT)``: the most buffers one readv/writev takes, and the most
+    bytes one read or write system call moves on Linux (what a readv/writev may total).
+    The native backends' own values where they are built, else the same computation."""
+    try:
+        from ._native import io_limits
+    except ImportError:  # a pure-Python install
+        pass
+    else:
+        return io_limits()
+
+    def sysconf(name: str) -> int:
+        try:
+            return os.sysconf(name)
+        except (AttributeError, ValueError, OSError):
+            return -1
+
+    iov_max = sysconf("SC_IOV_MAX")
+    page = sysconf("SC_PAGESIZE")
+    if page <= 0 or page & (page - 1):
+        page = 4096
+    # 1024: UIO_MAXIOV, what Linux has always had; INT_MAX rounded down to a page.
+    return (iov_max if iov_max > 0 else 1024), 0x7FFFFFFF & ~(page - 1)
+
+
+_IOV_MAX, _MAX_RW_COUNT = _io_limits()
 
 
 def _vectored_views(

@@ -959,3 +959,33 @@ def test_a_huge_or_endless_sequence_is_refused_without_taking_it_all(backend, fi
         with pytest.raises(ValueError, match=r"at most \d+ buffers \(IOV_MAX\)"):
             call(endless, fd, 0)
         assert endless.taken == IOV_MAX + 1
+
+
+def test_python_aio_takes_the_native_io_limits_computed_from_the_page_size():
+    from caio import python_aio
+
+    expected = (IOV_MAX, 0x7FFFFFFF & ~(mmap.PAGESIZE - 1))  # the kernel's MAX_RW_COUNT
+    native = pytest.importorskip("caio._native")
+    assert native.io_limits() == expected
+    assert (python_aio._IOV_MAX, python_aio._MAX_RW_COUNT) == expected
+
+
+@pytest.mark.parametrize("answer", [-1, ValueError("unknown name"), 2048])
+def test_python_aio_io_limits_without_the_native_module(monkeypatch, answer):
+    """A pure-Python install computes the same limits; an unknown or unlimited IOV_MAX is
+    1024, as on the native backends (not an import error, nor every readv refused)."""
+    from caio import python_aio
+
+    real_sysconf = os.sysconf
+
+    def sysconf(name):
+        if name != "SC_IOV_MAX":
+            return real_sysconf(name)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setitem(sys.modules, "caio._native", None)  # import fails
+    monkeypatch.setattr(os, "sysconf", sysconf)
+    iov_max = answer if answer == 2048 else 1024
+    assert python_aio._io_limits() == (iov_max, 0x7FFFFFFF & ~(mmap.PAGESIZE - 1))

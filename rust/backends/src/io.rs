@@ -1,6 +1,7 @@
 //! One I/O request and the syscalls that run it.
 
 use std::os::fd::RawFd;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// What a request does.
@@ -46,7 +47,7 @@ pub struct IoRequest {
     /// Start of the buffer (unused for syncs); for a vectored kind, of the iovec array.
     pub buf: *mut u8,
     /// Length of the buffer in bytes; for a vectored kind, the number of iovecs (at most
-    /// `IOV_MAX`, their total at most [`MAX_RW_COUNT`]: one syscall moves it all).
+    /// [`iov_max`], their total at most [`max_rw_count`]: one syscall moves it all).
     pub len: usize,
     /// `RWF_*` flags of a read or write (`preadv2`/`pwritev2`'s), checked by
     /// [`check_rw_flags`]; 0 for plain requests and syncs.
@@ -58,10 +59,34 @@ pub struct IoRequest {
 // stays valid and unshared until the request completes, on whichever thread runs it.
 unsafe impl Send for IoRequest {}
 
-/// The most a single read or write syscall moves on Linux (`MAX_RW_COUNT`, 4 KiB pages).
+/// The most a single read or write syscall moves on Linux (the kernel's `MAX_RW_COUNT`,
+/// `INT_MAX` rounded down to a page: 0x7fff_f000 with 4 KiB pages), computed once.
 /// A transfer of exactly this size with more requested is continued, not reported short;
 /// a vectored request may not ask for more (so it needs no continuation).
-pub const MAX_RW_COUNT: usize = 0x7fff_f000;
+pub fn max_rw_count() -> usize {
+    static VALUE: OnceLock<usize> = OnceLock::new();
+    *VALUE.get_or_init(|| {
+        let page = sysconf(libc::_SC_PAGESIZE)
+            .filter(|page| page.is_power_of_two())
+            .unwrap_or(4096);
+        i32::MAX as usize & !(page - 1)
+    })
+}
+
+/// `IOV_MAX`: the most iovecs one `preadv2`/`pwritev2`, io_uring or kernel AIO request
+/// takes, computed once.
+pub fn iov_max() -> usize {
+    static VALUE: OnceLock<usize> = OnceLock::new();
+    // 1024 (UIO_MAXIOV) is what Linux has always had.
+    *VALUE.get_or_init(|| sysconf(libc::_SC_IOV_MAX).unwrap_or(1024))
+}
+
+/// A positive `sysconf` value, else None (unknown or unlimited).
+fn sysconf(name: libc::c_int) -> Option<usize> {
+    // SAFETY: sysconf takes no pointer.
+    let value = unsafe { libc::sysconf(name) };
+    (value > 0).then_some(value as usize)
+}
 
 /// The `RWF_*` flags a read may carry: [`libc::RWF_NOWAIT`] (fail with `EAGAIN` rather
 /// than wait for the disk or a lock).
@@ -235,7 +260,7 @@ impl IoRequest {
                         return if done > 0 { done as i64 } else { -err };
                     }
                     done += ret as usize;
-                    if ret as usize != MAX_RW_COUNT || done == self.len {
+                    if ret as usize != max_rw_count() || done == self.len {
                         return done as i64;
                     }
                 }

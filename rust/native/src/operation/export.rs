@@ -5,7 +5,7 @@
 
 use std::os::raw::c_int;
 
-use caio_backends::io::MAX_RW_COUNT;
+use caio_backends::io::{iov_max, max_rw_count};
 
 use crate::error::{Error, Result};
 use crate::ffi;
@@ -99,17 +99,6 @@ pub(super) struct Vectored {
 // moves with its op and is only created and released with the GIL held.
 unsafe impl Send for Vectored {}
 
-/// `IOV_MAX`: the most iovecs one `preadv2`/`pwritev2`, io_uring or kernel AIO request takes.
-fn iov_max() -> usize {
-    // SAFETY: sysconf takes no pointer.
-    let max = unsafe { libc::sysconf(libc::_SC_IOV_MAX) };
-    if max > 0 {
-        max as usize
-    } else {
-        1024 // UIO_MAXIOV, what Linux has always had
-    }
-}
-
 /// The items of the sequence `seq` as a tuple and their count, at most `max`: refused as too many
 /// (`ValueError`) from its length alone when it has one, and never more than `max + 1`
 /// items taken (a `__getitem__` that never ends, a length that lies), so that a huge or
@@ -176,7 +165,7 @@ impl Vectored {
     /// Errors: not a sequence, an element without the buffer protocol: `TypeError`; a
     /// read-only (for a read) or non-contiguous element: the exporter's `BufferError`;
     /// no elements, more than `IOV_MAX`, or more bytes than one request moves
-    /// ([`MAX_RW_COUNT`], so a vectored request is always one syscall): `ValueError`.
+    /// ([`max_rw_count`], so a vectored request is always one syscall): `ValueError`.
     /// Whatever was exported before an error is released.
     pub(super) fn of(
         seq: *mut PyObject,
@@ -223,10 +212,11 @@ impl Vectored {
             });
             exports.push(export);
         }
-        if total > MAX_RW_COUNT {
+        let max_total = max_rw_count();
+        if total > max_total {
             return Err(Error::Value(format!(
                 "{method}() buffers total {total} bytes, more than one request moves \
-                 ({MAX_RW_COUNT} bytes)"
+                 ({max_total} bytes)"
             )));
         }
         let vectored = Self {

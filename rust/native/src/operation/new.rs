@@ -419,7 +419,7 @@ fn vectored_op(
     } = buffer_args(args, kwargs, rules, rules.format(kind), c"buffers", kind)?;
     let method = if read { "readv" } else { "writev" };
     let (tuple, vectored) = Vectored::of(buffers, read, method, type_name)?;
-    // The total never exceeds MAX_RW_COUNT, below every backend's read limit: no check.
+    // The total never exceeds max_rw_count(), below every backend's read limit: no check.
     let total = vectored.total();
     // O_DIRECT: each buffer in place, or the request is refused (no bounce buffer).
     let direct = match direct_segments(fd as i32, offset, vectored.segments()) {
