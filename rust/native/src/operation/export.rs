@@ -95,10 +95,6 @@ pub(super) struct Vectored {
     total: usize,
 }
 
-// SAFETY: the iovecs describe memory the exports keep alive and unresized; everything
-// moves with its op and is only created and released with the GIL held.
-unsafe impl Send for Vectored {}
-
 /// The items of the sequence `seq` as a tuple and their count, at most `max`: refused as too many
 /// (`ValueError`) from its length alone when it has one, and never more than `max + 1`
 /// items taken (a `__getitem__` that never ends, a length that lies), so that a huge or
