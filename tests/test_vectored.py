@@ -989,3 +989,53 @@ def test_python_aio_io_limits_without_the_native_module(monkeypatch, answer):
     monkeypatch.setattr(os, "sysconf", sysconf)
     iov_max = answer if answer == 2048 else 1024
     assert python_aio._io_limits() == (iov_max, 0x7FFFFFFF & ~(mmap.PAGESIZE - 1))
+
+
+def test_an_adapter_writev_continuation_starts_at_each_short_writes_next_byte(files):
+    """``_write_all`` over ``_tails`` with chosen short counts (a fake submit): each
+    continuation holds exactly the bytes not yet written, at the offset they belong at,
+    the buffer a count cuts sliced without a copy and the ones after it passed as given."""
+    from caio.adapter_base import AdapterBase
+
+    ints = array.array("I", [0x01020304, 0x05060708])  # 8 bytes: [3, 11)
+    tail = bytearray(b"xyz")                             # [11, 14)
+    buffers = (b"abc", ints, b"", tail, bytearray(), b"Q")
+    whole = b"".join(bytes(b) for b in buffers)          # 15 bytes
+    # 1 byte into an array element, exactly at an element's end, at the end of the array
+    # just before an empty buffer, before an empty buffer again, then the last byte.
+    counts = iter([4, 3, 4, 3, 1])
+    calls = []
+
+    class FakeOp:
+        def __init__(self, parts, offset):
+            self.parts, self.offset = list(parts), offset
+            self.nbytes = sum(memoryview(p).nbytes for p in parts)
+
+    class FakeOperation:
+        @classmethod
+        def writev(cls, parts, fd, offset, priority=0, *, flags=0):
+            calls.append(FakeOp(parts, offset))
+            return calls[-1]
+
+    class FakeAdapter:
+        OPERATION_CLASS = FakeOperation
+
+        async def submit(self, op):
+            return next(counts)
+
+    fd = files.open()
+    first = FakeOperation.writev(buffers, fd, 100)
+    assert asyncio.run(AdapterBase._write_all(
+        FakeAdapter(), first, buffers, fd, 100, 0, 0, vectored=True)) == len(whole)
+    assert next(counts, None) is None
+    done = [0, 4, 7, 11, 14]
+    assert [call.offset for call in calls] == [100 + d for d in done]
+    for call, at in zip(calls, done):
+        assert b"".join(bytes(memoryview(p).cast("B")) for p in call.parts) == whole[at:]
+        if at:  # a continuation: no empty buffer left in it
+            assert all(memoryview(p).nbytes for p in call.parts)
+    cut = calls[1].parts[0]
+    assert isinstance(cut, memoryview) and cut.obj is ints and bytes(cut) == whole[4:11]
+    assert calls[1].parts[1] is tail and calls[1].parts[2] is buffers[5]
+    assert calls[3].parts[0] is tail
+    assert calls[4].parts == [buffers[5]]
