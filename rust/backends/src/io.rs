@@ -179,85 +179,69 @@ impl IoRequest {
     /// one else may access it meanwhile; for a vectored request, `buf` must point at `len`
     /// iovecs each describing such memory.
     pub unsafe fn perform(&self) -> i64 {
+        let read = self.kind.is_read();
         match self.kind {
             IoKind::ReadV | IoKind::WriteV => {
                 let iov = self.buf.cast::<libc::iovec>().cast_const();
                 let count = self.len as libc::c_int;
-                let mut offset = self.offset;
-                loop {
+                self.retried(&mut true, |positional| {
+                    // -1: `*v2`'s "at the current position", what a stream's offset 0 means.
+                    let offset = if positional { self.offset } else { -1 };
                     // SAFETY: `count` iovecs at `iov` describing memory the caller vouched
                     // for (see above).
-                    let ret = unsafe {
-                        if self.kind == IoKind::ReadV {
+                    unsafe {
+                        if read {
                             libc::preadv2(self.fd, iov, count, offset, self.rw_flags)
                         } else {
                             libc::pwritev2(self.fd, iov, count, offset, self.rw_flags)
                         }
-                    };
-                    if ret >= 0 {
-                        return ret as i64;
                     }
-                    let err = errno();
-                    if err == libc::EINTR as i64 {
-                        continue;
-                    }
-                    // A stream at offset 0: its current position (-1), as for one buffer.
-                    if err == libc::ESPIPE as i64 && offset == 0 {
-                        offset = -1;
-                        continue;
-                    }
-                    return -err;
-                }
+                })
             }
             // SAFETY: fsync/fdatasync take no pointers.
-            IoKind::Fsync => Self::status(unsafe { libc::fsync(self.fd) }),
-            // SAFETY: as above.
-            IoKind::Fdsync => Self::status(unsafe { libc::fdatasync(self.fd) }),
+            IoKind::Fsync | IoKind::Fdsync => Self::status(unsafe {
+                if self.kind == IoKind::Fsync {
+                    libc::fsync(self.fd)
+                } else {
+                    libc::fdatasync(self.fd)
+                }
+            }),
             IoKind::Read | IoKind::Write => {
                 let mut done = 0usize;
                 let mut positional = true;
                 loop {
                     let rest = self.len - done;
-                    // SAFETY: `buf + done .. buf + len` lies inside the buffer the caller
-                    // vouched for; `done <= len` holds by the loop condition.
-                    let ret = unsafe {
-                        let at = self.buf.add(done);
-                        let offset = self.offset.saturating_add(done as i64);
-                        let read = self.kind == IoKind::Read;
-                        if self.rw_flags != 0 {
-                            // Only the `*v2` calls take flags; -1 is their "at the current
-                            // position", what a stream's offset 0 means.
-                            let iov = libc::iovec {
-                                iov_base: at.cast(),
-                                iov_len: rest,
-                            };
-                            let offset = if positional { offset } else { -1 };
-                            if read {
-                                libc::preadv2(self.fd, &iov, 1, offset, self.rw_flags)
+                    let offset = self.offset.saturating_add(done as i64);
+                    let ret = self.retried(&mut positional, |positional| {
+                        // SAFETY: `buf + done .. buf + len` lies inside the buffer the
+                        // caller vouched for; `done <= len` holds by the loop condition.
+                        unsafe {
+                            let at = self.buf.add(done);
+                            if self.rw_flags != 0 {
+                                // Only the `*v2` calls take flags; -1 is their "at the
+                                // current position", what a stream's offset 0 means.
+                                let iov = libc::iovec {
+                                    iov_base: at.cast(),
+                                    iov_len: rest,
+                                };
+                                let offset = if positional { offset } else { -1 };
+                                if read {
+                                    libc::preadv2(self.fd, &iov, 1, offset, self.rw_flags)
+                                } else {
+                                    libc::pwritev2(self.fd, &iov, 1, offset, self.rw_flags)
+                                }
                             } else {
-                                libc::pwritev2(self.fd, &iov, 1, offset, self.rw_flags)
-                            }
-                        } else {
-                            match (read, positional) {
-                                (true, true) => libc::pread(self.fd, at.cast(), rest, offset),
-                                (false, true) => libc::pwrite(self.fd, at.cast(), rest, offset),
-                                (true, false) => libc::read(self.fd, at.cast(), rest),
-                                (false, false) => libc::write(self.fd, at.cast(), rest),
+                                match (read, positional) {
+                                    (true, true) => libc::pread(self.fd, at.cast(), rest, offset),
+                                    (false, true) => libc::pwrite(self.fd, at.cast(), rest, offset),
+                                    (true, false) => libc::read(self.fd, at.cast(), rest),
+                                    (false, false) => libc::write(self.fd, at.cast(), rest),
+                                }
                             }
                         }
-                    };
+                    });
                     if ret < 0 {
-                        let err = errno();
-                        if err == libc::EINTR as i64 {
-                            // A handler ran on this thread (ours block signals, but a
-                            // caller's thread may not): nothing was transferred, go on.
-                            continue;
-                        }
-                        if err == libc::ESPIPE as i64 && positional && self.offset == 0 {
-                            positional = false;
-                            continue;
-                        }
-                        return if done > 0 { done as i64 } else { -err };
+                        return if done > 0 { done as i64 } else { ret };
                     }
                     done += ret as usize;
                     if ret as usize != max_rw_count() || done == self.len {
@@ -265,6 +249,30 @@ impl IoRequest {
                     }
                 }
             }
+        }
+    }
+
+    /// Runs one syscall of the request, `call(positional)` (false: at the descriptor's
+    /// current position), again while a signal interrupts it (a handler ran on this
+    /// thread: ours block signals, but a caller's thread may not; nothing was
+    /// transferred); a descriptor without a file position refusing the offset (`ESPIPE`)
+    /// at offset 0 is asked again at its current position, which `positional` then
+    /// remembers. Returns what the call returned (>= 0), or the negated errno.
+    fn retried(&self, positional: &mut bool, mut call: impl FnMut(bool) -> isize) -> i64 {
+        loop {
+            let ret = call(*positional);
+            if ret >= 0 {
+                return ret as i64;
+            }
+            let err = errno();
+            if err == libc::EINTR as i64 {
+                continue;
+            }
+            if err == libc::ESPIPE as i64 && *positional && self.offset == 0 {
+                *positional = false;
+                continue;
+            }
+            return -err;
         }
     }
 
