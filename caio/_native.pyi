@@ -10,6 +10,9 @@ def direct_alignment(fd: object, /) -> tuple[int, int]:
     """``(memory, offset_and_size)`` that ``O_DIRECT`` needs on ``fd``; see
     ``caio.direct_alignment``."""
 
+def io_limits() -> tuple[int, int]:
+    """``(iov_max, max_rw_count)``: the most buffers and bytes one readv/writev takes."""
+
 def _direct_bounces() -> int:
     """O_DIRECT bounce buffers allocated so far in this process (a test hook)."""
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
+import itertools
 import operator
 import os
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from enum import IntEnum, unique
 from functools import partial
 from multiprocessing.pool import ThreadPool
@@ -428,11 +429,32 @@ def _check_payload(payload: object) -> int:
         return view.nbytes
 
 
-#: The most buffers one readv/writev takes (the native backends' limit too).
-_IOV_MAX: int = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-#: The most bytes one read or write system call moves on Linux (MAX_RW_COUNT): what one
-#: readv/writev may total.
-_MAX_RW_COUNT = 0x7FFFF000
+def _io_limits() -> tuple[int, int]:
+    """``(IOV_MAX, MAX_RW_COUNT)``: the most buffers one readv/writev takes, and the most
+    bytes one read or write system call moves on Linux (what a readv/writev may total).
+    The native backends' own values where they are built, else the same computation."""
+    try:
+        from ._native import io_limits
+    except ImportError:  # a pure-Python install
+        pass
+    else:
+        return io_limits()
+
+    def sysconf(name: str) -> int:
+        try:
+            return os.sysconf(name)
+        except (AttributeError, ValueError, OSError):
+            return -1
+
+    iov_max = sysconf("SC_IOV_MAX")
+    page = sysconf("SC_PAGESIZE")
+    if page <= 0 or page & (page - 1):
+        page = 4096
+    # 1024: UIO_MAXIOV, what Linux has always had; INT_MAX rounded down to a page.
+    return (iov_max if iov_max > 0 else 1024), 0x7FFFFFFF & ~(page - 1)
+
+
+_IOV_MAX, _MAX_RW_COUNT = _io_limits()
 
 
 def _vectored_views(
@@ -451,13 +473,21 @@ def _vectored_views(
         raise TypeError(
             f"{method}() takes a sequence of bytes-like objects, not {type(buffers)!r}",
         )
-    items: tuple[Any, ...] = tuple(cast("Iterable[Any]", buffers))
+    # Refused from its length alone when it has one, and never more than IOV_MAX + 1 items
+    # taken (a __getitem__ that never ends, a length that lies), as the native backends do.
+    try:
+        size: int | None = len(cast("Sized", buffers))
+    except TypeError:
+        size = None
+    if size is not None and size > _IOV_MAX:
+        raise ValueError(f"{method}() takes at most {_IOV_MAX} buffers (IOV_MAX), got {size}")
+    items: tuple[Any, ...] = tuple(
+        itertools.islice(cast("Iterable[Any]", buffers), _IOV_MAX + 1),
+    )
     if not items:
         raise ValueError(f"{method}() needs at least one buffer")
     if len(items) > _IOV_MAX:
-        raise ValueError(
-            f"{method}() takes at most {_IOV_MAX} buffers (IOV_MAX), got {len(items)}",
-        )
+        raise ValueError(f"{method}() takes at most {_IOV_MAX} buffers (IOV_MAX), got more")
     views: list[memoryview] = []
     try:
         for index, item in enumerate(items):
@@ -515,6 +545,21 @@ class Operation(AbstractOperation):
         payload: Buffer | None = None,
         priority: SupportsIndex | None = None,
         flags: SupportsIndex = 0,
+    ) -> None:
+        if OpCode(opcode) in (OpCode.READV, OpCode.WRITEV):
+            # Without buffers it would complete with 0, having done nothing.
+            raise ValueError("use Operation.readv() or Operation.writev() for vectored I/O")
+        self._setup(fd, nbytes, offset, opcode, payload, priority, flags)
+
+    def _setup(
+        self,
+        fd: SupportsIndex,
+        nbytes: SupportsIndex | None,
+        offset: SupportsIndex | None,
+        opcode: int,
+        payload: Buffer | None,
+        priority: SupportsIndex | None,
+        flags: SupportsIndex,
     ) -> None:
         self._lock = threading.Lock()
         self.callback: Callable[[Any], Any] | None = None
@@ -589,17 +634,12 @@ class Operation(AbstractOperation):
         cls, opcode: OpCode, buffers: Sequence[Buffer], fd: int, offset: int, priority: int,
         flags: int,
     ) -> Operation:
+        # fd, offset and flags are checked before the buffers, as the native backends do.
+        operation = cls.__new__(cls)
+        operation._setup(fd, 0, offset, opcode, None, priority, flags)
         method = "readv" if opcode == OpCode.READV else "writev"
         items, views = _vectored_views(buffers, method, writable=opcode == OpCode.READV)
-        try:
-            operation = cls(
-                fd, sum(view.nbytes for view in views), offset, opcode,
-                priority=priority, flags=flags,
-            )
-        except BaseException:
-            for view in views:
-                view.release()
-            raise
+        operation.__nbytes = sum(view.nbytes for view in views)
         operation._views = views
         operation._target = items
         return operation

@@ -18,6 +18,7 @@ import os
 import sys
 import textwrap
 import threading
+import weakref
 
 import pytest
 from conftest import RAW_BACKENDS, run_python, short_name, wait_until
@@ -791,3 +792,250 @@ def test_the_readme_example_runs_as_written(workdir):
     code = next(b for b in python_blocks() if "Operation.readv([head, rest]" in b)
     run_block(code, workdir)
     assert (workdir / "test.file").read_bytes() == b"HEAD" + b"body" * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# review fixes
+
+
+def test_a_subclass_written_against_caio_0_12_still_instantiates():
+    """``readv``/``writev`` are not abstract: an ``AbstractOperation`` subclass implementing
+    only caio 0.12's abstract set works, and calling the new methods names the class."""
+    from caio.abstract import AbstractOperation
+
+    class Old(AbstractOperation):
+        @classmethod
+        def read(cls, nbytes, fd, offset, priority=0):
+            return cls()
+
+        @classmethod
+        def write(cls, payload_bytes, fd, offset, priority=0):
+            return cls()
+
+        @classmethod
+        def fsync(cls, fd, priority=0):
+            return cls()
+
+        @classmethod
+        def fdsync(cls, fd, priority=0):
+            return cls()
+
+        def get_value(self):
+            return None
+
+        fileno = property(lambda self: 0)
+        offset = property(lambda self: 0)
+        payload = property(lambda self: None)
+        nbytes = property(lambda self: 0)
+
+        def set_callback(self, callback):
+            return True
+
+    assert isinstance(Old.read(1, 0, 0), Old)
+    for method in ("readv", "writev"):
+        with pytest.raises(NotImplementedError, match=f"Old.*{method}|{method}.*Old"):
+            getattr(Old, method)([bytearray(1)], 0, 0)
+
+
+OPEN_FD = object()  # stands for the test's open descriptor
+
+
+@pytest.mark.parametrize(("method", "args", "kwargs", "error"), [
+    ("readv", ([], "fd"), {}, TypeError),                   # the fd before the buffers
+    ("writev", ([], OPEN_FD, "x"), {}, TypeError),          # the offset before them
+    ("readv", (42, OPEN_FD, 0), {"flags": caio.RWF_DSYNC}, ValueError),  # the flags
+    ("writev", (b"one buffer", OPEN_FD, 0), {"flags": 1 << 40}, ValueError),
+    ("readv", ([bytearray(1)], OPEN_FD, 0), {"flags": 1 << 70}, OverflowError),
+])
+def test_bad_arguments_are_checked_in_the_same_order_on_every_backend(
+        backend, files, method, args, kwargs, error):
+    """fd, offset and flags are checked before the buffers, as the native backends parse
+    them: one bad call raises the same exception type everywhere."""
+    fd = files.open()
+    args = tuple(fd if a is OPEN_FD else a for a in args)
+    with pytest.raises(error):
+        getattr(backend.Operation, method)(*args, **kwargs)
+
+
+@pytest.mark.parametrize("opcode", ["READV", "WRITEV"])
+def test_python_aio_constructor_refuses_the_vectored_opcodes(files, opcode):
+    from caio import python_aio
+
+    fd = files.open(DATA)
+    with pytest.raises(ValueError, match=r"Operation\.(readv|writev)"):
+        python_aio.Operation(fd, 10, 0, getattr(python_aio.OpCode, opcode))
+    # ... which its own readv/writev still build
+    ctx = python_aio.Context()
+    target = bytearray(10)
+    op = python_aio.Operation.readv([target], fd, 0)
+    op.set_callback(lambda _: None)
+    ctx.submit(op)
+    wait_until(lambda: op.get_value() == 10 and bytes(target) == DATA[:10])
+    ctx.close()
+
+
+class Buffer(bytearray):
+    """A bytearray that can refer back to the op holding it (a ``__dict__``)."""
+
+
+@pytest.mark.parametrize("make", ["readv", "writev", "write", "write-memoryview", "read_into"])
+def test_a_cycle_through_a_held_buffer_is_collected(backend, files, make):
+    """An op refers to each buffer it holds (the object, and the export of it): a cycle
+    back from the buffer to the op is garbage the collector frees."""
+    fd = files.open(DATA)
+    buffer = Buffer(DATA[:10])
+    Operation = backend.Operation
+    op = {
+        "readv": lambda b: Operation.readv([b], fd, 0),
+        "writev": lambda b: Operation.writev([b], fd, 0),
+        "write": lambda b: Operation.write(b, fd, 0),
+        "write-memoryview": lambda b: Operation.write(memoryview(b)[1:], fd, 0),
+        "read_into": lambda b: Operation.read_into(b, fd, 0),
+    }[make](buffer)
+    buffer.op = op
+    dead = weakref.ref(buffer)
+    del buffer, op
+    gc.collect()
+    assert dead() is None, "the cycle through the buffer was not collected"
+
+
+def test_a_cycle_through_an_in_flight_buffer_is_kept_until_reaped(backend):
+    """The collector sees the cycle but cannot free it while the op is in flight: the
+    Context holds the op, the op its buffer (op_clear releases neither)."""
+    r, w = os.pipe()
+    try:
+        ctx = backend.Context()
+        buffer = Buffer(b"\xee" * SIZE)
+        op = backend.Operation.readv([buffer], r, 0)
+        buffer.op = op
+        done: list = []
+        op.set_callback(done.append)
+        assert ctx.submit(op) == 1
+        if hasattr(ctx, "flush"):
+            ctx.flush()
+        alive = weakref.ref(buffer)
+        del buffer, op
+        gc.collect()
+        assert alive() is not None and not done
+        os.write(w, PATTERN)
+        deliver(backend, ctx, done)
+        assert done == [SIZE]
+        assert bytes(alive()) == PATTERN
+        wait_until(lambda: gc.collect() is not None and alive() is None,
+                   message="the cycle was not collected once reaped")
+        backend.settle(ctx)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+class Endless:
+    """A sequence (no ``__len__``) whose ``__getitem__`` never raises IndexError; counts
+    the items taken."""
+
+    def __init__(self):
+        self.taken = 0
+
+    def __getitem__(self, index):
+        self.taken += 1
+        if self.taken > IOV_MAX + 100:
+            raise RuntimeError("the whole sequence was taken")
+        return bytearray(1)
+
+
+@pytest.mark.parametrize("method", ["readv", "writev"])
+def test_a_huge_or_endless_sequence_is_refused_without_taking_it_all(backend, files, method):
+    fd = files.open()
+    call = getattr(backend.Operation, method)
+    # (not 10**9, which the unbounded code would try to hold in memory)
+    too_many = rf"at most {IOV_MAX} buffers \(IOV_MAX\), got {IOV_MAX * 1000}\b"
+    with pytest.raises(ValueError, match=too_many):
+        call(range(IOV_MAX * 1000), fd, 0)
+    claims_too_many = type("ClaimsTooMany", (Endless,), {"__len__": lambda _self: 10 ** 9})()
+    with pytest.raises(ValueError, match=r"at most \d+ buffers \(IOV_MAX\)"):
+        call(claims_too_many, fd, 0)
+    assert claims_too_many.taken == 0
+    for endless in (Endless(), type("LiesShort", (Endless,), {"__len__": lambda _self: 1})()):
+        with pytest.raises(ValueError, match=r"at most \d+ buffers \(IOV_MAX\)"):
+            call(endless, fd, 0)
+        assert endless.taken == IOV_MAX + 1
+
+
+def test_python_aio_takes_the_native_io_limits_computed_from_the_page_size():
+    from caio import python_aio
+
+    expected = (IOV_MAX, 0x7FFFFFFF & ~(mmap.PAGESIZE - 1))  # the kernel's MAX_RW_COUNT
+    native = pytest.importorskip("caio._native")
+    assert native.io_limits() == expected
+    assert (python_aio._IOV_MAX, python_aio._MAX_RW_COUNT) == expected
+
+
+@pytest.mark.parametrize("answer", [-1, ValueError("unknown name"), 2048])
+def test_python_aio_io_limits_without_the_native_module(monkeypatch, answer):
+    """A pure-Python install computes the same limits; an unknown or unlimited IOV_MAX is
+    1024, as on the native backends (not an import error, nor every readv refused)."""
+    from caio import python_aio
+
+    real_sysconf = os.sysconf
+
+    def sysconf(name):
+        if name != "SC_IOV_MAX":
+            return real_sysconf(name)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setitem(sys.modules, "caio._native", None)  # import fails
+    monkeypatch.setattr(os, "sysconf", sysconf)
+    iov_max = answer if answer == 2048 else 1024
+    assert python_aio._io_limits() == (iov_max, 0x7FFFFFFF & ~(mmap.PAGESIZE - 1))
+
+
+def test_an_adapter_writev_continuation_starts_at_each_short_writes_next_byte(files):
+    """``_write_all`` over ``_tails`` with chosen short counts (a fake submit): each
+    continuation holds exactly the bytes not yet written, at the offset they belong at,
+    the buffer a count cuts sliced without a copy and the ones after it passed as given."""
+    from caio.adapter_base import AdapterBase
+
+    ints = array.array("I", [0x01020304, 0x05060708])  # 8 bytes: [3, 11)
+    tail = bytearray(b"xyz")                             # [11, 14)
+    buffers = (b"abc", ints, b"", tail, bytearray(), b"Q")
+    whole = b"".join(bytes(b) for b in buffers)          # 15 bytes
+    # 1 byte into an array element, exactly at an element's end, at the end of the array
+    # just before an empty buffer, before an empty buffer again, then the last byte.
+    counts = iter([4, 3, 4, 3, 1])
+    calls = []
+
+    class FakeOp:
+        def __init__(self, parts, offset):
+            self.parts, self.offset = list(parts), offset
+            self.nbytes = sum(memoryview(p).nbytes for p in parts)
+
+    class FakeOperation:
+        @classmethod
+        def writev(cls, parts, fd, offset, priority=0, *, flags=0):
+            calls.append(FakeOp(parts, offset))
+            return calls[-1]
+
+    class FakeAdapter:
+        OPERATION_CLASS = FakeOperation
+
+        async def submit(self, op):
+            return next(counts)
+
+    fd = files.open()
+    first = FakeOperation.writev(buffers, fd, 100)
+    assert asyncio.run(AdapterBase._write_all(
+        FakeAdapter(), first, buffers, fd, 100, 0, 0, vectored=True)) == len(whole)
+    assert next(counts, None) is None
+    done = [0, 4, 7, 11, 14]
+    assert [call.offset for call in calls] == [100 + d for d in done]
+    for call, at in zip(calls, done):
+        assert b"".join(bytes(memoryview(p).cast("B")) for p in call.parts) == whole[at:]
+        if at:  # a continuation: no empty buffer left in it
+            assert all(memoryview(p).nbytes for p in call.parts)
+    cut = calls[1].parts[0]
+    assert isinstance(cut, memoryview) and cut.obj is ints and bytes(cut) == whole[4:11]
+    assert calls[1].parts[1] is tail and calls[1].parts[2] is buffers[5]
+    assert calls[3].parts[0] is tail
+    assert calls[4].parts == [buffers[5]]

@@ -1,6 +1,7 @@
 //! One I/O request and the syscalls that run it.
 
 use std::os::fd::RawFd;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// What a request does.
@@ -46,7 +47,7 @@ pub struct IoRequest {
     /// Start of the buffer (unused for syncs); for a vectored kind, of the iovec array.
     pub buf: *mut u8,
     /// Length of the buffer in bytes; for a vectored kind, the number of iovecs (at most
-    /// `IOV_MAX`, their total at most [`MAX_RW_COUNT`]: one syscall moves it all).
+    /// [`iov_max`], their total at most [`max_rw_count`]: one syscall moves it all).
     pub len: usize,
     /// `RWF_*` flags of a read or write (`preadv2`/`pwritev2`'s), checked by
     /// [`check_rw_flags`]; 0 for plain requests and syncs.
@@ -58,10 +59,34 @@ pub struct IoRequest {
 // stays valid and unshared until the request completes, on whichever thread runs it.
 unsafe impl Send for IoRequest {}
 
-/// The most a single read or write syscall moves on Linux (`MAX_RW_COUNT`, 4 KiB pages).
+/// The most a single read or write syscall moves on Linux (the kernel's `MAX_RW_COUNT`,
+/// `INT_MAX` rounded down to a page: 0x7fff_f000 with 4 KiB pages), computed once.
 /// A transfer of exactly this size with more requested is continued, not reported short;
 /// a vectored request may not ask for more (so it needs no continuation).
-pub const MAX_RW_COUNT: usize = 0x7fff_f000;
+pub fn max_rw_count() -> usize {
+    static VALUE: OnceLock<usize> = OnceLock::new();
+    *VALUE.get_or_init(|| {
+        let page = sysconf(libc::_SC_PAGESIZE)
+            .filter(|page| page.is_power_of_two())
+            .unwrap_or(4096);
+        i32::MAX as usize & !(page - 1)
+    })
+}
+
+/// `IOV_MAX`: the most iovecs one `preadv2`/`pwritev2`, io_uring or kernel AIO request
+/// takes, computed once.
+pub fn iov_max() -> usize {
+    static VALUE: OnceLock<usize> = OnceLock::new();
+    // 1024 (UIO_MAXIOV) is what Linux has always had.
+    *VALUE.get_or_init(|| sysconf(libc::_SC_IOV_MAX).unwrap_or(1024))
+}
+
+/// A positive `sysconf` value, else None (unknown or unlimited).
+fn sysconf(name: libc::c_int) -> Option<usize> {
+    // SAFETY: sysconf takes no pointer.
+    let value = unsafe { libc::sysconf(name) };
+    (value > 0).then_some(value as usize)
+}
 
 /// The `RWF_*` flags a read may carry: [`libc::RWF_NOWAIT`] (fail with `EAGAIN` rather
 /// than wait for the disk or a lock).
@@ -154,92 +179,100 @@ impl IoRequest {
     /// one else may access it meanwhile; for a vectored request, `buf` must point at `len`
     /// iovecs each describing such memory.
     pub unsafe fn perform(&self) -> i64 {
+        let read = self.kind.is_read();
         match self.kind {
             IoKind::ReadV | IoKind::WriteV => {
                 let iov = self.buf.cast::<libc::iovec>().cast_const();
                 let count = self.len as libc::c_int;
-                let mut offset = self.offset;
-                loop {
+                self.retried(&mut true, |positional| {
+                    // -1: `*v2`'s "at the current position", what a stream's offset 0 means.
+                    let offset = if positional { self.offset } else { -1 };
                     // SAFETY: `count` iovecs at `iov` describing memory the caller vouched
                     // for (see above).
-                    let ret = unsafe {
-                        if self.kind == IoKind::ReadV {
+                    unsafe {
+                        if read {
                             libc::preadv2(self.fd, iov, count, offset, self.rw_flags)
                         } else {
                             libc::pwritev2(self.fd, iov, count, offset, self.rw_flags)
                         }
-                    };
-                    if ret >= 0 {
-                        return ret as i64;
                     }
-                    let err = errno();
-                    if err == libc::EINTR as i64 {
-                        continue;
-                    }
-                    // A stream at offset 0: its current position (-1), as for one buffer.
-                    if err == libc::ESPIPE as i64 && offset == 0 {
-                        offset = -1;
-                        continue;
-                    }
-                    return -err;
-                }
+                })
             }
             // SAFETY: fsync/fdatasync take no pointers.
-            IoKind::Fsync => Self::status(unsafe { libc::fsync(self.fd) }),
-            // SAFETY: as above.
-            IoKind::Fdsync => Self::status(unsafe { libc::fdatasync(self.fd) }),
+            IoKind::Fsync | IoKind::Fdsync => Self::status(unsafe {
+                if self.kind == IoKind::Fsync {
+                    libc::fsync(self.fd)
+                } else {
+                    libc::fdatasync(self.fd)
+                }
+            }),
             IoKind::Read | IoKind::Write => {
                 let mut done = 0usize;
                 let mut positional = true;
                 loop {
                     let rest = self.len - done;
-                    // SAFETY: `buf + done .. buf + len` lies inside the buffer the caller
-                    // vouched for; `done <= len` holds by the loop condition.
-                    let ret = unsafe {
-                        let at = self.buf.add(done);
-                        let offset = self.offset.saturating_add(done as i64);
-                        let read = self.kind == IoKind::Read;
-                        if self.rw_flags != 0 {
-                            // Only the `*v2` calls take flags; -1 is their "at the current
-                            // position", what a stream's offset 0 means.
-                            let iov = libc::iovec {
-                                iov_base: at.cast(),
-                                iov_len: rest,
-                            };
-                            let offset = if positional { offset } else { -1 };
-                            if read {
-                                libc::preadv2(self.fd, &iov, 1, offset, self.rw_flags)
+                    let offset = self.offset.saturating_add(done as i64);
+                    let ret = self.retried(&mut positional, |positional| {
+                        // SAFETY: `buf + done .. buf + len` lies inside the buffer the
+                        // caller vouched for; `done <= len` holds by the loop condition.
+                        unsafe {
+                            let at = self.buf.add(done);
+                            if self.rw_flags != 0 {
+                                // Only the `*v2` calls take flags; -1 is their "at the
+                                // current position", what a stream's offset 0 means.
+                                let iov = libc::iovec {
+                                    iov_base: at.cast(),
+                                    iov_len: rest,
+                                };
+                                let offset = if positional { offset } else { -1 };
+                                if read {
+                                    libc::preadv2(self.fd, &iov, 1, offset, self.rw_flags)
+                                } else {
+                                    libc::pwritev2(self.fd, &iov, 1, offset, self.rw_flags)
+                                }
                             } else {
-                                libc::pwritev2(self.fd, &iov, 1, offset, self.rw_flags)
-                            }
-                        } else {
-                            match (read, positional) {
-                                (true, true) => libc::pread(self.fd, at.cast(), rest, offset),
-                                (false, true) => libc::pwrite(self.fd, at.cast(), rest, offset),
-                                (true, false) => libc::read(self.fd, at.cast(), rest),
-                                (false, false) => libc::write(self.fd, at.cast(), rest),
+                                match (read, positional) {
+                                    (true, true) => libc::pread(self.fd, at.cast(), rest, offset),
+                                    (false, true) => libc::pwrite(self.fd, at.cast(), rest, offset),
+                                    (true, false) => libc::read(self.fd, at.cast(), rest),
+                                    (false, false) => libc::write(self.fd, at.cast(), rest),
+                                }
                             }
                         }
-                    };
+                    });
                     if ret < 0 {
-                        let err = errno();
-                        if err == libc::EINTR as i64 {
-                            // A handler ran on this thread (ours block signals, but a
-                            // caller's thread may not): nothing was transferred, go on.
-                            continue;
-                        }
-                        if err == libc::ESPIPE as i64 && positional && self.offset == 0 {
-                            positional = false;
-                            continue;
-                        }
-                        return if done > 0 { done as i64 } else { -err };
+                        return if done > 0 { done as i64 } else { ret };
                     }
                     done += ret as usize;
-                    if ret as usize != MAX_RW_COUNT || done == self.len {
+                    if ret as usize != max_rw_count() || done == self.len {
                         return done as i64;
                     }
                 }
             }
+        }
+    }
+
+    /// Runs one syscall of the request, `call(positional)` (false: at the descriptor's
+    /// current position), again while a signal interrupts it (a handler ran on this
+    /// thread: ours block signals, but a caller's thread may not; nothing was
+    /// transferred); a descriptor without a file position refusing the offset (`ESPIPE`)
+    /// at offset 0 is asked again at its current position, which `positional` then
+    /// remembers. Returns what the call returned (>= 0), or the negated errno.
+    fn retried(&self, positional: &mut bool, mut call: impl FnMut(bool) -> isize) -> i64 {
+        loop {
+            let ret = call(*positional);
+            if ret >= 0 {
+                return ret as i64;
+            }
+            let err = errno();
+            if err == libc::EINTR as i64 {
+                continue;
+            }
+            if err == libc::ESPIPE as i64 && *positional && self.offset == 0 {
+                *positional = false;
+                continue;
+            }
+            return -err;
         }
     }
 

@@ -462,7 +462,8 @@ impl Stager<'_> {
     ///
     /// # Safety
     /// The request's buffer must stay valid (and unread/unwritten by anyone else for
-    /// reads) until the completion for `id` has been reaped.
+    /// reads) until the completion for `id` has been reaped; for a vectored kind, `buf`
+    /// is an iovec array that must stay valid so, with every segment it describes.
     pub unsafe fn push_request(
         &mut self,
         id: RequestId,

@@ -76,6 +76,13 @@ unsafe extern "C" fn direct_bounces(_module: *mut PyObject, _: *mut PyObject) ->
     error::entry(|| values::uint(caio_backends::buffer::bounce_buffers_allocated()))
 }
 
+/// `io_limits() -> (iov_max, max_rw_count)`: the most buffers and bytes one vectored
+/// request takes (python_aio uses the same limits). Safe: it reads neither argument.
+extern "C" fn io_limits(_module: *mut PyObject, _: *mut PyObject) -> *mut PyObject {
+    use caio_backends::io::{iov_max, max_rw_count};
+    error::entry(|| values::uint_pair(iov_max() as u64, max_rw_count() as u64))
+}
+
 /// The module definition and its slots, handed to the interpreter once.
 struct ModuleDef(std::cell::UnsafeCell<ffi::PyModuleDef>);
 
@@ -175,6 +182,12 @@ pub unsafe extern "C" fn PyInit__native() -> *mut PyObject {
                 direct_bounces,
                 ffi::METH_NOARGS,
                 c"_direct_bounces() -> int: O_DIRECT bounce buffers allocated so far in this process (a test hook).",
+            ),
+            types::method(
+                c"io_limits",
+                io_limits,
+                ffi::METH_NOARGS,
+                c"io_limits() -> (iov_max, max_rw_count): the most buffers and bytes one readv/writev takes.",
             ),
             ffi::PyMethodDef::zeroed(),
         ]);

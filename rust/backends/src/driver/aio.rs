@@ -118,8 +118,9 @@ fn route(request: &mut IoRequest, direct: bool) -> Route {
         (st.st_mode & libc::S_IFMT, access, seekable)
     };
     let files = matches!(file_type, libc::S_IFREG | libc::S_IFBLK);
-    // SAFETY: every routed request is an accepted entry's, whose iovecs (for a vectored
-    // one) stay valid while it lives (`Entry`'s contract).
+    // SAFETY: `request` is a live entry's (dispatch routes the entry in hand, before it
+    // is registered; the tests route their fake entries'), whose iovecs (for a vectored
+    // one) stay valid while the entry lives (`Entry`'s contract).
     let bytes = unsafe { request.byte_len() };
     // The common case costs one fstat: small or O_DIRECT file requests, and directories
     // (no read or write: io_submit refuses them with EINVAL).

@@ -31,8 +31,9 @@ pub(crate) mod testing;
 /// # Safety
 /// The memory [`request`](Entry::request) describes must stay valid (writable, for a read),
 /// at the same address, and untouched by anyone but the driver for as long as the entry
-/// lives, including while it is moved. Drivers rely on this to hand the address to the
-/// kernel. In return a driver never drops an entry it accepted: it hands it back once
+/// lives, including while it is moved. For a vectored kind ([`crate::IoKind::is_vectored`]) `buf`
+/// is an array of `len` iovecs: the array and every segment it describes must stay valid
+/// so. Drivers rely on this to hand the addresses to the kernel. In return a driver never drops an entry it accepted: it hands it back once
 /// (completed, through [`Driver::take`], a [`Delivery::Call`] or [`CancelOutcome::Completed`])
 /// or, if the driver itself is dropped with requests in flight, leaks it; and it calls the
 /// entry's methods only inside [`Driver::dispatch`], on the dispatching thread.

@@ -47,6 +47,12 @@ pub(crate) use pyo3_ffi::{
     PyObject_RichCompareBool, Py_EQ, Py_tp_finalize,
 };
 
+// A vectored op takes at most IOV_MAX + 1 items of a sequence, whatever its length.
+pub(crate) use pyo3_ffi::{
+    PyErr_ExceptionMatches, PyIter_Next, PyList_CheckExact, PyObject_GetIter, PySequence_Size,
+    PyTuple_CheckExact,
+};
+
 // `caio.direct_alignment(fd)` takes an fd or an object with `fileno()`.
 pub(crate) use pyo3_ffi::PyObject_AsFileDescriptor;
 

@@ -59,21 +59,12 @@ unsafe fn finish_fields(op: OpRef<'_>, mut res: i64) -> i64 {
                 fields.nbytes.set((res as usize).min(fields.requested));
             }
         }
-        IoKind::Write => {
+        IoKind::Write | IoKind::WriteV | IoKind::ReadV => {
+            // Reaped: the kernel is done with the memory (every buffer), the exporters may
+            // change it again.
             drop(fields.direct.take());
-            // Reaped: the kernel is done with the memory, the exporter may change it again.
             drop(fields.export.take());
-            if rules.write_payload_dropped {
-                drop(fields.buffer.take());
-            }
-            if rules.write_nbytes_is_written && res >= 0 {
-                fields.nbytes.set(res as usize);
-            }
-        }
-        IoKind::ReadV | IoKind::WriteV => {
-            // Reaped: the kernel is done with every buffer.
             drop(fields.vectored.take());
-            drop(fields.direct.take());
             let is_read = fields.kind == IoKind::ReadV;
             if !is_read && rules.write_payload_dropped {
                 drop(fields.buffer.take());

@@ -5,7 +5,7 @@
 
 use std::os::raw::c_int;
 
-use caio_backends::io::MAX_RW_COUNT;
+use caio_backends::io::{iov_max, max_rw_count};
 
 use crate::error::{Error, Result};
 use crate::ffi;
@@ -70,6 +70,11 @@ impl Export {
     pub(super) fn region(&self) -> (*mut u8, usize) {
         (self.0.buf.cast::<u8>(), self.0.len as usize)
     }
+
+    /// The exporter the export holds a strong reference to (NULL if none), for the GC.
+    pub(super) fn owner(&self) -> *mut PyObject {
+        self.0.obj
+    }
 }
 
 impl Drop for Export {
@@ -84,23 +89,69 @@ impl Drop for Export {
 /// memory, so both live and go together, when the completion is reaped.
 pub(super) struct Vectored {
     iovecs: Box<[libc::iovec]>,
-    /// Held for their memory only; released on drop (with the GIL, as every op field).
-    _exports: Vec<Export>,
+    /// Held for their memory (and visited by the GC); released on drop (with the GIL, as
+    /// every op field).
+    exports: Vec<Export>,
     total: usize,
 }
 
-// SAFETY: the iovecs describe memory the exports keep alive and unresized; everything
-// moves with its op and is only created and released with the GIL held.
-unsafe impl Send for Vectored {}
-
-/// `IOV_MAX`: the most iovecs one `preadv2`/`pwritev2`, io_uring or kernel AIO request takes.
-fn iov_max() -> usize {
-    // SAFETY: sysconf takes no pointer.
-    let max = unsafe { libc::sysconf(libc::_SC_IOV_MAX) };
-    if max > 0 {
-        max as usize
-    } else {
-        1024 // UIO_MAXIOV, what Linux has always had
+/// The items of the sequence `seq` as a tuple and their count, at most `max`: refused as too many
+/// (`ValueError`) from its length alone when it has one, and never more than `max + 1`
+/// items taken (a `__getitem__` that never ends, a length that lies), so that a huge or
+/// endless sequence costs nothing. Not a sequence (or a buffer, a sequence of ints named
+/// apart so that `readv(bytearray(...))` says what went wrong): `TypeError`.
+fn bounded_items(
+    seq: *mut PyObject,
+    max: usize,
+    method: &str,
+    type_name: impl Fn(*mut PyObject) -> String,
+) -> Result<(PyOwned, usize)> {
+    let too_many = |got: &dyn std::fmt::Display| {
+        Error::Value(format!(
+            "{method}() takes at most {max} buffers (IOV_MAX), got {got}"
+        ))
+    };
+    // SAFETY: `seq` is a live argument, `iter` and each item new references we own; GIL
+    // held. The fresh tuple gets each of its slots set once (SetItem steals the item).
+    unsafe {
+        if ffi::PyObject_CheckBuffer(seq) != 0 || ffi::PySequence_Check(seq) == 0 {
+            return Err(Error::Type(format!(
+                "{method}() takes a sequence of bytes-like objects, not {}",
+                type_name(seq)
+            )));
+        }
+        let size = ffi::PySequence_Size(seq);
+        if size < 0 {
+            if ffi::PyErr_ExceptionMatches(ffi::PyExc_TypeError) == 0 {
+                return Err(Error::AlreadySet);
+            }
+            ffi::PyErr_Clear(); // no len(): counted as taken
+        } else if size as usize > max {
+            return Err(too_many(&size));
+        } else if ffi::PyTuple_CheckExact(seq) != 0 || ffi::PyList_CheckExact(seq) != 0 {
+            // Copied as they are, `size` items at most.
+            let tuple = PyOwned::from_new(ffi::PySequence_Tuple(seq)).ok_or(Error::AlreadySet)?;
+            return Ok((tuple, size as usize));
+        }
+        let iter = PyOwned::from_new(ffi::PyObject_GetIter(seq)).ok_or(Error::AlreadySet)?;
+        let mut items = Vec::new();
+        while items.len() <= max {
+            match PyOwned::from_new(ffi::PyIter_Next(iter.as_ptr())) {
+                Some(item) => items.push(item),
+                None if !ffi::PyErr_Occurred().is_null() => return Err(Error::AlreadySet),
+                None => break,
+            }
+        }
+        if items.len() > max {
+            return Err(too_many(&"more"));
+        }
+        let count = items.len();
+        let tuple = PyOwned::from_new(ffi::PyTuple_New(count as ffi::Py_ssize_t))
+            .ok_or(Error::AlreadySet)?;
+        for (index, item) in items.into_iter().enumerate() {
+            ffi::PyTuple_SetItem(tuple.as_ptr(), index as ffi::Py_ssize_t, item.into_ptr());
+        }
+        Ok((tuple, count))
     }
 }
 
@@ -110,7 +161,7 @@ impl Vectored {
     /// Errors: not a sequence, an element without the buffer protocol: `TypeError`; a
     /// read-only (for a read) or non-contiguous element: the exporter's `BufferError`;
     /// no elements, more than `IOV_MAX`, or more bytes than one request moves
-    /// ([`MAX_RW_COUNT`], so a vectored request is always one syscall): `ValueError`.
+    /// ([`max_rw_count`], so a vectored request is always one syscall): `ValueError`.
     /// Whatever was exported before an error is released.
     pub(super) fn of(
         seq: *mut PyObject,
@@ -118,28 +169,11 @@ impl Vectored {
         method: &str,
         type_name: impl Fn(*mut PyObject) -> String,
     ) -> Result<(PyOwned, Self)> {
-        // SAFETY: `seq` is a live argument; GIL held. A buffer is a sequence too (of ints),
-        // named apart so that `readv(bytearray(...))` says what went wrong.
-        let (tuple, count) = unsafe {
-            if ffi::PyObject_CheckBuffer(seq) != 0 || ffi::PySequence_Check(seq) == 0 {
-                return Err(Error::Type(format!(
-                    "{method}() takes a sequence of bytes-like objects, not {}",
-                    type_name(seq)
-                )));
-            }
-            let tuple = PyOwned::from_new(ffi::PySequence_Tuple(seq)).ok_or(Error::AlreadySet)?;
-            let count = ffi::PyTuple_Size(tuple.as_ptr()).max(0) as usize;
-            (tuple, count)
-        };
+        let max = iov_max();
+        let (tuple, count) = bounded_items(seq, max, method, &type_name)?;
         if count == 0 {
             return Err(Error::Value(format!(
                 "{method}() needs at least one buffer"
-            )));
-        }
-        let max = iov_max();
-        if count > max {
-            return Err(Error::Value(format!(
-                "{method}() takes at most {max} buffers (IOV_MAX), got {count}"
             )));
         }
         let flags = if writable {
@@ -174,15 +208,16 @@ impl Vectored {
             });
             exports.push(export);
         }
-        if total > MAX_RW_COUNT {
+        let max_total = max_rw_count();
+        if total > max_total {
             return Err(Error::Value(format!(
                 "{method}() buffers total {total} bytes, more than one request moves \
-                 ({MAX_RW_COUNT} bytes)"
+                 ({max_total} bytes)"
             )));
         }
         let vectored = Self {
             iovecs: iovecs.into_boxed_slice(),
-            _exports: exports,
+            exports,
             total,
         };
         Ok((tuple, vectored))
@@ -191,6 +226,11 @@ impl Vectored {
     /// `(iovec array, count)`: a vectored request's `buf` and `len`.
     pub(super) fn request_region(&self) -> (*mut u8, usize) {
         (self.iovecs.as_ptr().cast_mut().cast(), self.iovecs.len())
+    }
+
+    /// The exporters the exports hold strong references to, for the GC.
+    pub(super) fn owners(&self) -> impl Iterator<Item = *mut PyObject> + '_ {
+        self.exports.iter().map(Export::owner)
     }
 
     /// The bytes all the buffers hold.

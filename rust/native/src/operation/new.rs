@@ -143,20 +143,36 @@ fn direct_memory(
     caller: Option<*mut u8>,
 ) -> Result<Option<DirectMemory>> {
     direct_buffer(fd as i32, offset, len, caller.map(<*mut u8>::cast_const))
-        .map_err(|err| direct_error(fd, offset, len, err))
+        .map_err(|err| direct_error(fd, offset, len, err, None))
 }
 
-/// An `O_DIRECT` refusal as caio users see it.
-fn direct_error(fd: u32, offset: i64, len: usize, err: DirectError) -> Error {
-    match err {
-        DirectError::Misaligned { block } => Error::Value(format!(
+/// An `O_DIRECT` refusal as caio users see it; `vectored`: the method of a vectored op
+/// (each of its buffers used in place, so each checked), else None.
+fn direct_error(
+    fd: u32,
+    offset: i64,
+    len: usize,
+    err: DirectError,
+    vectored: Option<&str>,
+) -> Error {
+    match (err, vectored) {
+        (DirectError::Misaligned { block }, None) => Error::Value(format!(
             "fd {fd} is open with O_DIRECT, which needs offset and size to be multiples of \
              {block} bytes (got offset={offset}, size={len})"
         )),
-        DirectError::MisalignedMemory { memory } => Error::Value(format!(
+        (DirectError::Misaligned { block }, Some(_)) => Error::Value(format!(
+            "fd {fd} is open with O_DIRECT, which needs the offset and each buffer's size \
+             to be multiples of {block} bytes (got offset={offset})"
+        )),
+        (DirectError::MisalignedMemory { memory }, None) => Error::Value(format!(
             "fd {fd} is open with O_DIRECT, which needs the memory aligned to {memory} bytes"
         )),
-        DirectError::NoMemory => {
+        (DirectError::MisalignedMemory { memory }, Some(method)) => Error::Value(format!(
+            "fd {fd} is open with O_DIRECT: {method}() uses each buffer in place, so each \
+             non-empty one must start at a multiple of {memory} bytes (use \
+             caio.aligned_buffer)"
+        )),
+        (DirectError::NoMemory, _) => {
             Error::Memory(format!("cannot allocate {len} aligned bytes for O_DIRECT"))
         }
     }
@@ -541,26 +557,11 @@ fn vectored_op(
     } = buffer_args(args, kwargs, rules, rules.format(kind), c"buffers", kind)?;
     let method = if read { "readv" } else { "writev" };
     let (tuple, vectored) = Vectored::of(buffers, read, method, type_name)?;
-    // The total never exceeds MAX_RW_COUNT, below every backend's read limit: no check.
+    // The total never exceeds max_rw_count(), below every backend's read limit: no check.
     let total = vectored.total();
     // O_DIRECT: each buffer in place, or the request is refused (no bounce buffer).
-    let direct = match direct_segments(fd as i32, offset, vectored.segments()) {
-        Ok(direct) => direct,
-        Err(DirectError::MisalignedMemory { memory }) => {
-            return Err(Error::Value(format!(
-                "fd {fd} is open with O_DIRECT: {method}() uses each buffer in place, so each \
-                 non-empty one must start at a multiple of {memory} bytes (use \
-                 caio.aligned_buffer)"
-            )))
-        }
-        Err(DirectError::Misaligned { block }) => {
-            return Err(Error::Value(format!(
-                "fd {fd} is open with O_DIRECT, which needs the offset and each buffer's \
-                 size to be multiples of {block} bytes (got offset={offset})"
-            )))
-        }
-        Err(err) => return Err(direct_error(fd, offset, total, err)),
-    };
+    let direct = direct_segments(fd as i32, offset, vectored.segments())
+        .map_err(|err| direct_error(fd, offset, total, err, Some(method)))?;
     let new = NewOp {
         flavor,
         kind,

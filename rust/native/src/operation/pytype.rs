@@ -27,25 +27,48 @@ unsafe extern "C" fn op_traverse(
         let fields = OpRef::new(slf).fields();
         // A read's buffer is an exact bytes object (never GC-tracked, so in no cycle) that
         // the kernel or a worker may be writing: visiting it would hand it to Python
-        // (`gc.get_referents`). A write's payload is the caller's own object, possibly a
-        // bytes subclass with a `__dict__` that refers back to the op, so it is visited, as
-        // is a writev's tuple of buffers (a readv's, like a read_into's target, is not:
-        // the kernel may be writing into its buffers).
-        let payload = if matches!(fields.kind, IoKind::Write | IoKind::WriteV) {
-            fields.buffer.ptr()
-        } else {
+        // (`gc.get_referents`). Every other buffer is the caller's own object (a write's
+        // payload, a read_into's target, a vectored op's tuple), which may refer back to
+        // the op (a subclass with a `__dict__`), so it is visited, as is each export's
+        // exporter (a strong reference too). Safe while in flight: op_clear never releases
+        // the buffer or an export, so the memory stays alive and unresized until reaped.
+        let buffer = if matches!(fields.kind, IoKind::Read) && !fields.reads_into {
             ptr::null_mut()
+        } else {
+            fields.buffer.ptr()
         };
         let ty = (*slf).ob_type.cast();
-        for referent in [fields.callback.ptr(), payload, fields.context.ptr(), ty] {
-            if !referent.is_null() {
-                let r = visit(referent, arg);
-                if r != 0 {
-                    return r;
-                }
+        let visit_one = |referent: *mut PyObject| {
+            if referent.is_null() {
+                0
+            } else {
+                visit(referent, arg)
+            }
+        };
+        for referent in [fields.callback.ptr(), buffer, fields.context.ptr(), ty] {
+            let r = visit_one(referent);
+            if r != 0 {
+                return r;
             }
         }
-        0
+        let export = fields.export.take();
+        let r = export
+            .as_ref()
+            .map_or(0, |export| visit_one(export.owner()));
+        fields.export.set(export);
+        if r != 0 {
+            return r;
+        }
+        let vectored = fields.vectored.take();
+        let r = vectored.as_ref().map_or(0, |vectored| {
+            vectored
+                .owners()
+                .map(visit_one)
+                .find(|&r| r != 0)
+                .unwrap_or(0)
+        });
+        fields.vectored.set(vectored);
+        r
     }
 }
 
