@@ -48,6 +48,10 @@ class OpCode(IntEnum):
     NOOP = -1
 
 
+# (a frozenset: an int or an OpCode is looked up without building an OpCode)
+_VECTORED_OPCODES = frozenset({OpCode.READV, OpCode.WRITEV})
+
+
 @unique
 class ContextState(IntEnum):
     OPEN = 0
@@ -546,7 +550,7 @@ class Operation(AbstractOperation):
         priority: SupportsIndex | None = None,
         flags: SupportsIndex = 0,
     ) -> None:
-        if OpCode(opcode) in (OpCode.READV, OpCode.WRITEV):
+        if opcode in _VECTORED_OPCODES:
             # Without buffers it would complete with 0, having done nothing.
             raise ValueError("use Operation.readv() or Operation.writev() for vectored I/O")
         self._setup(fd, nbytes, offset, opcode, payload, priority, flags)
@@ -639,7 +643,7 @@ class Operation(AbstractOperation):
         operation._setup(fd, 0, offset, opcode, None, priority, flags)
         method = "readv" if opcode == OpCode.READV else "writev"
         items, views = _vectored_views(buffers, method, writable=opcode == OpCode.READV)
-        operation.__nbytes = sum(view.nbytes for view in views)
+        operation._nbytes = sum(view.nbytes for view in views)
         operation._views = views
         operation._target = items
         return operation
