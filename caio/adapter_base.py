@@ -529,7 +529,8 @@ class AioAdapter(EventfdAdapterBase[EventfdContextType, OperationType]):
     """Kernel AIO submission policy (see ``caio.linux_aio_asyncio``): eager while fewer
     than ``EAGER_BELOW`` operations are in flight, else coalesced into one ``io_submit``
     when the loop next gets control or ``BATCH_LIMIT`` have gathered; ``deferred=True``
-    submits once per loop iteration."""
+    submits once per loop iteration. The requests of tasks resumed by a drain of
+    completions go out right after those tasks ran (see ``_on_drained``)."""
 
     # Non-deferred mode: below this many operations in flight, submit at once.
     EAGER_BELOW = 4
