@@ -171,8 +171,7 @@ class AdapterBase(Generic[ContextType, OperationType]):
         return None
 
     def _submit_op(self, op: OperationType, waiter: Waiter) -> None:
-        if self.context.submit(op) != 1:
-            raise OSError("Operation was not submitted")
+        _submit_one(self.context, op)
 
     def _on_submitted(self) -> None:
         return None
@@ -233,7 +232,8 @@ class AdapterBase(Generic[ContextType, OperationType]):
         await semaphore.acquire()
         slot_follows_op = False
         try:
-            self._check_open()  # again: close() may have come while this task waited
+            if self._closed:  # again: close() may have come while this task waited
+                self._check_open()
             self._waiting[waiter] = op
             self._submit_op(op, waiter)
             self._on_submitted()
@@ -449,8 +449,14 @@ class EventfdAdapterBase(AdapterBase[EventfdContextType, OperationType]):
         # get their turn); the counter is a wake-up, not a count, so nothing is lost.
         if self._closed:
             return
-        if self.context.process_events(self.DRAIN_BATCH) == self.DRAIN_BATCH:
+        delivered = self.context.process_events(self.DRAIN_BATCH)
+        self._on_drained(delivered)
+        if delivered == self.DRAIN_BATCH:
             self._call_soon(self._drain)
+
+    def _on_drained(self, delivered: int) -> None:
+        """Runs after a drain resumed the tasks of ``delivered`` completions (their
+        steps run when the loop next runs its ready callbacks)."""
 
     def _reset_inline_streak(self) -> None:
         self._inline_streak = 0
@@ -523,7 +529,8 @@ class AioAdapter(EventfdAdapterBase[EventfdContextType, OperationType]):
     """Kernel AIO submission policy (see ``caio.linux_aio_asyncio``): eager while fewer
     than ``EAGER_BELOW`` operations are in flight, else coalesced into one ``io_submit``
     when the loop next gets control or ``BATCH_LIMIT`` have gathered; ``deferred=True``
-    submits once per loop iteration."""
+    submits once per loop iteration. The requests of tasks resumed by a drain of
+    completions go out right after those tasks ran (see ``_on_drained``)."""
 
     # Non-deferred mode: below this many operations in flight, submit at once.
     EAGER_BELOW = 4
@@ -558,9 +565,20 @@ class AioAdapter(EventfdAdapterBase[EventfdContextType, OperationType]):
         self._in_flight -= 1
         self._resolve(waiter)
 
+    def _on_drained(self, delivered: int) -> None:
+        # The tasks just resumed resubmit when the loop next runs its ready callbacks; a
+        # flush queued now runs right after them (on asyncio, in the same loop iteration)
+        # and sends what they queued in one io_submit. Queued only when some of them will
+        # be coalesced: else it would cost the lone (eager) request a callback for nothing.
+        if delivered and not self._submit_scheduled and (
+            self.deferred or self._in_flight + delivered > self.EAGER_BELOW
+        ):
+            self._submit_scheduled = True
+            self._call_soon(self._deferred_submit)
+
     def _submit_op(self, op: OperationType, waiter: Waiter) -> None:
         if not self.deferred and not self._pending and self._in_flight < self.EAGER_BELOW:
-            super()._submit_op(op, waiter)
+            _submit_one(self.context, op)
             self._in_flight += 1
             return
         self._pending.append((op, waiter))
@@ -599,8 +617,12 @@ class AioAdapter(EventfdAdapterBase[EventfdContextType, OperationType]):
         batch = self._take_pending()
         if not batch:
             return
+        accepted = 0
         with contextlib.suppress(Exception):  # nothing started: retried one by one below
-            self.context.submit(*(op for op, _ in batch))
+            accepted = self.context.submit(*[op for op, _ in batch])
+        if accepted == len(batch):  # the common case: every one is in flight
+            self._in_flight += accepted
+            return
         for op, waiter in batch:
             # After submit() returns, the ops it started are in flight on a Context; its
             # count alone would not say which ones they were.
@@ -610,7 +632,7 @@ class AioAdapter(EventfdAdapterBase[EventfdContextType, OperationType]):
             # Refused, or queued after a refused one: alone now, so that an error reaches
             # only the op that caused it.
             try:
-                AdapterBase._submit_op(self, op, waiter)
+                _submit_one(self.context, op)
             except BaseException as exc:  # noqa: BLE001 (the awaiter must learn about it)
                 self._fail(waiter, exc)
             else:
@@ -667,6 +689,11 @@ def retire(context: EventfdContextProtocol) -> None:
 
 
 _YIELD_FIRST = object()
+
+
+def _submit_one(context: ContextProtocol, op: AbstractOperation) -> None:
+    if context.submit(op) != 1:
+        raise OSError("Operation was not submitted")
 
 
 def _tail(payload: Any, start: int) -> Any:
