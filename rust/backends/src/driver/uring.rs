@@ -308,8 +308,7 @@ unsafe fn cached_write(request: &IoRequest) -> Option<i64> {
         (st.st_mode & libc::S_IFMT, libc::fcntl(fd, libc::F_GETFL))
     };
     // O_SYNC includes the O_DSYNC bit.
-    if file_type != libc::S_IFREG || status < 0 || status & (libc::O_DIRECT | libc::O_DSYNC) != 0
-    {
+    if file_type != libc::S_IFREG || status < 0 || status & (libc::O_DIRECT | libc::O_DSYNC) != 0 {
         return None;
     }
     if !partial_pages_cached(fd, request.offset as u64, bytes as u64) {
@@ -931,6 +930,37 @@ mod tests {
             return;
         }
         a_cancel_of_no_request_is_requested_and_touches_no_other(true);
+    }
+
+    #[test]
+    fn inline_writes_pause_after_a_slow_one_until_a_fast_one_after_the_pause() {
+        require_uring!();
+        let driver = new_driver(8, false);
+        let f = temp_file(&[0u8; 8192]);
+        let data = *b"inline";
+        let request = IoRequest {
+            kind: IoKind::Write,
+            fd: f.as_raw_fd(),
+            offset: 4096,
+            buf: data.as_ptr().cast_mut(),
+            len: data.len(),
+            rw_flags: 0,
+        };
+        // SAFETY: `data` outlives every call and the write only reads it.
+        let write = || unsafe { driver.inline_write(&request) };
+        assert_eq!(write(), Some(6));
+        // As after a slow write: a pause in force declines.
+        driver.pause().until = Some(Instant::now() + LONG);
+        assert_eq!(write(), None);
+        // The pause over, a fast write runs and resets the next pause's length.
+        *driver.pause() = InlinePause {
+            until: Some(Instant::now()),
+            next: INLINE_PAUSE_MAX,
+        };
+        assert_eq!(write(), Some(6));
+        let pause = driver.pause();
+        assert!(pause.until.is_none());
+        assert_eq!(pause.next, INLINE_PAUSE_MIN);
     }
 
     #[test]

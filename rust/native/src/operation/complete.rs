@@ -186,10 +186,7 @@ fn run_callback(op: OpRef<'_>, reported: i64) {
 /// Only a linux_uring op can have a negative offset, and only -1 (see
 /// [`NegativeOffset::FilePosition`](super::flavor::NegativeOffset::FilePosition)): there
 /// `preadv2`'s "current position" is what io_uring does with it too.
-pub(crate) fn run_inline(
-    op: OpRef<'_>,
-    write: impl FnOnce(&IoRequest) -> Option<i64>,
-) -> bool {
+pub(crate) fn run_inline(op: OpRef<'_>, write: impl FnOnce(&IoRequest) -> Option<i64>) -> bool {
     if op.phase() != Phase::New || op.is_direct() {
         return false;
     }
