@@ -487,7 +487,8 @@ class EventfdAdapterBase(AdapterBase[EventfdContextType, OperationType]):
 
 class UringAdapter(EventfdAdapterBase[UringContextType, OperationType]):
     """io_uring: ``deferred=True`` batches one loop iteration's submissions into a
-    single ``flush()`` (unless SQPOLL was negotiated)."""
+    single ``flush()`` (unless SQPOLL was negotiated). Small buffered file writes, like
+    small cached reads, complete in ``run_inline`` (under the same inline budget)."""
 
     # Not as caio (on whenever allowed): the polling kernel thread competes with the loop
     # for the CPUs and spins between requests; without it large reads and writes run
