@@ -10,6 +10,7 @@ that is not cached) or is not a regular file: those go to the ring as before.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import threading
 
@@ -200,3 +201,34 @@ def test_inline_writes_leave_the_loop_to_other_tasks(loop_runner, files):
     ticks = loop_runner.run(body)
     # the budget is a few hundred inline completions per loop iteration
     assert ticks >= total // UringAsyncioContext.INLINE_CAP
+
+
+def test_an_inline_write_counts_as_several_reads_against_the_inline_budget(loop_runner, files):
+    """One task writing in a loop yields after INLINE_BUDGET / INLINE_WRITE_COST writes
+    (a write costs about three small cached reads), not after INLINE_BUDGET."""
+    fd = files.open(b"\0" * (64 * KiB))
+
+    async def body():
+        async with UringAsyncioContext() as ctx:
+            runs: list[int] = []  # writes done before each turn of the other task
+            written = 0
+            finished = False
+
+            async def other():
+                while not finished:
+                    runs.append(written)
+                    await asyncio.sleep(0)
+
+            task = asyncio.ensure_future(other())
+            await asyncio.sleep(0)
+            for i in range(4 * ctx.INLINE_BUDGET):
+                await ctx.write(b"z" * 512, fd, (i % 64) * 512)
+                written += 1
+            finished = True
+            await task
+            stretches = [b - a for a, b in itertools.pairwise(runs)]
+            return stretches, ctx.INLINE_BUDGET, ctx.INLINE_WRITE_COST
+
+    stretches, budget, cost = loop_runner.run(body)
+    assert cost > 1
+    assert stretches and max(stretches) <= budget // cost + 1, stretches
