@@ -493,7 +493,8 @@ class EventfdAdapterBase(AdapterBase[EventfdContextType, OperationType]):
 class UringAdapter(EventfdAdapterBase[UringContextType, OperationType]):
     """io_uring: ``deferred=True`` batches one loop iteration's submissions into a
     single ``flush()`` (unless SQPOLL was negotiated). Small buffered file writes, like
-    small cached reads, complete in ``run_inline`` (under the same inline budget)."""
+    small cached reads, complete in ``run_inline`` (a write counts as
+    ``INLINE_WRITE_COST`` reads against the inline budget)."""
 
     # Not as caio (on whenever allowed): the polling kernel thread competes with the loop
     # for the CPUs and spins between requests; without it large reads and writes run
