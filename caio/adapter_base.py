@@ -185,11 +185,18 @@ class AdapterBase(Generic[ContextType, OperationType]):
         """Raises if operations may no longer be submitted (the adapters of contexts that
         close leave that to the context)."""
 
-    def _complete_inline(self, op: OperationType, cost: int = 1) -> object:
+    def _complete_inline(self, op: OperationType) -> object:
         """Completes ``op`` synchronously if the backend can: false if it did not, else
-        true (``_YIELD_FIRST``: the task should yield to the loop once first). ``cost``:
-        what it counts against an inline budget, in small cached reads."""
+        true (``_YIELD_FIRST``: the task should yield to the loop once first)."""
         return False
+
+    def _inline_mark(self) -> int:
+        """Where the inline budget stands, for ``_charge_inline_write``."""
+        return 0
+
+    def _charge_inline_write(self, mark: int) -> None:
+        """Charges a write that completed inline since ``mark`` as ``INLINE_WRITE_COST``
+        operations against the inline budget (it was counted as one)."""
 
     def _on_done(self, waiter: Waiter, result: Any) -> None:
         """Completion callback; may run on any thread.
@@ -220,11 +227,11 @@ class AdapterBase(Generic[ContextType, OperationType]):
         self._closed = True
         self._destroy_context()
 
-    async def submit(self, op: OperationType, _inline_cost: int = 1) -> Any:
+    async def submit(self, op: OperationType) -> Any:
         if not isinstance(op, self.OPERATION_CLASS):
             # ValueError, not TypeError: the exception type is part of the contract.
             raise ValueError("Operation object expected")  # noqa: TRY004
-        inline = self._complete_inline(op, _inline_cost)
+        inline = self._complete_inline(op)
         if inline:
             if inline is _YIELD_FIRST:
                 await self._yield()
@@ -343,7 +350,9 @@ class AdapterBase(Generic[ContextType, OperationType]):
         # In bytes, whatever the payload's item size (an array of ints, say); read before
         # the op runs (linux_aio's nbytes becomes the bytes written).
         size = op.nbytes
-        written = await self.submit(op, self.INLINE_WRITE_COST)
+        mark = self._inline_mark()
+        written = await self.submit(op)
+        self._charge_inline_write(mark)
         done = 0
         stream: bool | None = None
         while True:
@@ -469,15 +478,26 @@ class EventfdAdapterBase(AdapterBase[EventfdContextType, OperationType]):
         if self._closed:
             raise RuntimeError(self.CLOSED_MESSAGE)
 
-    def _complete_inline(self, op: OperationType, cost: int = 1) -> object:
+    def _inline_mark(self) -> int:
+        return self._inline_streak
+
+    def _charge_inline_write(self, mark: int) -> None:
+        # One more inline completion since the mark and no yield (which would have let
+        # the streak be reset): that was the write. (If it went to the backend, the task
+        # suspended and others may have moved the streak: a wrong charge only makes a
+        # task yield a little sooner.)
+        if self._inline_streak == mark + 1:
+            self._inline_streak += self.INLINE_WRITE_COST - 1
+
+    def _complete_inline(self, op: OperationType) -> object:
         # (`_check_open`, spelled out: this runs once per operation)
         if self._closed:
             raise RuntimeError(self.CLOSED_MESSAGE)
         # Fast path: a small page-cache read completes right here, synchronously.
         if not self.context.run_inline(op):
             return False
-        streak = self._inline_streak = self._inline_streak + cost
-        if streak == cost:
+        streak = self._inline_streak = self._inline_streak + 1
+        if streak == 1:
             # Runs when the loop next gets control: a new iteration, a new budget.
             self._call_soon(self._reset_inline_streak)
         elif streak > self._inline_limit:

@@ -231,4 +231,5 @@ def test_an_inline_write_counts_as_several_reads_against_the_inline_budget(loop_
 
     stretches, budget, cost = loop_runner.run(body)
     assert cost > 1
-    assert stretches and max(stretches) <= budget // cost + 1, stretches
+    # (a write is charged once done, so the one over the limit yields at the next)
+    assert stretches and max(stretches) <= budget // cost + 2, stretches
