@@ -34,7 +34,8 @@ class Context(AbstractContext):
         self, max_requests: int = 512, min_requests: int = 0, timeout: int = 0,
     ) -> int: ...
     def run_inline(self, operation: Operation, /) -> bool:
-        """Complete a small page-cache read right now; False leaves ``operation`` untouched."""
+        """Complete a small page-cache read, or a small buffered write to a regular file,
+        right now; False leaves ``operation`` untouched."""
 
 @final
 class Operation(AbstractOperation):

@@ -1,9 +1,9 @@
 """asyncio adapter for the io_uring backend (``caio.linux_uring``).
 
 Completions are delivered on the loop thread by ``flush()``/``process_events()`` (see
-``caio.adapter_base.EventfdAdapterBase``); small page-cache reads complete inside
-``submit``, and requests over 64 KiB run on the kernel's workers, so one large read does
-not stall the loop.
+``caio.adapter_base.EventfdAdapterBase``); small page-cache reads and small buffered
+file writes complete inside ``submit``, and requests over 64 KiB run on the kernel's
+workers, so one large read does not stall the loop.
 """
 
 from __future__ import annotations

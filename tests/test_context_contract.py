@@ -984,7 +984,8 @@ def test_run_inline_declines_and_leaves_the_op_untouched(pumped, files):
     ctx = pumped.Context()
     over = pumped.read(INLINE_LIMIT + 1, fd, 0)  # over the limit: left to the engine
     large = pumped.read(LARGE, fd, 0)
-    write = pumped.write(b"w", fd, LARGE)  # only reads qualify
+    # reads qualify, and on linux_uring small buffered writes (test_uring_writes.py)
+    write = pumped.write(b"w" * (INLINE_LIMIT + 1), fd, LARGE)
     sync = pumped.Operation.fsync(fd)
     bad = pumped.read(6, closed_fd(), 0)  # errors are left to the engine, which reports them
     declined = (over, large, write, sync, bad)
@@ -1008,7 +1009,8 @@ def test_run_inline_declines_and_leaves_the_op_untouched(pumped, files):
     with pytest.raises(TypeError):
         ctx.run_inline()
     # all of them still run normally afterwards
-    assert run_ops(ctx, over, large, write, sync) == [[INLINE_LIMIT + 1], [LARGE], [1], [0]]
+    assert run_ops(ctx, over, large, write, sync) == [
+        [INLINE_LIMIT + 1], [LARGE], [INLINE_LIMIT + 1], [0]]
     assert over.get_value() == data[:INLINE_LIMIT + 1]
     assert large.get_value() == data
     pump_until(ctx, lambda: busy.context is None)

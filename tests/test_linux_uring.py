@@ -815,7 +815,7 @@ def test_adapter_small_cached_read_skips_the_ring(loop_runner, files):
 
 def test_adapter_deferred_batches_flushes(loop_runner, files):
     fd = files.open()
-    size = 4096
+    size = 68 * 1024  # over the inline-write limit: these reach the ring
     parts = [bytes([i]) * size for i in range(64)]
 
     async def body():

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use caio_backends::{process, DispatchError, Driver, Submission};
+use caio_backends::{process, DispatchError, Driver, IoRequest, Submission};
 use caio_core::{Phase, RequestId};
 
 use crate::args::parse_args;
@@ -117,6 +117,14 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     /// `max_requests` as the Context was made with (0 replaced by the default).
     fn max_requests(&self) -> u32;
     const MAX_REQUESTS_DOC: &'static CStr;
+    /// Runs a write `run_inline` was given on the calling thread if this backend takes
+    /// writes inline (linux_uring), returning its result; `None`: it did nothing.
+    ///
+    /// # Safety
+    /// As for [`caio_backends::IoRequest::perform`].
+    unsafe fn inline_write(_engine: &Engine<Self>, _request: &IoRequest) -> Option<i64> {
+        None
+    }
     /// Read-only properties of this backend's own, beside `max_requests` (and `fileno`).
     fn properties() -> Vec<Property<Self>> {
         Vec::new()
@@ -409,14 +417,16 @@ unsafe extern "C" fn poll<B: Backend>(slf: *mut PyObject, _: *mut PyObject) -> *
     })
 }
 
-/// `run_inline(op)`: completes a small cached read now (see [`operation::run_inline`]).
+/// `run_inline(op)`: completes a small cached read (or, on linux_uring, a small buffered
+/// file write) now (see [`operation::run_inline`]).
 unsafe extern "C" fn run_inline<B: Backend>(
     slf: *mut PyObject,
     arg: *mut PyObject,
 ) -> *mut PyObject {
     entry(|| {
         // SAFETY: `slf` is our instance.
-        if !unsafe { engine::<B>(slf)? }.driver.is_open() {
+        let engine = unsafe { engine::<B>(slf)? };
+        if !engine.driver.is_open() {
             return Err(Error::Runtime("Context is closed".into()));
         }
         if !is_operation::<B>(arg) {
@@ -427,7 +437,10 @@ unsafe extern "C" fn run_inline<B: Backend>(
         }
         // SAFETY: type-checked just above.
         let op = unsafe { OpRef::new(arg) };
-        Ok(values::boolean(operation::run_inline(op)))
+        // SAFETY: `run_inline` hands over only an unclaimed op's request, whose buffer
+        // no one else touches meanwhile (see there).
+        let write = |request: &IoRequest| unsafe { B::inline_write(engine, request) };
+        Ok(values::boolean(operation::run_inline(op, write)))
     })
 }
 
@@ -630,7 +643,7 @@ fn create_type<B: Backend>() -> Result<*mut PyTypeObject> {
                 c"run_inline",
                 run_inline::<B>,
                 ffi::METH_O,
-                c"run_inline(op) -> bool: if op is a small read whose data is in the page cache, complete it now on this thread (callback included); False leaves op untouched.",
+                c"run_inline(op) -> bool: if op is a small read whose data is in the page cache (linux_uring: or a small buffered write to a regular file), complete it now on this thread (callback included); False leaves op untouched.",
             ),
         ]);
         getsets.push(ffi::PyGetSetDef {

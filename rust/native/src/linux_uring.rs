@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::raw::c_int;
 
 use caio_backends::driver::uring::{UringDriver, UringSetupError};
-use caio_backends::{process, DispatchError, Driver, Ring};
+use caio_backends::{process, DispatchError, Driver, IoRequest, Ring};
 use caio_core::RequestId;
 
 use crate::args::parse_args;
@@ -121,6 +121,13 @@ impl Backend for Uring {
     }
 
     const MAX_REQUESTS_DOC: &'static CStr = c"The requested capacity.";
+
+    /// Small buffered file writes complete on the caller's thread (see
+    /// [`UringDriver::inline_write`]).
+    unsafe fn inline_write(engine: &Engine<Self>, request: &IoRequest) -> Option<i64> {
+        // SAFETY: the caller's promise.
+        unsafe { engine.driver.inline_write(request) }
+    }
 
     fn properties() -> Vec<Property<Self>> {
         let sqpoll = |e: &Engine<Self>| e.driver.sqpoll().into();

@@ -3,7 +3,7 @@
 use std::ptr;
 
 use caio_backends::buffer::DirectMemory;
-use caio_backends::IoKind;
+use caio_backends::{IoKind, IoRequest};
 use caio_core::{Phase, RequestId};
 
 use super::OpRef;
@@ -167,15 +167,27 @@ fn run_callback(op: OpRef<'_>, reported: i64) {
 }
 
 /// Runs `op` on the calling thread if it is an unclaimed small read whose data is in the
-/// page cache (`preadv2(RWF_NOWAIT)`), completing it (callback included). A vectored
-/// read never runs here (`read_nowait` takes one byte range): the backend runs it. Returns whether
-/// it completed; `false` leaves the op untouched for a normal submit. GIL held.
+/// page cache (`preadv2(RWF_NOWAIT)`), or an unclaimed write that `write` runs (it
+/// returns `None` for one it leaves to the backend), completing it (callback included).
+/// A vectored read never runs here (`read_nowait` takes one byte range): the backend runs
+/// it. Returns whether it completed; `false` leaves the op untouched for a normal submit.
+/// GIL held: no one can claim the op between the I/O and `complete_inline`'s claim, so a
+/// write that ran is never submitted again.
 ///
 /// Only a linux_uring op can have a negative offset, and only -1 (see
 /// [`NegativeOffset::FilePosition`](super::flavor::NegativeOffset::FilePosition)): there
 /// `preadv2`'s "current position" is what io_uring does with it too.
-pub(crate) fn run_inline(op: OpRef<'_>) -> bool {
-    if op.kind() != IoKind::Read || op.phase() != Phase::New || op.is_direct() {
+pub(crate) fn run_inline(op: OpRef<'_>, write: impl FnOnce(&IoRequest) -> Option<i64>) -> bool {
+    if op.phase() != Phase::New || op.is_direct() {
+        return false;
+    }
+    if matches!(op.kind(), IoKind::Write | IoKind::WriteV) {
+        return match write(&op.request()) {
+            Some(res) => complete_inline(op, res),
+            None => false,
+        };
+    }
+    if op.kind() != IoKind::Read {
         return false;
     }
     // `read_nowait` is itself an RWF_NOWAIT read, so that flag changes nothing here

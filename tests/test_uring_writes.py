@@ -1,0 +1,235 @@
+"""linux_uring: small buffered writes to regular files complete inline (``run_inline``).
+
+io_uring punts every buffered write on ext4 to a kernel worker (no non-blocking buffered
+writes there), one at a time per file; a small one is a page-cache copy, cheaper than the
+hand-off. ``Context.run_inline`` runs it on the calling thread, unless it could wait for
+the disk (sync flags or descriptors, ``RWF_NOWAIT``, ``O_DIRECT``, a partly written page
+that is not cached) or is not a regular file: those go to the ring as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+
+import pytest
+from conftest import Calls, run_ops
+
+try:
+    from caio.linux_uring import Context, Operation
+    from caio.linux_uring_asyncio import AsyncioContext as UringAsyncioContext
+except ImportError as exc:  # old kernel, seccomp, io_uring_disabled, ...
+    pytest.skip(f"caio.linux_uring is not available: {exc}", allow_module_level=True)
+
+KiB = 1024
+PAGE = os.sysconf("SC_PAGESIZE")
+INLINE_WRITE_MAX = 64 * KiB
+
+
+def drop_cache(fd: int) -> None:
+    """Leaves none of the file's pages in the page cache."""
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def is_cached(fd: int, offset: int) -> bool:
+    try:
+        os.preadv(fd, [bytearray(1)], offset, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("size", [1, PAGE, 3 * PAGE + 5, INLINE_WRITE_MAX])
+def test_a_small_buffered_write_completes_inline_with_its_callback(files, size):
+    fd = files.open(b"\0" * (2 * INLINE_WRITE_MAX))
+    ctx = Context()
+    payload = os.urandom(size)
+    op = Operation.write(payload, fd, PAGE)
+    calls = Calls()
+    op.set_callback(calls)
+    assert ctx.run_inline(op) is True
+    assert calls.results == [size]
+    assert calls.threads == [threading.get_ident()]
+    assert op.get_value() == size
+    assert op.context is None
+    assert os.pread(fd, size, PAGE) == payload
+    assert ctx.submit(op) == 0  # done: never written again
+    assert ctx.run_inline(op) is False
+    assert ctx.process_events() == 0
+    assert calls.results == [size]
+
+
+def test_a_vectored_write_and_one_past_the_end_complete_inline(files):
+    fd = files.open(b"abc")
+    ctx = Context()
+    parts = [b"one ", bytearray(b"two "), memoryview(b"three")]
+    op = Operation.writev(parts, fd, 10 * PAGE + 7)
+    assert ctx.run_inline(op) is True
+    assert op.get_value() == 13
+    assert os.pread(fd, 13, 10 * PAGE + 7) == b"one two three"
+    assert os.fstat(fd).st_size == 10 * PAGE + 20
+
+
+def test_a_partial_page_write_runs_inline_only_if_the_page_is_cached(files):
+    data = os.urandom(8 * PAGE)
+    fd = files.open(data)
+    ctx = Context()
+    drop_cache(fd)
+    # A non-blocking read that misses starts reading the page in; FADV_RANDOM keeps that
+    # to the page asked for, so each check below sees its own page still uncached.
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    if is_cached(fd, 7 * PAGE):
+        pytest.skip("this filesystem keeps the pages cached after POSIX_FADV_DONTNEED")
+    # whole pages need no read, cached or not
+    whole = Operation.write(b"w" * PAGE, fd, 0)
+    assert ctx.run_inline(whole) is True
+    # a partly written page not in the cache would be read from the disk first
+    head = Operation.write(b"h" * 10, fd, PAGE + 100)
+    tail = Operation.write(b"t" * (PAGE + 10), fd, 3 * PAGE)  # its last page is partial
+    for op in (head, tail):
+        assert ctx.run_inline(op) is False
+        assert op.context is None and op.result == 0
+    assert run_ops(ctx, head, tail) == [[10], [PAGE + 10]]
+    expected = bytearray(data)
+    expected[:PAGE] = b"w" * PAGE
+    expected[PAGE + 100:PAGE + 110] = b"h" * 10
+    expected[3 * PAGE:4 * PAGE + 10] = b"t" * (PAGE + 10)
+    assert os.pread(fd, 8 * PAGE, 0) == bytes(expected)
+    # once cached (the ring's write read it in), the same kind of write runs inline
+    again = Operation.write(b"a" * 10, fd, PAGE + 200)
+    assert ctx.run_inline(again) is True
+    assert os.pread(fd, 10, PAGE + 200) == b"a" * 10
+
+
+def test_writes_that_could_wait_or_are_not_to_files_go_to_the_ring(files):
+    fd = files.open(b"\0" * (2 * INLINE_WRITE_MAX))
+    dsync_fd = files.open(b"\0" * PAGE, name="dsync", flags=os.O_RDWR | os.O_DSYNC)
+    sync_fd = files.open(b"\0" * PAGE, name="sync", flags=os.O_RDWR | os.O_SYNC)
+    r, w = os.pipe()
+    closed = os.open(os.devnull, os.O_RDONLY)
+    os.close(closed)
+    ctx = Context()
+    try:
+        declined = [
+            Operation.write(b"L" * (INLINE_WRITE_MAX + 1), fd, 0),  # over the limit
+            Operation.write(b"d", fd, 0, flags=os.RWF_DSYNC),  # waits for the disk
+            Operation.write(b"s", fd, 0, flags=os.RWF_SYNC),
+            Operation.write(b"n", fd, 0, flags=os.RWF_NOWAIT),  # the kernel answers it
+            Operation.write(b"D", dsync_fd, 0),
+            Operation.write(b"S", sync_fd, 0),
+            Operation.write(b"pipe", w, 0),  # not a regular file
+            Operation.write(b"x", closed, 0),  # errors are the ring's to report
+        ]
+        for op in declined:
+            assert ctx.run_inline(op) is False
+            assert op.context is None and op.result == 0
+        results = run_ops(ctx, *declined)
+        assert results[:3] == [[INLINE_WRITE_MAX + 1], [1], [1]]
+        assert results[4:7] == [[1], [1], [4]]
+        assert results[7][0] < 0 or declined[7].error != 0
+        assert os.read(r, 4) == b"pipe"
+        assert os.pread(dsync_fd, 1, 0) == b"D" and os.pread(sync_fd, 1, 0) == b"S"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+class CountingSubmits:
+    """Stands in for an adapter's Context, counting ``submit`` calls."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.submits = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def submit(self, *ops):
+        self.submits += 1
+        return self.inner.submit(*ops)
+
+
+def test_the_adapter_writes_small_buffers_without_the_ring(loop_runner, files):
+    fd = files.open()
+    parts = [bytes([i]) * (4 * KiB) for i in range(64)]
+
+    async def body():
+        ctx = UringAsyncioContext()
+        counting = ctx.context = CountingSubmits(ctx.context)
+        try:
+            written = await asyncio.gather(
+                *(ctx.write(p, fd, i * 4 * KiB) for i, p in enumerate(parts)))
+            assert written == [4 * KiB] * 64
+            # (a vectored write too)
+            assert await ctx.writev([b"ab", b"cd"], fd, 64 * 4 * KiB) == 4
+            assert counting.submits == 0
+        finally:
+            ctx.context = counting.inner
+            ctx.close()
+
+    loop_runner.run(body)
+    assert os.pread(fd, 64 * 4 * KiB + 4, 0) == b"".join(parts) + b"abcd"
+
+
+def test_inline_writes_leave_the_loop_to_other_tasks(loop_runner, files):
+    """Writes that never suspend still yield within the adapter's inline budget."""
+    fd = files.open(b"\0" * (64 * KiB))
+    total = 20_000
+
+    async def body():
+        ticks = 0
+        done = False
+
+        async def ticker():
+            nonlocal ticks
+            while not done:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        async with UringAsyncioContext() as ctx:
+            task = asyncio.ensure_future(ticker())
+            payload = b"y" * 512
+            for i in range(total):
+                await ctx.write(payload, fd, (i % 128) * 512)
+            done = True
+            await task
+        return ticks
+
+    ticks = loop_runner.run(body)
+    # the budget is a few hundred inline completions per loop iteration
+    assert ticks >= total // UringAsyncioContext.INLINE_CAP
+
+
+def test_an_inline_write_counts_as_several_reads_against_the_inline_budget(loop_runner, files):
+    """One task writing in a loop yields after INLINE_BUDGET / INLINE_WRITE_COST writes
+    (a write costs about three small cached reads), not after INLINE_BUDGET."""
+    fd = files.open(b"\0" * (64 * KiB))
+
+    async def body():
+        async with UringAsyncioContext() as ctx:
+            runs: list[int] = []  # writes done before each turn of the other task
+            written = 0
+            finished = False
+
+            async def other():
+                while not finished:
+                    runs.append(written)
+                    await asyncio.sleep(0)
+
+            task = asyncio.ensure_future(other())
+            await asyncio.sleep(0)
+            for i in range(4 * ctx.INLINE_BUDGET):
+                await ctx.write(b"z" * 512, fd, (i % 64) * 512)
+                written += 1
+            finished = True
+            await task
+            stretches = [b - a for a, b in itertools.pairwise(runs)]
+            return stretches, ctx.INLINE_BUDGET, ctx.INLINE_WRITE_COST
+
+    stretches, budget, cost = loop_runner.run(body)
+    assert cost > 1
+    # (a write is charged once done, so the one over the limit yields at the next)
+    assert stretches and max(stretches) <= budget // cost + 2, stretches
