@@ -137,6 +137,25 @@ def test_writes_that_could_wait_or_are_not_to_files_go_to_the_ring(files):
         os.close(w)
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_writes_to_a_filesystem_without_a_block_device_go_to_the_ring():
+    """Network, FUSE, overlay and tmpfs files have anonymous device numbers (major 0):
+    a write there may wait for a server or a daemon, so it is never run inline."""
+    fd = os.open(f"/dev/shm/caio-test-{os.getpid()}", os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        assert os.major(os.fstat(fd).st_dev) == 0
+        os.pwrite(fd, b"\0" * PAGE, 0)
+        ctx = Context()
+        payload = os.urandom(PAGE)  # whole pages: no partly written page to look up
+        op = Operation.write(payload, fd, 0)
+        assert ctx.run_inline(op) is False
+        assert run_ops(ctx, op) == [[PAGE]]
+        assert os.pread(fd, PAGE, 0) == payload
+    finally:
+        os.close(fd)
+        os.unlink(f"/dev/shm/caio-test-{os.getpid()}")
+
+
 class CountingSubmits:
     """Stands in for an adapter's Context, counting ``submit`` calls."""
 

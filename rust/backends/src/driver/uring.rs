@@ -273,8 +273,8 @@ impl<E: Entry> UringDriver<E> {
 }
 
 /// Runs `request` on the calling thread if it is a write that should complete with a
-/// page-cache copy: at most [`INLINE_WRITE_MAX`] bytes to a regular file at an explicit
-/// offset, with no `RWF_*` flag (`RWF_NOWAIT` is answered by the kernel, the sync flags
+/// page-cache copy: at most [`INLINE_WRITE_MAX`] bytes to a regular file on a block
+/// device's filesystem at an explicit offset, with no `RWF_*` flag (`RWF_NOWAIT` is answered by the kernel, the sync flags
 /// wait for the disk), on a descriptor without `O_DIRECT`, `O_DSYNC` or `O_SYNC`, and
 /// whose partly written pages are in the page cache (else the kernel reads them from the
 /// disk first). Returns its result, or `None` (nothing done) for the ring to run it.
@@ -300,15 +300,25 @@ unsafe fn cached_write(request: &IoRequest) -> Option<i64> {
     let fd = request.fd;
     // SAFETY: fstat writes into a zeroed struct on our stack and fcntl takes no pointer;
     // a bad descriptor makes them fail (the ring then reports it).
-    let (file_type, status) = unsafe {
+    let (file_type, device, status) = unsafe {
         let mut st: libc::stat = std::mem::zeroed();
         if libc::fstat(fd, &mut st) != 0 {
             return None;
         }
-        (st.st_mode & libc::S_IFMT, libc::fcntl(fd, libc::F_GETFL))
+        (
+            st.st_mode & libc::S_IFMT,
+            st.st_dev,
+            libc::fcntl(fd, libc::F_GETFL),
+        )
     };
+    // Only on filesystems over a block device: network and FUSE filesystems (and
+    // overlay, tmpfs, btrfs subvolumes) have anonymous device numbers (major 0), and a
+    // "buffered" write there may wait for a server or a daemon on every call.
+    if file_type != libc::S_IFREG || libc::major(device) == 0 {
+        return None;
+    }
     // O_SYNC includes the O_DSYNC bit.
-    if file_type != libc::S_IFREG || status < 0 || status & (libc::O_DIRECT | libc::O_DSYNC) != 0 {
+    if status < 0 || status & (libc::O_DIRECT | libc::O_DSYNC) != 0 {
         return None;
     }
     if !partial_pages_cached(fd, request.offset as u64, bytes as u64) {
