@@ -61,6 +61,18 @@ fn is_fallback_errno(e: &io::Error) -> bool {
     )
 }
 
+/// Runs a probe's `io_uring_setup` on a short-lived thread. The first ring a thread
+/// creates gives that thread's kernel worker pool (io-wq, shared by all its rings) its
+/// size: at most that ring's SQ entries run at once on regular files. A 1-entry probe on
+/// the caller's thread would leave every later ring of that thread one worker (syncs and
+/// large reads one at a time).
+fn on_a_thread_of_its_own<T: Send>(probe: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(probe).join() {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 impl Ring {
     /// Sets up a ring of at least `entries` SQ slots, trying `SQPOLL` when asked, and falling
     /// back (on EINVAL, EPERM or EACCES) to setups with fewer features, as caio does:
@@ -101,16 +113,18 @@ impl Ring {
 
     /// Whether this process may create rings at all (`io_uring_setup(1)`).
     pub fn probe() -> io::Result<()> {
-        IoUring::<squeue::Entry>::new(1).map(drop)
+        on_a_thread_of_its_own(|| IoUring::<squeue::Entry>::new(1).map(drop))
     }
 
     /// Whether a SQPOLL ring can be created here.
     pub fn probe_sqpoll() -> bool {
         // The shortest idle time: the probe's polling thread should not spin on after it.
-        IoUring::<squeue::Entry>::builder()
-            .setup_sqpoll(1)
-            .build(1)
-            .is_ok()
+        on_a_thread_of_its_own(|| {
+            IoUring::<squeue::Entry>::builder()
+                .setup_sqpoll(1)
+                .build(1)
+                .is_ok()
+        })
     }
 
     /// Whether SQPOLL was negotiated.
