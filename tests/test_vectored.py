@@ -1019,6 +1019,9 @@ def test_an_adapter_writev_continuation_starts_at_each_short_writes_next_byte(fi
 
     class FakeAdapter:
         OPERATION_CLASS = FakeOperation
+        # the inline-budget hooks _write_all calls (no-ops in the base)
+        _inline_mark = AdapterBase._inline_mark
+        _charge_inline_write = AdapterBase._charge_inline_write
 
         async def submit(self, op):
             return next(counts)
