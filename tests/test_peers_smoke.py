@@ -58,7 +58,12 @@ def test_peers_quick_run_without_downloads(tmp_path, data_dir):
     for name, p in participants.items():
         assert p["error"] is None, (name, p["error"])
         assert p["verified"] and all(v["ok"] for v in p["verified"].values()), p["verified"]
-    assert participants["ours"]["info"]["caio"]["file"].startswith(str(REPO_ROOT))
+    # the caio this interpreter imports from there (the checkout, or an installed wheel)
+    ours_dir = subprocess.run(
+        [sys.executable, "-c", "import caio, os; print(os.path.dirname(os.path.realpath(caio.__file__)))"],
+        capture_output=True, text=True, timeout=60, check=True, cwd=str(BENCH_DIR),
+    ).stdout.strip()
+    assert os.path.realpath(participants["ours"]["info"]["caio"]["file"]).startswith(ours_dir)
 
     rows = {r["row"]: r for r in data["rows"]}
     assert set(rows) == {"rand4k-c1", "rand4k-c64", "seq64k-c16", "seq1m-c16", "write4k-c16"}
