@@ -65,11 +65,16 @@ unsafe impl Send for IoRequest {}
 /// a vectored request may not ask for more (so it needs no continuation).
 pub fn max_rw_count() -> usize {
     static VALUE: OnceLock<usize> = OnceLock::new();
+    *VALUE.get_or_init(|| i32::MAX as usize & !(page_size() - 1))
+}
+
+/// The page size (a power of two; 4096 if `sysconf` says otherwise), computed once.
+pub fn page_size() -> usize {
+    static VALUE: OnceLock<usize> = OnceLock::new();
     *VALUE.get_or_init(|| {
-        let page = sysconf(libc::_SC_PAGESIZE)
+        sysconf(libc::_SC_PAGESIZE)
             .filter(|page| page.is_power_of_two())
-            .unwrap_or(4096);
-        i32::MAX as usize & !(page - 1)
+            .unwrap_or(4096)
     })
 }
 

@@ -331,11 +331,7 @@ unsafe fn cached_write(request: &IoRequest) -> Option<i64> {
 /// Whether the pages that `offset..offset + len` covers only in part are in the page cache
 /// or past the end of the file: those are the pages a buffered write must read first.
 fn partial_pages_cached(fd: RawFd, offset: u64, len: u64) -> bool {
-    // SAFETY: sysconf takes no pointer.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        p if p > 0 => p as u64,
-        _ => 4096,
-    };
+    let page = crate::io::page_size() as u64;
     let end = offset.saturating_add(len);
     let head = offset % page != 0;
     // The last page, if partly covered and not the first page already looked at.
