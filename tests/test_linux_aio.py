@@ -23,12 +23,23 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, Calls, LoopRunner, closed_fd, pump_until, run_ops, run_python
+from conftest import (
+    REPO_ROOT,
+    Calls,
+    FileFactory,
+    LoopRunner,
+    closed_fd,
+    pump_until,
+    run_ops,
+    run_python,
+)
 
 from caio.errors import SubmitError
 
@@ -87,6 +98,22 @@ def wait_until_parked(thread, timeout=10.0):
         assert thread.is_alive(), "the waiter returned early"
         time.sleep(0.001)  # polling /proc; the wait itself has no event to signal
     pytest.skip("the waiting thread was never seen waiting in process_events")
+
+
+@pytest.fixture
+def tmpfs_files(tmp_path_factory):
+    """Files whose small writes go to ``io_submit``: on tmpfs, which has no block device,
+    so ``run_inline`` never completes them (on ext4 they would complete inline and never
+    reach the submission policy these tests are about)."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    root = tempfile.mkdtemp(prefix="caio-test-", dir="/dev/shm")
+    factory = FileFactory(Path(root))
+    try:
+        yield factory
+    finally:
+        factory.close_all()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class SubmitSpy:
@@ -545,8 +572,8 @@ def test_adapter_rejects_extra_kwargs(loop_runner):
     loop_runner.run(body)
 
 
-def test_adapter_deferred_batches_one_iteration_into_one_submit(loop_runner, files):
-    fd = files.open()
+def test_adapter_deferred_batches_one_iteration_into_one_submit(loop_runner, tmpfs_files):
+    fd = tmpfs_files.open()
     count = 64
 
     async def body(deferred):
@@ -575,10 +602,10 @@ def test_adapter_deferred_batches_one_iteration_into_one_submit(loop_runner, fil
     assert loop_runner.run(body, False)[: len(expected)] == expected
 
 
-def test_adapter_one_refused_op_fails_alone_in_a_coalesced_batch(loop_runner, files):
+def test_adapter_one_refused_op_fails_alone_in_a_coalesced_batch(loop_runner, tmpfs_files):
     """Without deferral, coalescing must not widen an error: a refused op in the middle
     of a batch fails by itself and its neighbours complete."""
-    fd = files.open()
+    fd = tmpfs_files.open()
     bad = closed_fd()
     count = 40
 
@@ -637,8 +664,8 @@ def test_adapter_coalesced_batch_with_a_completed_op(loop_runner, files):
     assert os.pread(fd, 2, 0) == b"ab"
 
 
-def test_adapter_close_while_a_task_waits_for_a_slot(loop_runner, files):
-    fd = files.open()
+def test_adapter_close_while_a_task_waits_for_a_slot(loop_runner, tmpfs_files):
+    fd = tmpfs_files.open()
 
     async def body():
         ctx = AsyncioContext(max_requests=1)
@@ -654,10 +681,10 @@ def test_adapter_close_while_a_task_waits_for_a_slot(loop_runner, files):
     assert os.pread(fd, 10, 0) == b"a"  # the second never reached the kernel
 
 
-def test_adapter_drains_in_batches_across_loop_iterations(loop_runner, files):
+def test_adapter_drains_in_batches_across_loop_iterations(loop_runner, tmpfs_files):
     """One eventfd wake-up delivers at most DRAIN_BATCH completions per loop iteration;
     the rest follow on later iterations without a new wake-up, and none is lost."""
-    fd = files.open(bytes(range(256)) * 16)
+    fd = tmpfs_files.open(bytes(range(256)) * 16)
     count = 40
 
     events = []
@@ -702,8 +729,8 @@ def test_adapter_drains_in_batches_across_loop_iterations(loop_runner, files):
     assert os.pread(fd, 100 * count, 0) == b"".join(bytes([i]) * 100 for i in range(count))
 
 
-def test_adapter_close_fails_coalesced_ops_that_never_reached_the_kernel(loop_runner, files):
-    fd = files.open(b"data")
+def test_adapter_close_fails_coalesced_ops_that_never_reached_the_kernel(loop_runner, tmpfs_files):
+    fd = tmpfs_files.open(b"data")
 
     async def body():
         for deferred in (False, True):
@@ -722,8 +749,8 @@ def test_adapter_close_fails_coalesced_ops_that_never_reached_the_kernel(loop_ru
     assert os.pread(fd, 10, 0) == b"data"
 
 
-def test_adapter_deferred_cancel_before_batch_drops_the_op(loop_runner, files):
-    fd = files.open()
+def test_adapter_deferred_cancel_before_batch_drops_the_op(loop_runner, tmpfs_files):
+    fd = tmpfs_files.open()
 
     async def body():
         ctx = AsyncioContext(deferred=True)
@@ -755,10 +782,10 @@ def test_adapter_deferred_cancel_before_batch_drops_the_op(loop_runner, files):
     assert os.pread(fd, 100, 0) == b"AAAABBBB"
 
 
-def test_adapter_deferred_submit_errors_reach_the_batch(loop_runner, files):
+def test_adapter_deferred_submit_errors_reach_the_batch(loop_runner, tmpfs_files):
     """An exception from the batch's submit() goes to every awaiter of the batch;
     ops past the accepted count get OSError("Operation was not submitted")."""
-    fd = files.open(b"0123")
+    fd = tmpfs_files.open(b"0123")
     bad = closed_fd()
 
     async def body():

@@ -417,7 +417,7 @@ unsafe extern "C" fn poll<B: Backend>(slf: *mut PyObject, _: *mut PyObject) -> *
     })
 }
 
-/// `run_inline(op)`: completes a small cached read (or, on linux_uring, a small buffered
+/// `run_inline(op)`: completes a small cached read (or, on linux_uring and linux_aio, a small buffered
 /// file write) now (see [`operation::run_inline`]).
 unsafe extern "C" fn run_inline<B: Backend>(
     slf: *mut PyObject,
@@ -643,7 +643,7 @@ fn create_type<B: Backend>() -> Result<*mut PyTypeObject> {
                 c"run_inline",
                 run_inline::<B>,
                 ffi::METH_O,
-                c"run_inline(op) -> bool: if op is a small read whose data is in the page cache (linux_uring: or a small buffered write to a regular file), complete it now on this thread (callback included); False leaves op untouched.",
+                c"run_inline(op) -> bool: if op is a small read whose data is in the page cache (linux_uring and linux_aio: or a small buffered write to a regular file), complete it now on this thread (callback included); False leaves op untouched.",
             ),
         ]);
         getsets.push(ffi::PyGetSetDef {

@@ -8,7 +8,7 @@ use std::ffi::CStr;
 use std::os::fd::AsRawFd;
 
 use caio_backends::driver::aio::{AioDriver, AioSetupError};
-use caio_backends::{process, CancelOutcome, DispatchError, Driver};
+use caio_backends::{process, CancelOutcome, DispatchError, Driver, IoRequest};
 
 use crate::args::parse_args;
 use crate::context::{
@@ -179,6 +179,13 @@ impl Backend for Aio {
     }
 
     const MAX_REQUESTS_DOC: &'static CStr = c"The io_setup capacity.";
+
+    /// Small buffered file writes complete on the caller's thread (see
+    /// [`AioDriver::inline_write`]).
+    unsafe fn inline_write(engine: &Engine<Self>, request: &IoRequest) -> Option<i64> {
+        // SAFETY: the caller's promise.
+        unsafe { engine.driver.inline_write(request) }
+    }
 }
 
 /// `None` if kernel AIO works here, else the reason (the text `ImportError` carries).

@@ -6,7 +6,9 @@
 //! requests over 64 KiB on files without `O_DIRECT` go to two helper threads, and requests
 //! on streams each run on a thread of their own (see [`route`]); their completions are
 //! announced on the same eventfd as the kernel's and taken by the same
-//! [`take`](Driver::take).
+//! [`take`](Driver::take). Small buffered file writes skip the AIO machinery:
+//! [`inline_write`](AioDriver::inline_write) does the copy `io_submit` would have done,
+//! on the same thread (see [`super::inline_write`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use caio_core::{Completion, RequestId};
 
+use super::inline_write::InlineWrites;
 use super::{CancelOutcome, DispatchError, Dispatched, Driver, Entry, InFlight, Submission};
 use crate::aio::{AioContext, Iocb};
 use crate::io::wait_readable;
@@ -74,6 +77,8 @@ pub struct AioDriver<E: Entry> {
     /// RESFD.
     events: Arc<EventQueue>,
     max_requests: u32,
+    /// Small buffered file writes run on the caller's thread instead.
+    inline_writes: InlineWrites,
     aio: AioContext,
 }
 
@@ -173,8 +178,20 @@ impl<E: Entry> AioDriver<E> {
             ready: Mutex::new(VecDeque::new()),
             events,
             max_requests,
+            inline_writes: InlineWrites::default(),
             aio,
         })
+    }
+
+    /// Runs `request` on the calling thread if it is a small buffered file write (see
+    /// [`InlineWrites::run`]): the copy `io_submit` would do on this thread, without the
+    /// iocb, the event and the eventfd wake-up. `None`: submit it instead.
+    ///
+    /// # Safety
+    /// As for [`IoRequest::perform`].
+    pub unsafe fn inline_write(&self, request: &IoRequest) -> Option<i64> {
+        // SAFETY: the caller's promise.
+        unsafe { self.inline_writes.run(request) }
     }
 
     /// The capacity given to `io_setup`.

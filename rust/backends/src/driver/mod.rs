@@ -20,6 +20,7 @@ use caio_core::{Registry, RequestId};
 use crate::{EventFd, IoRequest};
 
 pub mod aio;
+pub mod inline_write;
 pub mod thread;
 pub mod uring;
 

@@ -5,10 +5,8 @@
 //! inside that syscall); [`wait`](Driver::wait) and [`take`](Driver::take) bring the rest.
 //!
 //! [`inline_write`](UringDriver::inline_write) runs a small buffered file write on the
-//! calling thread instead (a page-cache copy, as kernel AIO's `io_submit` does): on
-//! filesystems without non-blocking buffered writes (ext4) io_uring cannot start one
-//! inside `io_uring_enter`, it hands each to a kernel worker, one at a time per file, and
-//! the hand-offs cost more than the write (benchmarks/results/2026-12-01-writes-ab.txt).
+//! calling thread instead (see [`super::inline_write`]): on ext4 io_uring would hand each
+//! one to a kernel worker.
 //!
 //! Completions are reaped from the CQ into a ready queue, under the ring's lock, and
 //! taken from there. A thread blocked in [`wait`](Driver::wait) counts as *parked* for the
@@ -26,36 +24,10 @@ use std::time::{Duration, Instant};
 
 use caio_core::{Completion, RequestId};
 
+use super::inline_write::InlineWrites;
 use super::{CancelOutcome, DispatchError, Dispatched, Driver, Entry, InFlight, Submission};
 use crate::uring::{self, Cancel, Cancelled};
-use crate::{EventFd, IoKind, IoRequest, Ring};
-
-/// The largest write [`UringDriver::inline_write`] runs on the calling thread: a
-/// page-cache copy of this size takes microseconds (larger ones go to the kernel's
-/// workers anyway).
-pub const INLINE_WRITE_MAX: usize = uring::PUNT_ABOVE;
-
-/// An inline write that took longer than this (a page-cache copy takes microseconds)
-/// waited for something: writeback throttling, the journal, the inode lock, or only the
-/// CPU on a busy machine (short preemptions are why it is not lower). The next writes go
-/// to the ring for a pause.
-pub const SLOW_INLINE_WRITE: Duration = Duration::from_millis(5);
-
-/// The first pause after a slow inline write; each slow one right after a pause doubles
-/// it, up to [`INLINE_PAUSE_MAX`], and a fast one resets it. A loop writing into files
-/// that keep blocking (throttled writeback) waits for them at most once per pause.
-pub const INLINE_PAUSE_MIN: Duration = Duration::from_millis(50);
-
-/// The longest pause: a blocked inline write then holds the loop at most once per this.
-pub const INLINE_PAUSE_MAX: Duration = Duration::from_secs(10);
-
-/// When [`UringDriver::inline_write`] may run writes again.
-struct InlinePause {
-    /// Writes go to the ring until then.
-    until: Option<Instant>,
-    /// The next pause's length.
-    next: Duration,
-}
+use crate::{EventFd, IoRequest, Ring};
 
 /// Which resource [`UringDriver::new`] could not set up (the messages differ).
 #[derive(Debug)]
@@ -80,8 +52,8 @@ pub struct UringDriver<E> {
     in_flight: InFlight<E>,
     /// Threads inside a blocking [`wait`](Driver::wait) (see the module's documentation).
     parked: AtomicUsize,
-    /// Whether [`inline_write`](Self::inline_write) declines, after a slow one.
-    inline_pause: Mutex<InlinePause>,
+    /// Small buffered file writes run on the caller's thread instead.
+    inline_writes: InlineWrites,
     // Declared last: dropped after the ring that signals it.
     eventfd: EventFd,
 }
@@ -105,10 +77,7 @@ impl<E: Entry> UringDriver<E> {
             }),
             in_flight: InFlight::default(),
             parked: AtomicUsize::new(0),
-            inline_pause: Mutex::new(InlinePause {
-                until: None,
-                next: INLINE_PAUSE_MIN,
-            }),
+            inline_writes: InlineWrites::default(),
             eventfd,
         })
     }
@@ -123,41 +92,14 @@ impl<E: Entry> UringDriver<E> {
         self.ring_fd
     }
 
-    /// Runs `request` on the calling thread if it is a write that should complete with a
-    /// page-cache copy (see [`cached_write`]), unless a pause after a slow one (longer
-    /// than [`SLOW_INLINE_WRITE`]) is on. Returns its result, or `None` (nothing done):
-    /// submit it instead.
+    /// Runs `request` on the calling thread if it is a small buffered file write (see
+    /// [`InlineWrites::run`]); `None`: submit it instead.
     ///
     /// # Safety
     /// As for [`IoRequest::perform`].
     pub unsafe fn inline_write(&self, request: &IoRequest) -> Option<i64> {
-        let probing = match self.pause().until {
-            Some(until) if Instant::now() < until => return None,
-            Some(_) => true,
-            None => false,
-        };
-        let began = Instant::now();
         // SAFETY: the caller's promise.
-        let res = unsafe { cached_write(request) }?;
-        let slow = began.elapsed() > SLOW_INLINE_WRITE;
-        if slow || probing {
-            let mut pause = self.pause();
-            if slow {
-                pause.until = Some(Instant::now() + pause.next);
-                pause.next = (pause.next * 2).min(INLINE_PAUSE_MAX);
-            } else {
-                *pause = InlinePause {
-                    until: None,
-                    next: INLINE_PAUSE_MIN,
-                };
-            }
-        }
-        Some(res)
-    }
-
-    /// The inline-write pause state; it is always consistent, so a poisoned lock is too.
-    fn pause(&self) -> MutexGuard<'_, InlinePause> {
-        self.inline_pause.lock().unwrap_or_else(|e| e.into_inner())
+        unsafe { self.inline_writes.run(request) }
     }
 
     /// Hands the staged entries to the kernel and appends what completed to `out`. With
@@ -270,87 +212,6 @@ impl<E: Entry> UringDriver<E> {
             let _ = state.ring.submit();
         }
     }
-}
-
-/// Runs `request` on the calling thread if it is a write that should complete with a
-/// page-cache copy: at most [`INLINE_WRITE_MAX`] bytes to a regular file on a block
-/// device's filesystem at an explicit offset, with no `RWF_*` flag (`RWF_NOWAIT` is answered by the kernel, the sync flags
-/// wait for the disk), on a descriptor without `O_DIRECT`, `O_DSYNC` or `O_SYNC`, and
-/// whose partly written pages are in the page cache (else the kernel reads them from the
-/// disk first). Returns its result, or `None` (nothing done) for the ring to run it.
-///
-/// It may still block: on writeback throttling once the system has too many dirty pages,
-/// on the journal, or on the inode lock another writer holds (see
-/// [`UringDriver::inline_write`], which bounds how often).
-///
-/// # Safety
-/// As for [`IoRequest::perform`].
-unsafe fn cached_write(request: &IoRequest) -> Option<i64> {
-    if !matches!(request.kind, IoKind::Write | IoKind::WriteV)
-        || request.rw_flags != 0
-        || request.offset < 0
-    {
-        return None;
-    }
-    // SAFETY: the caller's promise covers a vectored request's iovecs.
-    let bytes = unsafe { request.byte_len() };
-    if bytes > INLINE_WRITE_MAX {
-        return None;
-    }
-    let fd = request.fd;
-    // SAFETY: fstat writes into a zeroed struct on our stack and fcntl takes no pointer;
-    // a bad descriptor makes them fail (the ring then reports it).
-    let (file_type, device, status) = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return None;
-        }
-        (
-            st.st_mode & libc::S_IFMT,
-            st.st_dev,
-            libc::fcntl(fd, libc::F_GETFL),
-        )
-    };
-    // Only on filesystems over a block device: network and FUSE filesystems (and
-    // overlay, tmpfs, btrfs subvolumes) have anonymous device numbers (major 0), and a
-    // "buffered" write there may wait for a server or a daemon on every call.
-    if file_type != libc::S_IFREG || libc::major(device) == 0 {
-        return None;
-    }
-    // O_SYNC includes the O_DSYNC bit.
-    if status < 0 || status & (libc::O_DIRECT | libc::O_DSYNC) != 0 {
-        return None;
-    }
-    if !partial_pages_cached(fd, request.offset as u64, bytes as u64) {
-        return None;
-    }
-    // SAFETY: the caller's promise.
-    Some(unsafe { request.perform() })
-}
-
-/// Whether the pages that `offset..offset + len` covers only in part are in the page cache
-/// or past the end of the file: those are the pages a buffered write must read first.
-fn partial_pages_cached(fd: RawFd, offset: u64, len: u64) -> bool {
-    let page = crate::io::page_size() as u64;
-    let end = offset.saturating_add(len);
-    let head = offset % page != 0;
-    // The last page, if partly covered and not the first page already looked at.
-    let tail = end % page != 0 && !(head && end / page == offset / page);
-    (!head || byte_cached(fd, offset)) && (!tail || byte_cached(fd, end - 1))
-}
-
-/// Whether the byte at `offset` reads without waiting for the disk (or is past the end).
-fn byte_cached(fd: RawFd, offset: u64) -> bool {
-    let mut byte = 0u8;
-    let iov = libc::iovec {
-        iov_base: (&mut byte as *mut u8).cast(),
-        iov_len: 1,
-    };
-    let Ok(offset) = i64::try_from(offset) else {
-        return false;
-    };
-    // SAFETY: one iovec describing a byte on our stack, valid for the call.
-    unsafe { libc::preadv2(fd, &iov, 1, offset, libc::RWF_NOWAIT) >= 0 }
 }
 
 /// A thread counted in [`UringDriver::parked`] until this drops.
@@ -936,37 +797,6 @@ mod tests {
             return;
         }
         a_cancel_of_no_request_is_requested_and_touches_no_other(true);
-    }
-
-    #[test]
-    fn inline_writes_pause_after_a_slow_one_until_a_fast_one_after_the_pause() {
-        require_uring!();
-        let driver = new_driver(8, false);
-        let f = temp_file(&[0u8; 8192]);
-        let data = *b"inline";
-        let request = IoRequest {
-            kind: IoKind::Write,
-            fd: f.as_raw_fd(),
-            offset: 4096,
-            buf: data.as_ptr().cast_mut(),
-            len: data.len(),
-            rw_flags: 0,
-        };
-        // SAFETY: `data` outlives every call and the write only reads it.
-        let write = || unsafe { driver.inline_write(&request) };
-        assert_eq!(write(), Some(6));
-        // As after a slow write: a pause in force declines.
-        driver.pause().until = Some(Instant::now() + LONG);
-        assert_eq!(write(), None);
-        // The pause over, a fast write runs and resets the next pause's length.
-        *driver.pause() = InlinePause {
-            until: Some(Instant::now()),
-            next: INLINE_PAUSE_MAX,
-        };
-        assert_eq!(write(), Some(6));
-        let pause = driver.pause();
-        assert!(pause.until.is_none());
-        assert_eq!(pause.next, INLINE_PAUSE_MIN);
     }
 
     #[test]

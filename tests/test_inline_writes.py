@@ -1,27 +1,43 @@
-"""linux_uring: small buffered writes to regular files complete inline (``run_inline``).
+"""linux_uring and linux_aio: small buffered writes to regular files complete inline
+(``run_inline``).
 
-io_uring punts every buffered write on ext4 to a kernel worker (no non-blocking buffered
-writes there), one at a time per file; a small one is a page-cache copy, cheaper than the
-hand-off. ``Context.run_inline`` runs it on the calling thread, unless it could wait for
-the disk (sync flags or descriptors, ``RWF_NOWAIT``, ``O_DIRECT``, a partly written page
-that is not cached) or is not a regular file: those go to the ring as before.
+A small buffered write is a page-cache copy. io_uring punts every one on ext4 to a kernel
+worker (no non-blocking buffered writes there), one at a time per file; kernel AIO's
+``io_submit`` does the copy on the calling thread anyway, behind an iocb, an event and an
+eventfd wake-up. ``Context.run_inline`` runs it on the calling thread, unless it could
+wait for the disk (sync flags or descriptors, ``RWF_NOWAIT``, ``O_DIRECT``, a partly
+written page that is not cached) or is not a regular file: those go to the backend's own
+path as before ("the ring" below).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import importlib
 import itertools
 import os
 import threading
+import types
 
 import pytest
 from conftest import Calls, run_ops
 
-try:
-    from caio.linux_uring import Context, Operation
-    from caio.linux_uring_asyncio import AsyncioContext as UringAsyncioContext
-except ImportError as exc:  # old kernel, seccomp, io_uring_disabled, ...
-    pytest.skip(f"caio.linux_uring is not available: {exc}", allow_module_level=True)
+BACKENDS = ("linux_uring", "linux_aio")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> types.SimpleNamespace:
+    """The backend's Context, Operation and AsyncioContext."""
+    try:
+        raw = importlib.import_module(f"caio.{request.param}")
+        adapter = importlib.import_module(f"caio.{request.param}_asyncio")
+    except ImportError as exc:  # old kernel, seccomp, io_uring_disabled, ...
+        pytest.skip(f"caio.{request.param} is not available: {exc}")
+    return types.SimpleNamespace(
+        name=request.param, Context=raw.Context, Operation=raw.Operation,
+        AsyncioContext=adapter.AsyncioContext,
+    )
 
 KiB = 1024
 PAGE = os.sysconf("SC_PAGESIZE")
@@ -43,11 +59,11 @@ def is_cached(fd: int, offset: int) -> bool:
 
 
 @pytest.mark.parametrize("size", [1, PAGE, 3 * PAGE + 5, INLINE_WRITE_MAX])
-def test_a_small_buffered_write_completes_inline_with_its_callback(files, size):
+def test_a_small_buffered_write_completes_inline_with_its_callback(backend, files, size):
     fd = files.open(b"\0" * (2 * INLINE_WRITE_MAX))
-    ctx = Context()
+    ctx = backend.Context()
     payload = os.urandom(size)
-    op = Operation.write(payload, fd, PAGE)
+    op = backend.Operation.write(payload, fd, PAGE)
     calls = Calls()
     op.set_callback(calls)
     assert ctx.run_inline(op) is True
@@ -62,21 +78,21 @@ def test_a_small_buffered_write_completes_inline_with_its_callback(files, size):
     assert calls.results == [size]
 
 
-def test_a_vectored_write_and_one_past_the_end_complete_inline(files):
+def test_a_vectored_write_and_one_past_the_end_complete_inline(backend, files):
     fd = files.open(b"abc")
-    ctx = Context()
+    ctx = backend.Context()
     parts = [b"one ", bytearray(b"two "), memoryview(b"three")]
-    op = Operation.writev(parts, fd, 10 * PAGE + 7)
+    op = backend.Operation.writev(parts, fd, 10 * PAGE + 7)
     assert ctx.run_inline(op) is True
     assert op.get_value() == 13
     assert os.pread(fd, 13, 10 * PAGE + 7) == b"one two three"
     assert os.fstat(fd).st_size == 10 * PAGE + 20
 
 
-def test_a_partial_page_write_runs_inline_only_if_the_page_is_cached(files):
+def test_a_partial_page_write_runs_inline_only_if_the_page_is_cached(backend, files):
     data = os.urandom(8 * PAGE)
     fd = files.open(data)
-    ctx = Context()
+    ctx = backend.Context()
     drop_cache(fd)
     # A non-blocking read that misses starts reading the page in; FADV_RANDOM keeps that
     # to the page asked for, so each check below sees its own page still uncached.
@@ -84,11 +100,11 @@ def test_a_partial_page_write_runs_inline_only_if_the_page_is_cached(files):
     if is_cached(fd, 7 * PAGE):
         pytest.skip("this filesystem keeps the pages cached after POSIX_FADV_DONTNEED")
     # whole pages need no read, cached or not
-    whole = Operation.write(b"w" * PAGE, fd, 0)
+    whole = backend.Operation.write(b"w" * PAGE, fd, 0)
     assert ctx.run_inline(whole) is True
     # a partly written page not in the cache would be read from the disk first
-    head = Operation.write(b"h" * 10, fd, PAGE + 100)
-    tail = Operation.write(b"t" * (PAGE + 10), fd, 3 * PAGE)  # its last page is partial
+    head = backend.Operation.write(b"h" * 10, fd, PAGE + 100)
+    tail = backend.Operation.write(b"t" * (PAGE + 10), fd, 3 * PAGE)  # its last page is partial
     for op in (head, tail):
         assert ctx.run_inline(op) is False
         assert op.context is None and op.result == 0
@@ -99,37 +115,42 @@ def test_a_partial_page_write_runs_inline_only_if_the_page_is_cached(files):
     expected[3 * PAGE:4 * PAGE + 10] = b"t" * (PAGE + 10)
     assert os.pread(fd, 8 * PAGE, 0) == bytes(expected)
     # once cached (the ring's write read it in), the same kind of write runs inline
-    again = Operation.write(b"a" * 10, fd, PAGE + 200)
+    again = backend.Operation.write(b"a" * 10, fd, PAGE + 200)
     assert ctx.run_inline(again) is True
     assert os.pread(fd, 10, PAGE + 200) == b"a" * 10
 
 
-def test_writes_that_could_wait_or_are_not_to_files_go_to_the_ring(files):
+def test_writes_that_could_wait_or_are_not_to_files_go_to_the_ring(backend, files):
     fd = files.open(b"\0" * (2 * INLINE_WRITE_MAX))
     dsync_fd = files.open(b"\0" * PAGE, name="dsync", flags=os.O_RDWR | os.O_DSYNC)
     sync_fd = files.open(b"\0" * PAGE, name="sync", flags=os.O_RDWR | os.O_SYNC)
+    ctx = backend.Context()
     r, w = os.pipe()
-    closed = os.open(os.devnull, os.O_RDONLY)
+    closed = os.open(os.devnull, os.O_RDONLY)  # after the Context's own descriptors
     os.close(closed)
-    ctx = Context()
     try:
         declined = [
-            Operation.write(b"L" * (INLINE_WRITE_MAX + 1), fd, 0),  # over the limit
-            Operation.write(b"d", fd, 0, flags=os.RWF_DSYNC),  # waits for the disk
-            Operation.write(b"s", fd, 0, flags=os.RWF_SYNC),
-            Operation.write(b"n", fd, 0, flags=os.RWF_NOWAIT),  # the kernel answers it
-            Operation.write(b"D", dsync_fd, 0),
-            Operation.write(b"S", sync_fd, 0),
-            Operation.write(b"pipe", w, 0),  # not a regular file
-            Operation.write(b"x", closed, 0),  # errors are the ring's to report
+            backend.Operation.write(b"L" * (INLINE_WRITE_MAX + 1), fd, 0),  # over the limit
+            backend.Operation.write(b"d", fd, 0, flags=os.RWF_DSYNC),  # waits for the disk
+            backend.Operation.write(b"s", fd, 0, flags=os.RWF_SYNC),
+            backend.Operation.write(b"n", fd, 0, flags=os.RWF_NOWAIT),  # the kernel answers it
+            backend.Operation.write(b"D", dsync_fd, 0),
+            backend.Operation.write(b"S", sync_fd, 0),
+            backend.Operation.write(b"pipe", w, 0),  # not a regular file
         ]
-        for op in declined:
+        bad = backend.Operation.write(b"x", closed, 0)  # errors are the backend's to report
+        for op in (*declined, bad):
             assert ctx.run_inline(op) is False
             assert op.context is None and op.result == 0
         results = run_ops(ctx, *declined)
         assert results[:3] == [[INLINE_WRITE_MAX + 1], [1], [1]]
         assert results[4:7] == [[1], [1], [4]]
-        assert results[7][0] < 0 or declined[7].error != 0
+        if backend.name == "linux_aio":  # io_submit refuses a bad descriptor up front
+            with pytest.raises(OSError) as failed:
+                ctx.submit(bad)
+            assert failed.value.errno == errno.EBADF
+        else:  # the ring reports it in the completion
+            assert run_ops(ctx, bad) == [[-errno.EBADF]]
         assert os.read(r, 4) == b"pipe"
         assert os.pread(dsync_fd, 1, 0) == b"D" and os.pread(sync_fd, 1, 0) == b"S"
     finally:
@@ -138,16 +159,16 @@ def test_writes_that_could_wait_or_are_not_to_files_go_to_the_ring(files):
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
-def test_writes_to_a_filesystem_without_a_block_device_go_to_the_ring():
+def test_writes_to_a_filesystem_without_a_block_device_go_to_the_ring(backend):
     """Network, FUSE, overlay and tmpfs files have anonymous device numbers (major 0):
     a write there may wait for a server or a daemon, so it is never run inline."""
     fd = os.open(f"/dev/shm/caio-test-{os.getpid()}", os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
         assert os.major(os.fstat(fd).st_dev) == 0
         os.pwrite(fd, b"\0" * PAGE, 0)
-        ctx = Context()
+        ctx = backend.Context()
         payload = os.urandom(PAGE)  # whole pages: no partly written page to look up
-        op = Operation.write(payload, fd, 0)
+        op = backend.Operation.write(payload, fd, 0)
         assert ctx.run_inline(op) is False
         assert run_ops(ctx, op) == [[PAGE]]
         assert os.pread(fd, PAGE, 0) == payload
@@ -171,12 +192,12 @@ class CountingSubmits:
         return self.inner.submit(*ops)
 
 
-def test_the_adapter_writes_small_buffers_without_the_ring(loop_runner, files):
+def test_the_adapter_writes_small_buffers_without_the_ring(backend, loop_runner, files):
     fd = files.open()
     parts = [bytes([i]) * (4 * KiB) for i in range(64)]
 
     async def body():
-        ctx = UringAsyncioContext()
+        ctx = backend.AsyncioContext()
         counting = ctx.context = CountingSubmits(ctx.context)
         try:
             written = await asyncio.gather(
@@ -193,7 +214,7 @@ def test_the_adapter_writes_small_buffers_without_the_ring(loop_runner, files):
     assert os.pread(fd, 64 * 4 * KiB + 4, 0) == b"".join(parts) + b"abcd"
 
 
-def test_inline_writes_leave_the_loop_to_other_tasks(loop_runner, files):
+def test_inline_writes_leave_the_loop_to_other_tasks(backend, loop_runner, files):
     """Writes that never suspend still yield within the adapter's inline budget."""
     fd = files.open(b"\0" * (64 * KiB))
     total = 20_000
@@ -208,7 +229,7 @@ def test_inline_writes_leave_the_loop_to_other_tasks(loop_runner, files):
                 await asyncio.sleep(0)
                 ticks += 1
 
-        async with UringAsyncioContext() as ctx:
+        async with backend.AsyncioContext() as ctx:
             task = asyncio.ensure_future(ticker())
             payload = b"y" * 512
             for i in range(total):
@@ -219,16 +240,16 @@ def test_inline_writes_leave_the_loop_to_other_tasks(loop_runner, files):
 
     ticks = loop_runner.run(body)
     # the budget is a few hundred inline completions per loop iteration
-    assert ticks >= total // UringAsyncioContext.INLINE_CAP
+    assert ticks >= total // backend.AsyncioContext.INLINE_CAP
 
 
-def test_an_inline_write_counts_as_several_reads_against_the_inline_budget(loop_runner, files):
+def test_an_inline_write_counts_as_several_reads_against_the_inline_budget(backend, loop_runner, files):
     """One task writing in a loop yields after INLINE_BUDGET / INLINE_WRITE_COST writes
     (a write costs about three small cached reads), not after INLINE_BUDGET."""
     fd = files.open(b"\0" * (64 * KiB))
 
     async def body():
-        async with UringAsyncioContext() as ctx:
+        async with backend.AsyncioContext() as ctx:
             runs: list[int] = []  # writes done before each turn of the other task
             written = 0
             finished = False
