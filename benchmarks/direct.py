@@ -14,6 +14,11 @@ Sides, for every depth D:
   the raw ``caio.linux_aio.Context``/``Operation`` API keeping D operations in flight
   (one ``submit`` per operation, ``process_events(D, 1, -1)``) as a reference; and,
   with ``--backends``, the linux_uring and thread_aio adapters;
+- the *floor* of each native backend: D asyncio tasks with no adapter at all, each
+  submitting a ``read_into`` on the raw Context and awaiting a bare future that the
+  completion callback resolves (the Context watched with ``add_reader``). It is what the
+  event loop alone costs per read with one task per read: no adapter can go below it;
+- ``--loops asyncio,uvloop`` runs every asyncio side on each loop;
 - caio 0.12.10 from PyPI (same adapters), loaded from a ``pip install --target``
   folder put first on ``PYTHONPATH`` (shared with ``compare.py``). Its read buffers come
   from ``PyMem_Calloc`` and are aligned only by chance (O_DIRECT needs the device's
@@ -43,6 +48,7 @@ import argparse
 import asyncio
 import datetime
 import errno
+import importlib.util
 import json
 import os
 import random
@@ -243,6 +249,91 @@ async def run_asyncio(spec: dict[str, Any]) -> dict[str, Any]:
         os.close(fd)
 
 
+async def run_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    """The least an asyncio program can do per read with one task per read, as a
+    reference for what any adapter could reach: the backend's raw Context watched with
+    ``add_reader``, a bare future per read resolved straight from the completion callback,
+    and ``read_into`` an aligned buffer. No capacity limit, no cancellation, no inline
+    attempt, no close semantics: not a usable adapter, only the loop's own cost."""
+    import importlib
+
+    module: Any = importlib.import_module(f"caio.{MODULES[spec['backend']]}")
+    depth, path = spec["depth"], spec["file"]
+    offsets = Offsets(spec["size"], spec["seed"])
+    tally = Tally()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    loop = asyncio.get_running_loop()
+    kwargs = {"sqpoll": False} if spec["backend"] == "uring" else {}
+    ctx = module.Context(max_requests=max(depth, 32), **kwargs)
+    flush = getattr(ctx, "flush", None) or (lambda: 0)
+
+    def on_readable() -> None:
+        try:
+            ctx.poll()
+        except BlockingIOError:
+            pass
+        ctx.process_events(512)
+
+    loop.add_reader(ctx.fileno, on_readable)
+    try:
+        aligned = harness.aligned_buffer_factory()
+        if aligned is None:
+            raise RuntimeError("caio.aligned_buffer is missing")
+        read_into, submit, create_future = module.Operation.read_into, ctx.submit, \
+            loop.create_future
+        nxt = offsets.next
+
+        async def one(buffer: Any, offset: int) -> int:
+            op = read_into(buffer, fd, offset)
+            future = create_future()
+            op.set_callback(future.set_result)
+            submit(op)
+            flush()
+            await future
+            return op.get_value()
+
+        validation = None
+        off = nxt()
+        buffer = aligned(BLOCK)
+        try:
+            await one(buffer, off)
+            validation = validate_read(buffer, path, off)
+        except Exception as exc:  # noqa: BLE001 - reported
+            validation = f"{error_kind(exc)}: {exc!r}"
+
+        async def worker() -> None:
+            buffer = aligned(BLOCK)
+            while not tally.stop:
+                op = read_into(buffer, fd, nxt())
+                future = create_future()
+                op.set_callback(future.set_result)
+                submit(op)
+                flush()
+                await future
+                try:
+                    got = op.get_value()
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    tally.error(exc)
+                    continue
+                if got == BLOCK:
+                    tally.ok += 1
+                else:
+                    tally.error(OSError(f"short read: {got} bytes"))
+
+        def stop() -> None:
+            tally.stop = True
+
+        window = harness.Stopwatch()
+        handle = loop.call_later(spec["seconds"], stop)
+        await asyncio.gather(*(worker() for _ in range(depth)))
+        elapsed, cpu = window.read()
+        handle.cancel()
+        return tally.result(elapsed, cpu, validation)
+    finally:
+        loop.remove_reader(ctx.fileno)
+        os.close(fd)
+
+
 def run_raw(spec: dict[str, Any]) -> dict[str, Any]:
     """caio.linux_aio Context/Operation: D operations in flight, one submit() each."""
     import importlib
@@ -332,7 +423,13 @@ def worker_main(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["mode"] == "raw":
         result = run_raw(spec)
     else:
-        result = asyncio.run(run_asyncio(spec))
+        body = run_floor(spec) if spec["mode"] == "floor" else run_asyncio(spec)
+        if spec.get("loop", "asyncio") == "uvloop":
+            import uvloop
+
+            result = uvloop.run(body)
+        else:
+            result = asyncio.run(body)
     result["caio_file"] = os.path.dirname(os.path.abspath(caio.__file__))
     return result
 
@@ -346,8 +443,9 @@ def worker_main(spec: dict[str, Any]) -> dict[str, Any]:
 class Config:
     side: str  # "fio" / "ours" / "theirs"
     backend: str  # "linux" / "uring" / "thread" ("libaio" for fio)
-    mode: str  # "default" / "deferred" / "raw" ("" for fio)
+    mode: str  # "into" / "default" / "deferred" / "floor" / "raw" ("" for fio)
     depth: int
+    loop: str = "asyncio"  # the event loop of the asyncio modes: "asyncio" / "uvloop"
     results: list[dict[str, Any] | None] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -361,8 +459,11 @@ class Config:
             return "libaio"
         if self.mode == "raw":
             return f"{MODULES[self.backend]} raw Context"
+        on = "" if self.loop == "asyncio" else f" on {self.loop}"
+        if self.mode == "floor":
+            return f"{MODULES[self.backend]} floor{on}"
         name = f"{MODULES[self.backend]}_asyncio"
-        return name + {"deferred": " deferred", "into": " read_into"}.get(self.mode, "")
+        return name + {"deferred": " deferred", "into": " read_into"}.get(self.mode, "") + on
 
     def describe(self) -> str:
         return f"depth {self.depth} {self.side_title} {self.what}"
@@ -465,15 +566,19 @@ def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
                     continue
                 modes = ["into", "default", "deferred", "raw"] if b == "linux" else \
                     ["into", "default"]
-                # read_into with caio.aligned_buffer, and the raw Context: ours only.
+                if b != "thread":
+                    modes.append("floor")
+                # read_into with caio.aligned_buffer, the floor and the raw Context: ours
+                # only.
                 if side.name == "theirs" or not side.info.get("aligned_buffer"):
-                    modes.remove("into")
+                    modes = [m for m in modes if m not in ("into", "floor")]
                 if side.name == "theirs":
                     modes.remove("raw")
                 if args.mode_list:
                     modes = [m for m in modes if m in args.mode_list]
                 for mode in modes:
-                    configs.append(Config(side.name, b, mode, depth))
+                    for loop in (["asyncio"] if mode == "raw" else args.loop_list):
+                        configs.append(Config(side.name, b, mode, depth, loop))
     return configs
 
 
@@ -490,7 +595,8 @@ def run_all(args: argparse.Namespace, configs: list[Config], sides: dict[str, Si
                 assert fio is not None
                 result = run_fio(fio, str(path), cfg.depth, args.seconds, timeout)
             else:
-                spec = {"backend": cfg.backend, "mode": cfg.mode, "depth": cfg.depth,
+                spec = {"backend": cfg.backend, "mode": cfg.mode, "loop": cfg.loop,
+                        "depth": cfg.depth,
                         "seconds": args.seconds, "file": str(path), "size": size,
                         "seed": 1000 + rep}
                 result = sides[cfg.side].run(spec, timeout)
@@ -613,11 +719,11 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     key = []
     cpu_theirs = {(r["depth"], r["backend"], r["mode"]): r for r in rows if r["side"] == "theirs"}
     for r in rows:
-        if r["side"] != "ours" or r["backend"] != "linux" or r["mode"] == "raw":
+        if r["side"] != "ours" or r["mode"] in ("raw", "floor"):
             continue
         s = r.get("vs_fio")
         verdict = "no fio" if "vs_fio" not in r else harness.target_verdict(s, TARGET_RATIO)
-        line = (f"  depth {r['depth']:<3} {r['what']:<28}: x fio {fmt_stat(s, ratio=True)} "
+        line = (f"  depth {r['depth']:<3} {r['what']:<40}: x fio {fmt_stat(s, ratio=True)} "
                 f"(target >= {TARGET_RATIO:g}: {verdict}); CPU {fmt_stat(r['cpu_us_per_op'])} "
                 "us/op")
         t = cpu_theirs.get((r["depth"], r["backend"], r["mode"]))
@@ -630,7 +736,7 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             else:
                 line += f" vs caio {UPSTREAM_VERSION}: {fmt_num(tc['median'])}"
         key.append(line)
-    harness.add_section(out, "key figures (linux_aio, ours):", key)
+    harness.add_section(out, "key figures (ours, the adapters):", key)
     return harness.emit_report(out, meta["wall_s"])
 
 
@@ -655,10 +761,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma list among linux,uring,thread (linux)")
     harness.add_side_options(p, f"do not measure caio {UPSTREAM_VERSION}")
     p.add_argument("--modes", default=None,
-                   help="comma list among into,default,deferred,raw (all): into = "
+                   help="comma list among into,default,deferred,floor,raw (all): into = "
                         "read_into a caio.aligned_buffer per task (zero-copy), default/"
-                        "deferred = read() (a bounce buffer, then bytes), raw = the "
-                        "linux_aio Context without an adapter")
+                        "deferred = read() (a bounce buffer, then bytes), floor = no "
+                        "adapter, a bare future per read_into (what the loop alone "
+                        "costs), raw = the linux_aio Context without asyncio")
+    p.add_argument("--loops", default="asyncio",
+                   help="comma list among asyncio,uvloop: the loops of the asyncio modes "
+                        "(asyncio)")
     p.add_argument("--no-fio", action="store_true", help="skip the fio rows")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke run: 1 s runs, 1 repeat, depths 1,8")
@@ -673,6 +783,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, k, v)
     args.depth_list = parse_int_list(args.depths)
     args.mode_list = parse_str_list(args.modes) if args.modes else []
+    args.loop_list = parse_str_list(args.loops)
+    for loop in args.loop_list:
+        if loop not in ("asyncio", "uvloop"):
+            p.error(f"unknown loop {loop!r}; have asyncio, uvloop")
+        if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            p.error("--loops uvloop: uvloop is not installed")
     if args.repeat < 1 or args.seconds <= 0 or not args.depth_list or \
             min(args.depth_list) < 1:
         p.error("--repeat and --depths must be >= 1 and --seconds > 0")
@@ -714,6 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "depths": args.depth_list,
         "backends": parse_str_list(args.backends),
+        "loops": args.loop_list,
         "argv": sys.argv[1:] if argv is None else argv,
         "wall_s": time.monotonic() - t0,
     }

@@ -123,10 +123,10 @@ def test_direct_benchmark_runs_on_a_small_file(tmp_path, data_dir):
     assert proc.returncode == 0, f"direct.py failed:\n{proc.stdout}\n{proc.stderr}"
     runs = json.loads(out.read_text(encoding="utf-8"))["runs"]
     ours = [r for r in runs if r["side"] == "ours"]
-    # 2 depths x (linux into, default, deferred, raw; uring into, default; thread into,
-    # default)
-    assert len(ours) == 16, ours
-    assert {r["mode"] for r in ours} == {"into", "default", "deferred", "raw"}
+    # 2 depths x (linux into, default, deferred, raw, floor; uring into, default, floor;
+    # thread into, default)
+    assert len(ours) == 20, ours
+    assert {r["mode"] for r in ours} == {"into", "default", "deferred", "raw", "floor"}
     for row in ours:
         assert not row["failures"], row
         for result in row["results"]:
