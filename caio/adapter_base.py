@@ -554,18 +554,19 @@ _Pending = list[tuple[Any, Waiter]]
 
 class AioAdapter(EventfdAdapterBase[EventfdContextType, OperationType]):
     """Kernel AIO submission policy (see ``caio.linux_aio_asyncio``): eager while fewer
-    than ``EAGER_BELOW`` operations are in flight, else coalesced into one ``io_submit``
-    when the loop next gets control or ``BATCH_LIMIT`` have gathered; ``deferred=True``
-    submits once per loop iteration. The requests of tasks resumed by a drain of
-    completions go out right after those tasks ran (see ``_on_drained``)."""
+    than ``EAGER_BELOW`` operations are in flight, else coalesced
+    into one ``io_submit`` when the loop next gets control or ``BATCH_LIMIT`` have
+    gathered; ``deferred=True`` submits once per loop iteration. The requests of tasks
+    resumed by a drain of completions go out right after those tasks ran (see
+    ``_on_drained``)."""
 
-    # Non-deferred mode: below this many operations in flight, submit at once.
-    EAGER_BELOW = 4
+    # Non-deferred mode: below this many operations in flight, submit at once. A coalesced
+    # request waits for the tasks resumed with it to run: with 32 O_DIRECT reads in flight
+    # that cost more device time than the io_submit calls saved, with 128 it was a wash
+    # (benchmarks/results/2026-12-01-aio-eager-ab.txt).
+    EAGER_BELOW: ClassVar[int] = 64
     # Non-deferred mode: most operations coalesced into one io_submit.
     BATCH_LIMIT = 16
-    # Completions per loop iteration: tasks resumed by one batch resubmit before the
-    # next batch is taken, which keeps a fast device busy.
-    DRAIN_BATCH = 16
 
     def _create_context(self, max_requests: int, **kwargs: Any) -> EventfdContextType:
         if kwargs:

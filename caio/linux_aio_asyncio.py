@@ -7,16 +7,16 @@ Submission policy:
 
 - ``deferred=True``: the operations submitted during one loop iteration go to the
   kernel in a single ``io_submit`` (caio's behaviour).
-- default: an operation goes to the kernel at once while fewer than ``EAGER_BELOW`` of
-  this adapter's operations are in flight, so a lone request pays no extra latency.
-  With more in flight the device is busy anyway, and submissions are coalesced: they
+- default: an operation goes to the kernel at once, in its own ``io_submit``, while
+  fewer than ``EAGER_BELOW`` (64) of this adapter's operations are in flight; with more,
+  submissions are coalesced: they
   go out together when the loop next gets control, or as soon as ``BATCH_LIMIT`` have
-  gathered; those of the tasks a batch of completions resumed go out right after
-  those tasks ran, in the same loop iteration (not one iteration later). Every ``io_submit`` costs a doorbell (a VM exit on virtual disks); batching
-  them this way took O_DIRECT 4 KiB random reads at depth 32 from ~70k to ~110-125k
-  IOPS here, where one batch per iteration (``deferred=True``) reached ~80k: the
-  device then idles while the loop turns a whole batch around. An operation the
-  kernel refuses fails alone, as it would have without coalescing.
+  gathered; those of the tasks a batch of completions resumed go out right after those
+  tasks ran, in the same loop iteration (not one iteration later). Fewer ``io_submit``
+  calls cost less CPU, but a coalesced request waits for the tasks resumed with it,
+  which with 32 O_DIRECT reads in flight cost more device time than the calls saved
+  (benchmarks/results/2026-12-01-aio-eager-ab.txt). An operation the kernel refuses
+  fails alone either way.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""linux_aio's asyncio adapter on O_DIRECT reads: when a drain of completions resumes
-tasks whose next requests the adapter coalesces, those requests reach the kernel in the
-same loop iteration the tasks made them (one ``io_submit`` queued behind the resumed tasks,
+"""linux_aio's asyncio adapter on O_DIRECT reads: by default every request reaches the
+kernel at once, in its own ``io_submit``; with coalescing on (a lower ``EAGER_BELOW``), when
+a drain of completions resumes tasks whose next requests the adapter coalesces, those
+requests reach the kernel in the same loop iteration the tasks made them (one ``io_submit`` queued behind the resumed tasks,
 not a flush scheduled from inside the iteration, which only ran in the next one), and
 every read still gets its own data, on asyncio and uvloop.
 
@@ -21,7 +22,7 @@ import caio
 linux_aio_asyncio = pytest.importorskip("caio.linux_aio_asyncio")
 
 BLOCK = 4096
-TASKS = 12  # above the adapter's EAGER_BELOW: most resubmissions are coalesced
+TASKS = 12  # above Coalescing.EAGER_BELOW (below the default): most resubmissions coalesced
 READS_PER_TASK = 6
 
 
@@ -36,6 +37,10 @@ def direct(workdir):
         yield f
     finally:
         f.close()
+
+
+class Coalescing(linux_aio_asyncio.AsyncioContext):
+    EAGER_BELOW = 4
 
 
 class RecordingContext:
@@ -70,7 +75,9 @@ async def read_all(direct, ctx, requested, iteration):
     await asyncio.gather(*(worker(i) for i in range(TASKS)))
 
 
-def test_resumed_tasks_requests_go_out_in_the_iteration_they_were_made(direct):
+@pytest.mark.parametrize("adapter", [Coalescing, linux_aio_asyncio.AsyncioContext],
+                         ids=["coalescing", "default"])
+def test_resumed_tasks_requests_go_out_in_the_iteration_they_were_made(direct, adapter):
     async def main():
         loop = asyncio.get_running_loop()
         selector = loop._selector
@@ -86,7 +93,7 @@ def test_resumed_tasks_requests_go_out_in_the_iteration_they_were_made(direct):
         def iteration():
             return iterations[0]
 
-        ctx = linux_aio_asyncio.AsyncioContext()
+        ctx = adapter()
         recorder = ctx.context = RecordingContext(ctx.context, iteration)
         requested: dict[int, int] = {}
         try:
@@ -104,13 +111,17 @@ def test_resumed_tasks_requests_go_out_in_the_iteration_they_were_made(direct):
     later = [off for off in requested if (off // BLOCK) % READS_PER_TASK]
     late = sorted(off // BLOCK for off in later if recorder.submitted[off] != requested[off])
     assert late == [], f"blocks submitted in a later loop iteration than requested: {late}"
-    # ... and they were coalesced: fewer io_submit calls than reads.
-    assert recorder.calls < len(requested)
+    if adapter is Coalescing:  # ... and they were coalesced: fewer io_submit calls than reads
+        assert recorder.calls < len(requested)
+    else:  # ... each in its own
+        assert recorder.calls == len(requested)
 
 
-def test_every_coalesced_read_gets_its_own_data(direct, loop_factory):
+@pytest.mark.parametrize("adapter", [Coalescing, linux_aio_asyncio.AsyncioContext],
+                         ids=["coalescing", "default"])
+def test_every_read_gets_its_own_data(direct, loop_factory, adapter):
     async def main():
-        ctx = linux_aio_asyncio.AsyncioContext()
+        ctx = adapter()
         try:
             await read_all(direct, ctx, {}, lambda: 0)
         finally:

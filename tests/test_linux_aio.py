@@ -116,6 +116,12 @@ def tmpfs_files(tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
+class Coalescing(AsyncioContext):
+    """The adapter coalescing above 4 operations in flight (by default above 64)."""
+
+    EAGER_BELOW = 4
+
+
 class SubmitSpy:
     """Stands in for the adapter's Context and records the size of every submit() call."""
 
@@ -576,8 +582,8 @@ def test_adapter_deferred_batches_one_iteration_into_one_submit(loop_runner, tmp
     fd = tmpfs_files.open()
     count = 64
 
-    async def body(deferred):
-        ctx = AsyncioContext(deferred=deferred)
+    async def body(deferred, adapter=Coalescing):
+        ctx = adapter(deferred=deferred)
         spy = ctx.context = SubmitSpy(ctx.context)
         try:
             chunks = [i.to_bytes(4, "big") for i in range(count)]
@@ -596,10 +602,14 @@ def test_adapter_deferred_batches_one_iteration_into_one_submit(loop_runner, tmp
     assert batches[1:] in ([], [1]), batches  # the read-back (unless it ran inline)
     os.ftruncate(fd, 0)
     # without deferral the first few go alone, then they are coalesced in bounded batches
-    eager, limit = AsyncioContext.EAGER_BELOW, AsyncioContext.BATCH_LIMIT
+    eager, limit = Coalescing.EAGER_BELOW, Coalescing.BATCH_LIMIT
     rest = count - eager
     expected = [1] * eager + [limit] * (rest // limit) + ([rest % limit] if rest % limit else [])
     assert loop_runner.run(body, False)[: len(expected)] == expected
+    os.ftruncate(fd, 0)
+    # the default adapter submits every operation at once below EAGER_BELOW (64)
+    assert count <= AsyncioContext.EAGER_BELOW
+    assert loop_runner.run(body, False, AsyncioContext)[:count] == [1] * count
 
 
 def test_adapter_one_refused_op_fails_alone_in_a_coalesced_batch(loop_runner, tmpfs_files):
@@ -610,7 +620,7 @@ def test_adapter_one_refused_op_fails_alone_in_a_coalesced_batch(loop_runner, tm
     count = 40
 
     async def body():
-        ctx = AsyncioContext()
+        ctx = Coalescing()
         spy = ctx.context = SubmitSpy(ctx.context)
         try:
             def op(i):
@@ -644,11 +654,11 @@ def test_adapter_coalesced_batch_with_a_completed_op(loop_runner, files):
     fd = files.open(b"x" * 16)
 
     async def body():
-        ctx = AsyncioContext()
+        ctx = Coalescing()
         try:
             done_op = Operation.write(b"a", fd, 0)
             assert await ctx.submit(done_op) == 1
-            ctx._in_flight = AsyncioContext.EAGER_BELOW  # as if the device were busy
+            ctx._in_flight = Coalescing.EAGER_BELOW  # as if the device were busy
             fresh = Operation.write(b"b", fd, 1)
             results = await asyncio.wait_for(  # hang guard
                 asyncio.gather(ctx.submit(done_op), ctx.submit(fresh), return_exceptions=True),
@@ -656,7 +666,7 @@ def test_adapter_coalesced_batch_with_a_completed_op(loop_runner, files):
             )
             assert type(results[0]) is OSError, results
             assert results[1] == 1, results
-            assert ctx._in_flight == AsyncioContext.EAGER_BELOW
+            assert ctx._in_flight == Coalescing.EAGER_BELOW
         finally:
             ctx.close()
 
@@ -734,9 +744,9 @@ def test_adapter_close_fails_coalesced_ops_that_never_reached_the_kernel(loop_ru
 
     async def body():
         for deferred in (False, True):
-            ctx = AsyncioContext(deferred=deferred)
+            ctx = Coalescing(deferred=deferred)
             spy = ctx.context = SubmitSpy(ctx.context)
-            ctx._in_flight = AsyncioContext.EAGER_BELOW  # as if the device were busy
+            ctx._in_flight = Coalescing.EAGER_BELOW  # as if the device were busy
             task = asyncio.ensure_future(ctx.write(b"late", fd, 0))
             await asyncio.sleep(0)  # queued, its batch not yet submitted
             assert spy.batches == []
