@@ -175,10 +175,8 @@ class AdapterBase(Generic[ContextType, OperationType]):
         return None
 
     def _submit_op(self, op: OperationType, waiter: Waiter) -> None:
+        """Hands ``op`` (its waiter registered) to the backend, or raises."""
         _submit_one(self.context, op)
-
-    def _on_submitted(self) -> None:
-        return None
 
     def _check_open(self) -> None:
         """Raises if operations may no longer be submitted (the adapters of contexts that
@@ -248,7 +246,6 @@ class AdapterBase(Generic[ContextType, OperationType]):
                 self._check_open()
             self._waiting[waiter] = op
             self._submit_op(op, waiter)
-            self._on_submitted()
             try:
                 await self._wait(waiter)
             except self._CANCELLED:
@@ -532,12 +529,17 @@ class UringAdapter(EventfdAdapterBase[UringContextType, OperationType]):
         kwargs.setdefault("sqpoll", self.DEFAULT_SQPOLL)
         context = self.CONTEXT_CLASS(max_requests=max_requests, **kwargs)
         self._flush_scheduled = False
+        # (decided once: this runs for every operation)
+        self._flush_each = not self.deferred or bool(context.sqpoll)
         self._watch(context)
         return context
 
-    def _on_submitted(self) -> None:
-        if not self.deferred or self.context.sqpoll:
-            self.context.flush()
+    def _submit_op(self, op: OperationType, waiter: Waiter) -> None:
+        context = self.context
+        if context.submit(op) != 1:
+            raise OSError("Operation was not submitted")
+        if self._flush_each:
+            context.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._call_soon(self._deferred_flush)

@@ -90,6 +90,10 @@ class AsyncioContextBase(AdapterBase[ContextType, OperationType]):
         **kwargs: Any,
     ) -> None:
         self.loop = loop or asyncio.get_event_loop()
+        if type(self)._new_waiter is AsyncioContextBase._new_waiter:
+            # The loop's own method in its place: no Python frame per operation (unless a
+            # subclass makes its waiters itself).
+            self._new_waiter = self.loop.create_future  # type: ignore[method-assign]
         super().__init__(max_requests, deferred, **kwargs)
 
     def _new_semaphore(self, value: int) -> SemaphoreProtocol:
