@@ -139,18 +139,23 @@ def test_writes_that_could_wait_or_are_not_to_files_go_to_the_ring(backend, file
             backend.Operation.write(b"pipe", w, 0),  # not a regular file
         ]
         bad = backend.Operation.write(b"x", closed, 0)  # errors are the backend's to report
-        for op in (*declined, bad):
+        # a write that fails inline (not open for writing) is left to the backend too
+        read_only = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+        files.fds.append(read_only)
+        refused = backend.Operation.write(b"r", read_only, 0)
+        for op in (*declined, bad, refused):
             assert ctx.run_inline(op) is False
             assert op.context is None and op.result == 0
         results = run_ops(ctx, *declined)
         assert results[:3] == [[INLINE_WRITE_MAX + 1], [1], [1]]
         assert results[4:7] == [[1], [1], [4]]
-        if backend.name == "linux_aio":  # io_submit refuses a bad descriptor up front
-            with pytest.raises(OSError) as failed:
-                ctx.submit(bad)
-            assert failed.value.errno == errno.EBADF
-        else:  # the ring reports it in the completion
-            assert run_ops(ctx, bad) == [[-errno.EBADF]]
+        for op in (bad, refused):
+            if backend.name == "linux_aio":  # io_submit refuses a bad descriptor up front
+                with pytest.raises(OSError) as failed:
+                    ctx.submit(op)
+                assert failed.value.errno == errno.EBADF
+            else:  # the ring reports it in the completion
+                assert run_ops(ctx, op) == [[-errno.EBADF]]
         assert os.read(r, 4) == b"pipe"
         assert os.pread(dsync_fd, 1, 0) == b"D" and os.pread(sync_fd, 1, 0) == b"S"
     finally:
@@ -273,3 +278,25 @@ def test_an_inline_write_counts_as_several_reads_against_the_inline_budget(backe
     assert cost > 1
     # (a write is charged once done, so the one over the limit yields at the next)
     assert stretches and max(stretches) <= budget // cost + 2, stretches
+
+
+def test_a_write_to_a_file_not_open_for_writing_fails_as_without_the_inline_path(
+        backend, loop_runner, files):
+    """The inline attempt fails and leaves the write to the backend, which reports it its
+    own way: linux_aio's io_submit refuses it up front with caio's ValueError (our
+    SubmitError), io_uring in the completion."""
+    fd = files.open(b"\0" * PAGE)
+    read_only = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+    files.fds.append(read_only)
+
+    async def body():
+        async with backend.AsyncioContext() as ctx:
+            with pytest.raises(OSError) as failed:
+                await ctx.write(b"x" * 10, read_only, 0)
+            return failed.value
+
+    error = loop_runner.run(body)
+    assert error.errno == errno.EBADF
+    if backend.name == "linux_aio":
+        assert isinstance(error, ValueError) and type(error).__name__ == "SubmitError"
+    assert os.pread(fd, 10, 0) == b"\0" * 10

@@ -60,8 +60,10 @@ impl Default for InlineWrites {
 impl InlineWrites {
     /// Runs `request` on the calling thread if it is a write that should complete with a
     /// page-cache copy (see [`cached_write`]), unless a pause after a slow one (longer
-    /// than [`SLOW_INLINE_WRITE`]) is on. Returns its result, or `None` (nothing done):
-    /// submit it instead.
+    /// than [`SLOW_INLINE_WRITE`]) is on. Returns its result, or `None` (nothing written):
+    /// submit it instead. A write that fails is also `None`: it wrote nothing, and the
+    /// driver reports the error its own way (`io_submit` refuses a descriptor not open
+    /// for writing up front, where the inline attempt would fail at completion).
     ///
     /// # Safety
     /// As for [`IoRequest::perform`].
@@ -87,7 +89,7 @@ impl InlineWrites {
                 };
             }
         }
-        Some(res)
+        (res >= 0).then_some(res)
     }
 
     /// The pause state; it is always consistent, so a poisoned lock is too.
@@ -219,6 +221,18 @@ mod tests {
         let pause = writes.pause();
         assert!(pause.until.is_none());
         assert_eq!(pause.next, INLINE_PAUSE_MIN);
+    }
+
+    #[test]
+    fn a_write_that_fails_is_left_to_the_driver() {
+        let writes = InlineWrites::default();
+        let f = temp_file(&[0u8; 4096]);
+        let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+        let read_only = std::fs::File::open(path).unwrap();
+        let data = [7u8; 16];
+        let request = write_req(read_only.as_raw_fd(), 0, &data);
+        // SAFETY: `data` outlives the call; the write fails (EBADF) without reading it.
+        assert_eq!(unsafe { writes.run(&request) }, None);
     }
 
     #[test]
