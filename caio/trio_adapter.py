@@ -204,7 +204,7 @@ else:
         AioAdapter[_AioContext, _AioOperation],
         EventfdTrioContextBase[_AioContext, _AioOperation],
     ):
-        """trio front end of ``caio.linux_aio.Context`` (submissions coalesced as in
+        """trio front end of ``caio.linux_aio.Context`` (the submission policy of
         ``caio.linux_aio_asyncio``)."""
 
         CONTEXT_CLASS = _AioContext
