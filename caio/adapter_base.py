@@ -535,11 +535,9 @@ class UringAdapter(EventfdAdapterBase[UringContextType, OperationType]):
         return context
 
     def _submit_op(self, op: OperationType, waiter: Waiter) -> None:
-        context = self.context
-        if context.submit(op) != 1:
-            raise OSError("Operation was not submitted")
+        _submit_one(self.context, op)
         if self._flush_each:
-            context.flush()
+            self.context.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._call_soon(self._deferred_flush)
@@ -556,11 +554,10 @@ _Pending = list[tuple[Any, Waiter]]
 
 class AioAdapter(EventfdAdapterBase[EventfdContextType, OperationType]):
     """Kernel AIO submission policy (see ``caio.linux_aio_asyncio``): eager while fewer
-    than ``EAGER_BELOW`` operations are in flight, else coalesced
-    into one ``io_submit`` when the loop next gets control or ``BATCH_LIMIT`` have
-    gathered; ``deferred=True`` submits once per loop iteration. The requests of tasks
-    resumed by a drain of completions go out right after those tasks ran (see
-    ``_on_drained``)."""
+    than ``EAGER_BELOW`` operations are in flight, else coalesced into one ``io_submit``
+    when the loop next gets control or ``BATCH_LIMIT`` have gathered; ``deferred=True``
+    submits once per loop iteration. The requests of tasks resumed by a drain of
+    completions go out right after those tasks ran (see ``_on_drained``)."""
 
     # Non-deferred mode: below this many operations in flight, submit at once. A coalesced
     # request waits for the tasks resumed with it to run: with 32 O_DIRECT reads in flight
