@@ -56,6 +56,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,11 +172,29 @@ def validate_read(data: Any, path: str, offset: int) -> str | None:
     return None
 
 
+async def timed_workers(spec: dict[str, Any], tally: Tally,
+                        worker: Callable[[], Awaitable[None]],
+                        validation: str | None) -> dict[str, Any]:
+    """Runs ``spec["depth"]`` copies of ``worker`` until ``spec["seconds"]`` have passed
+    (they stop at ``tally.stop``) and returns the tally over that window."""
+
+    def stop() -> None:
+        tally.stop = True
+
+    loop = asyncio.get_running_loop()
+    window = harness.Stopwatch()
+    handle = loop.call_later(spec["seconds"], stop)
+    await asyncio.gather(*(worker() for _ in range(spec["depth"])))
+    elapsed, cpu = window.read()
+    handle.cancel()
+    return tally.result(elapsed, cpu, validation)
+
+
 async def run_asyncio(spec: dict[str, Any]) -> dict[str, Any]:
     import importlib
 
     module = importlib.import_module(f"caio.{MODULES[spec['backend']]}_asyncio")
-    depth, path = spec["depth"], spec["file"]
+    path = spec["file"]
     offsets = Offsets(spec["size"], spec["seed"])
     tally = Tally()
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
@@ -233,16 +252,7 @@ async def run_asyncio(spec: dict[str, Any]) -> dict[str, Any]:
                 validation = f"{error_kind(exc)}: {exc!r}"
             worker = worker_into
 
-        def stop() -> None:
-            tally.stop = True
-
-        loop = asyncio.get_running_loop()
-        window = harness.Stopwatch()
-        handle = loop.call_later(spec["seconds"], stop)
-        await asyncio.gather(*(worker() for _ in range(depth)))
-        elapsed, cpu = window.read()
-        handle.cancel()
-        return tally.result(elapsed, cpu, validation)
+        return await timed_workers(spec, tally, worker, validation)
     finally:
         if ctx is not None:
             await harness.close_context(ctx)
@@ -320,15 +330,7 @@ async def run_floor(spec: dict[str, Any]) -> dict[str, Any]:
                 else:
                     tally.error(OSError(f"short read: {got} bytes"))
 
-        def stop() -> None:
-            tally.stop = True
-
-        window = harness.Stopwatch()
-        handle = loop.call_later(spec["seconds"], stop)
-        await asyncio.gather(*(worker() for _ in range(depth)))
-        elapsed, cpu = window.read()
-        handle.cancel()
-        return tally.result(elapsed, cpu, validation)
+        return await timed_workers(spec, tally, worker, validation)
     finally:
         loop.remove_reader(ctx.fileno)
         os.close(fd)
