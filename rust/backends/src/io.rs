@@ -341,22 +341,31 @@ impl IoRequest {
 /// timeout. `poll` consumes nothing (a readable eventfd stays readable). A signal ends the
 /// wait with an `Interrupted` error: the caller decides whether to retry or report it.
 pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> std::io::Result<bool> {
+    let [readable] = wait_readable_of([fd], timeout)?;
+    Ok(readable)
+}
+
+/// As [`wait_readable`], for any of `fds`: which of them are readable (none on timeout).
+pub fn wait_readable_of<const N: usize>(
+    fds: [RawFd; N],
+    timeout: Option<Duration>,
+) -> std::io::Result<[bool; N]> {
     let ms = match timeout {
         None => -1,
         // Round up so a sub-millisecond remainder sleeps instead of spinning.
         Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
     };
-    let mut pfd = libc::pollfd {
+    let mut polled = fds.map(|fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
-    };
-    // SAFETY: one valid pollfd on the stack for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    });
+    // SAFETY: `polled` is a valid array of `N` pollfds on the stack for the whole call.
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), N as libc::nfds_t, ms) };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(n > 0)
+    Ok(polled.map(|p| p.revents != 0))
 }
 
 /// Blocks until one of `fds` is readable or `timeout` passes; returns how many are.

@@ -3,8 +3,8 @@
 //! `io_submit` does the whole transfer of an ordinary (buffered) file request right there
 //! on the calling thread, and on pipes, sockets and terminals waits there for data (or
 //! room) for as long as it takes. So that no request can freeze its caller (an event loop),
-//! requests over 64 KiB on files without `O_DIRECT` go to two helper threads, and requests
-//! on streams each run on a thread of their own (see [`route`]); their completions are
+//! requests over 64 KiB on files without `O_DIRECT` go to helper threads, and requests on
+//! streams each run on a thread of their own (see [`super::offload`]); their completions are
 //! announced on the same eventfd as the kernel's and taken by the same
 //! [`take`](Driver::take). Small buffered file writes skip the AIO machinery:
 //! [`inline_write`](AioDriver::inline_write) does the copy `io_submit` would have done,
@@ -21,15 +21,12 @@ use std::time::{Duration, Instant};
 use caio_core::{Completion, RequestId};
 
 use super::inline_write::InlineWrites;
+use super::offload::{route, HelperThreads, Route};
 use super::{CancelOutcome, DispatchError, Dispatched, Driver, Entry, InFlight, Submission};
 use crate::aio::{AioContext, Iocb};
 use crate::io::wait_readable;
-use crate::{spawn_without_signals, CompletionSink, EventFd, EventQueue, IoKind, IoRequest};
-use crate::{SubmitError, ThreadPool};
+use crate::{spawn_without_signals, CompletionSink, EventFd, EventQueue, IoRequest};
 
-/// Buffered requests above this size run on helper threads (see the module docs).
-const OFFLOAD_ABOVE: usize = 64 * 1024;
-const OFFLOAD_THREADS: usize = 2;
 /// Stack of a stream request's thread: it only runs `IoRequest::perform`.
 const STREAM_THREAD_STACK: usize = 64 * 1024;
 /// Most kernel completions asked for per `io_getevents` call (more are taken by asking
@@ -54,21 +51,13 @@ struct Slot {
     offloaded: bool,
 }
 
-/// The helper threads, started on first use.
-enum Helpers {
-    NotStarted,
-    Running(ThreadPool),
-    /// [`Driver::shutdown`] ran: none start again.
-    Closed,
-}
-
 /// A kernel AIO context, with helper threads for the requests `io_submit` would run
 /// synchronously for too long (see the module docs).
 pub struct AioDriver<E: Entry> {
     // Dropped in declaration order: the helper threads are joined first, and the AIO
     // context is destroyed last (io_destroy waits for the kernel's outstanding requests,
     // whose entries `inflight` leaks).
-    helpers: Mutex<Helpers>,
+    helpers: HelperThreads,
     closed: AtomicBool,
     inflight: InFlight<E, Slot>,
     /// Kernel completions [`Driver::wait`] took out of the ring to count them.
@@ -80,74 +69,6 @@ pub struct AioDriver<E: Entry> {
     /// Small buffered file writes run on the caller's thread instead.
     inline_writes: InlineWrites,
     aio: AioContext,
-}
-
-/// Where a request runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    /// `io_submit` itself: `O_DIRECT` requests (truly asynchronous), small buffered file
-    /// requests (mostly page-cache copies), `RWF_NOWAIT` requests (they never wait), and
-    /// whatever `io_submit` refuses up front (a bad descriptor, one not open for this
-    /// direction, a negative offset, a sync or a read of a descriptor that supports
-    /// neither), so that it is still refused at submit.
-    Kernel,
-    /// The helper threads: large buffered requests on regular files and block devices.
-    Helpers,
-    /// A thread of its own: requests on streams (pipes, FIFOs, sockets, character devices,
-    /// eventfds...), which may wait for the other side for any length of time, so that a
-    /// waiting one holds up neither the helper threads nor other stream requests.
-    Stream,
-}
-
-/// Decides where `request` runs (see [`Route`]); `direct`: its descriptor is open with
-/// `O_DIRECT`. On a non-seekable descriptor the kernel ignores the offset; so do the
-/// threads: the request then runs at offset 0, which `IoRequest::perform` reads as "the
-/// current position" on such a descriptor.
-fn route(request: &mut IoRequest, direct: bool) -> Route {
-    // RWF_NOWAIT: the kernel answers at once (or with EAGAIN) instead of waiting, so
-    // io_submit cannot hold its caller up; a thread would defeat the flag's purpose.
-    let nowait = request.rw_flags & libc::RWF_NOWAIT != 0;
-    if nowait || request.offset < 0 || matches!(request.kind, IoKind::Fsync | IoKind::Fdsync) {
-        return Route::Kernel;
-    }
-    let fd = request.fd;
-    // SAFETY: fstat writes into a zeroed struct on our stack; fcntl(F_GETFL) and lseek
-    // (called below, only when needed) take no pointer; a bad fd just makes them fail.
-    let (file_type, access, seekable) = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return Route::Kernel;
-        }
-        let access = move || libc::fcntl(fd, libc::F_GETFL) & libc::O_ACCMODE;
-        let seekable = move || libc::lseek(fd, 0, libc::SEEK_CUR) >= 0;
-        (st.st_mode & libc::S_IFMT, access, seekable)
-    };
-    let files = matches!(file_type, libc::S_IFREG | libc::S_IFBLK);
-    // SAFETY: `request` is a live entry's (dispatch routes the entry in hand, before it
-    // is registered; the tests route their fake entries'), whose iovecs (for a vectored
-    // one) stay valid while the entry lives (`Entry`'s contract).
-    let bytes = unsafe { request.byte_len() };
-    // The common case costs one fstat: small or O_DIRECT file requests, and directories
-    // (no read or write: io_submit refuses them with EINVAL).
-    if files && (direct || bytes <= OFFLOAD_ABOVE) || file_type == libc::S_IFDIR {
-        return Route::Kernel;
-    }
-    let access = access();
-    let allowed = if request.kind.is_read() {
-        access == libc::O_RDONLY || access == libc::O_RDWR
-    } else {
-        access == libc::O_WRONLY || access == libc::O_RDWR
-    };
-    if !allowed {
-        Route::Kernel
-    } else if files {
-        Route::Helpers
-    } else {
-        if !seekable() {
-            request.offset = 0;
-        }
-        Route::Stream
-    }
 }
 
 /// A submission of one [`Driver::dispatch`] call, registered and routed.
@@ -172,7 +93,7 @@ impl<E: Entry> AioDriver<E> {
         let events = Arc::new(EventQueue::new().map_err(AioSetupError::EventFd)?);
         let aio = AioContext::new(max_requests).map_err(AioSetupError::Context)?;
         Ok(Self {
-            helpers: Mutex::new(Helpers::NotStarted),
+            helpers: HelperThreads::new(events.clone()),
             closed: AtomicBool::new(false),
             inflight: InFlight::default(),
             ready: Mutex::new(VecDeque::new()),
@@ -199,29 +120,8 @@ impl<E: Entry> AioDriver<E> {
         self.max_requests
     }
 
-    fn lock_helpers(&self) -> MutexGuard<'_, Helpers> {
-        self.helpers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn lock_ready(&self) -> MutexGuard<'_, VecDeque<Completion>> {
         self.ready.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The helper threads, started on first use; the guard keeps [`Driver::shutdown`] from
-    /// stopping them while it is held.
-    fn helper_pool(&self) -> Result<MutexGuard<'_, Helpers>, DispatchError> {
-        let mut helpers = self.lock_helpers();
-        match *helpers {
-            Helpers::Running(_) => {}
-            Helpers::Closed => return Err(DispatchError::Closed),
-            Helpers::NotStarted => {
-                let events: Arc<dyn CompletionSink> = self.events.clone();
-                let pool = ThreadPool::new(OFFLOAD_THREADS, usize::MAX, events)
-                    .map_err(DispatchError::NoThreads)?;
-                *helpers = Helpers::Running(pool);
-            }
-        }
-        Ok(helpers)
     }
 
     /// Takes up to `room` kernel completions that are already there, without waiting,
@@ -352,7 +252,7 @@ impl<E: Entry> Driver<E> for AioDriver<E> {
             .iter()
             .any(|p| matches!(p, Planned::Offload(_, _, Route::Helpers)));
         let helpers = if needs_helpers {
-            match self.helper_pool() {
+            match self.helpers.start() {
                 Ok(helpers) => Some(helpers),
                 Err(error) => return refuse_planned(planned, error),
             }
@@ -386,25 +286,10 @@ impl<E: Entry> Driver<E> for AioDriver<E> {
                     }
                 }
                 Planned::Offload(id, request, Route::Helpers) => {
-                    let Some(Helpers::Running(pool)) = helpers.as_deref() else {
-                        unreachable!("helper threads started before io_submit")
-                    };
+                    let helpers = helpers.as_ref().expect("started before io_submit");
                     // SAFETY: `id` is registered with the entry that owns the buffer, and
                     // stays until this completion is taken.
-                    if let Err(err) = unsafe { pool.submit(id, request) } {
-                        // Not reachable: the queue is unbounded, and the guard held keeps
-                        // it from shutting down. Requests before this one may be running
-                        // already, so it fails as a completion, not a refusal.
-                        debug_assert!(false, "helper threads refused: {err:?}");
-                        let errno = match err {
-                            SubmitError::QueueFull => libc::EAGAIN,
-                            SubmitError::Shutdown => libc::ECANCELED,
-                        };
-                        self.events.complete(Completion {
-                            id,
-                            res: -i64::from(errno),
-                        });
-                    }
+                    unsafe { helpers.run(id, request) };
                 }
                 Planned::Offload(id, request, _) => self.spawn_stream(id, request),
             }
@@ -522,14 +407,8 @@ impl<E: Entry> Driver<E> for AioDriver<E> {
     }
 
     fn shutdown(&self) {
-        let helpers = {
-            let mut helpers = self.lock_helpers();
-            self.closed.store(true, Ordering::Release);
-            std::mem::replace(&mut *helpers, Helpers::Closed)
-        };
-        if let Helpers::Running(pool) = helpers {
-            pool.shutdown();
-        }
+        self.closed.store(true, Ordering::Release);
+        self.helpers.shutdown();
     }
 
     fn is_open(&self) -> bool {
@@ -619,86 +498,6 @@ mod tests {
     fn eventfd_readable(d: &AioDriver<FakeEntry>) -> bool {
         let fd = d.eventfd().unwrap().as_raw_fd();
         wait_readable(fd, Some(Duration::ZERO)).unwrap()
-    }
-
-    #[test]
-    fn a_small_file_request_goes_to_the_kernel() {
-        let f = temp_file(b"0123456789");
-        let read = FakeEntry::read(f.as_raw_fd(), 4, 0);
-        assert_eq!(route_of(&read), (Route::Kernel, 0));
-        let write = FakeEntry::write(f.as_raw_fd(), &[1; OFFLOAD_ABOVE], 3);
-        assert_eq!(route_of(&write), (Route::Kernel, 3));
-    }
-
-    #[test]
-    fn a_large_buffered_file_request_goes_to_the_helpers() {
-        let f = temp_file(b"");
-        let read = FakeEntry::read(f.as_raw_fd(), OFFLOAD_ABOVE + 1, 5);
-        assert_eq!(route_of(&read), (Route::Helpers, 5));
-        let write = FakeEntry::write(f.as_raw_fd(), &[1; LARGE], 0);
-        assert_eq!(route_of(&write), (Route::Helpers, 0));
-    }
-
-    #[test]
-    fn a_large_direct_request_stays_in_the_kernel() {
-        let f = temp_file(b"");
-        let mut read = FakeEntry::read(f.as_raw_fd(), LARGE, 0);
-        read.direct = true;
-        assert_eq!(route_of(&read), (Route::Kernel, 0));
-    }
-
-    #[test]
-    fn a_nowait_request_stays_in_the_kernel_whatever_its_size_or_file() {
-        let f = temp_file(b"");
-        let (r, w) = pipe();
-        let mut large_read = FakeEntry::read(f.as_raw_fd(), LARGE, 0);
-        let mut pipe_read = FakeEntry::read(r.as_raw_fd(), 4, 0);
-        let mut pipe_write = FakeEntry::write(w.as_raw_fd(), b"abc", 0);
-        for entry in [&mut large_read, &mut pipe_read, &mut pipe_write] {
-            entry.rw_flags = libc::RWF_NOWAIT;
-            assert_eq!(route_of(entry).0, Route::Kernel);
-        }
-        // Other flags keep the usual routes.
-        let mut large_write = FakeEntry::write(f.as_raw_fd(), &[1; LARGE], 0);
-        large_write.rw_flags = libc::RWF_DSYNC;
-        assert_eq!(route_of(&large_write).0, Route::Helpers);
-    }
-
-    #[test]
-    fn a_pipe_request_gets_its_own_thread_at_offset_zero() {
-        let (r, w) = pipe();
-        let read = FakeEntry::read(r.as_raw_fd(), 4, 7);
-        assert_eq!(route_of(&read), (Route::Stream, 0));
-        let write = FakeEntry::write(w.as_raw_fd(), b"abc", 9);
-        assert_eq!(route_of(&write), (Route::Stream, 0));
-    }
-
-    #[test]
-    fn a_descriptor_not_open_for_that_direction_stays_in_the_kernel() {
-        let (r, w) = pipe();
-        let write_to_reader = FakeEntry::write(r.as_raw_fd(), b"abc", 0);
-        assert_eq!(route_of(&write_to_reader).0, Route::Kernel);
-        let read_from_writer = FakeEntry::read(w.as_raw_fd(), 4, 0);
-        assert_eq!(route_of(&read_from_writer).0, Route::Kernel);
-        let f = temp_file(b"");
-        let read_only = std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
-        let large_write = FakeEntry::write(read_only.as_raw_fd(), &[1; LARGE], 0);
-        assert_eq!(route_of(&large_write).0, Route::Kernel);
-    }
-
-    #[test]
-    fn what_io_submit_refuses_up_front_stays_in_the_kernel() {
-        let f = temp_file(b"");
-        let negative = FakeEntry::read(f.as_raw_fd(), LARGE, -1);
-        assert_eq!(route_of(&negative).0, Route::Kernel);
-        let (_r, w) = pipe();
-        assert_eq!(route_of(&FakeEntry::sync(w.as_raw_fd())).0, Route::Kernel);
-        assert_eq!(route_of(&FakeEntry::read(-1, LARGE, 0)).0, Route::Kernel);
-        let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
-        assert_eq!(
-            route_of(&FakeEntry::read(dir.as_raw_fd(), LARGE, 0)).0,
-            Route::Kernel
-        );
     }
 
     #[test]

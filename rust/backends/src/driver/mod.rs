@@ -21,6 +21,7 @@ use crate::{EventFd, IoRequest};
 
 pub mod aio;
 pub mod inline_write;
+pub mod offload;
 pub mod thread;
 pub mod uring;
 

@@ -6,10 +6,12 @@
 //!
 //! [`inline_write`](UringDriver::inline_write) runs a small buffered file write on the
 //! calling thread instead (see [`super::inline_write`]): on ext4 io_uring would hand each
-//! one to a kernel worker.
+//! one to a kernel worker. Large buffered file requests run on helper threads (see
+//! [`super::offload`]) rather than on as many io-wq workers as are in flight; they
+//! report to a queue announced on the same eventfd as the ring's completions.
 //!
-//! Completions are reaped from the CQ into a ready queue, under the ring's lock, and
-//! taken from there. A thread blocked in [`wait`](Driver::wait) counts as *parked* for the
+//! Completions are reaped from the CQ and the helpers' queue into a ready queue, under
+//! the ring's lock, and taken from there. A thread blocked in [`wait`](Driver::wait) counts as *parked* for the
 //! whole wait: while any thread is parked only parked threads reap the CQ, so another
 //! thread's `flush` or `take` never reaps the completion a parked thread was woken for
 //! (it would leave that thread waiting for a completion already gone).
@@ -19,15 +21,17 @@ use std::io;
 use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use caio_core::{Completion, RequestId};
 
 use super::inline_write::InlineWrites;
+use super::offload::{may_offload, route, HelperThreads, Route};
 use super::{CancelOutcome, DispatchError, Dispatched, Driver, Entry, InFlight, Submission};
-use crate::uring::{self, Cancel, Cancelled};
-use crate::{EventFd, IoRequest, Ring};
+use crate::io::wait_readable_of;
+use crate::uring::{Cancel, Cancelled};
+use crate::{EventFd, EventQueue, IoRequest, Ring};
 
 /// Which resource [`UringDriver::new`] could not set up (the messages differ).
 #[derive(Debug)]
@@ -44,31 +48,43 @@ struct RingState {
     ready: VecDeque<Completion>,
 }
 
+/// Where an in-flight request runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunsOn {
+    Ring,
+    /// A helper thread: the kernel never saw it.
+    Helpers,
+}
+
 /// An io_uring instance with its eventfd, signalled on every completion.
 pub struct UringDriver<E> {
+    // Declared first: joined first on drop, before the entries they write into go.
+    helpers: HelperThreads,
     sqpoll: bool,
     ring_fd: RawFd,
     state: Mutex<RingState>,
-    in_flight: InFlight<E>,
+    in_flight: InFlight<E, RunsOn>,
     /// Threads inside a blocking [`wait`](Driver::wait) (see the module's documentation).
     parked: AtomicUsize,
     /// Small buffered file writes run on the caller's thread instead.
     inline_writes: InlineWrites,
-    // Declared last: dropped after the ring that signals it.
-    eventfd: EventFd,
+    /// The helpers' completions; its eventfd is the ring's too. Declared last: dropped
+    /// after the ring and the helpers that signal it.
+    events: Arc<EventQueue>,
 }
 
 impl<E: Entry> UringDriver<E> {
     /// A ring of `max_requests + 1` entries (`max_requests` as the user gave it, 0 already
     /// replaced by the default; the headroom as caio), with SQPOLL if asked and allowed.
     pub fn new(max_requests: u32, sqpoll: bool) -> Result<Self, UringSetupError> {
-        let eventfd = EventFd::new().map_err(UringSetupError::EventFd)?;
+        let events = Arc::new(EventQueue::new().map_err(UringSetupError::EventFd)?);
         let entries = max_requests
             .checked_add(1)
             .ok_or_else(|| UringSetupError::Ring(io::Error::from_raw_os_error(libc::EINVAL)))?;
-        let ring =
-            Ring::new(entries, sqpoll, eventfd.as_raw_fd()).map_err(UringSetupError::Ring)?;
+        let ring = Ring::new(entries, sqpoll, events.eventfd().as_raw_fd())
+            .map_err(UringSetupError::Ring)?;
         Ok(Self {
+            helpers: HelperThreads::new(events.clone()),
             sqpoll: ring.sqpoll(),
             ring_fd: ring.fd(),
             state: Mutex::new(RingState {
@@ -78,7 +94,7 @@ impl<E: Entry> UringDriver<E> {
             in_flight: InFlight::default(),
             parked: AtomicUsize::new(0),
             inline_writes: InlineWrites::default(),
-            eventfd,
+            events,
         })
     }
 
@@ -126,11 +142,22 @@ impl<E: Entry> UringDriver<E> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Moves up to `max` ready completions (reaping the CQ first if `reap`) to `out` with
-    /// their entries, re-signalling the eventfd if some stay behind.
+    /// The eventfd the ring and the helpers signal.
+    fn eventfd_ref(&self) -> &EventFd {
+        self.events.eventfd()
+    }
+
+    /// Moves every completion there is (the CQ's and the helpers') to the ready queue.
+    fn reap(&self, state: &mut RingState) {
+        state.ring.reap(&mut state.ready);
+        state.ready.extend(self.events.take(usize::MAX));
+    }
+
+    /// Moves up to `max` ready completions (reaping first if `reap`) to `out` with their
+    /// entries, re-signalling the eventfd if some stay behind.
     fn collect(&self, state: &mut RingState, max: usize, reap: bool, out: &mut Vec<(E, i64)>) {
         if reap {
-            state.ring.reap(&mut state.ready);
+            self.reap(state);
         }
         let n = state.ready.len().min(max);
         let mut in_flight = self.in_flight.lock();
@@ -138,25 +165,26 @@ impl<E: Entry> UringDriver<E> {
             state
                 .ready
                 .drain(..n)
-                .filter_map(|c| in_flight.remove(c.id).map(|(entry, ())| (entry, c.res))),
+                .filter_map(|c| in_flight.remove(c.id).map(|(entry, _)| (entry, c.res))),
         );
         if !state.ready.is_empty() {
             // Whoever takes next must hear of them.
-            self.eventfd.signal();
+            self.eventfd_ref().signal();
         }
     }
 
     /// The blocking part of [`wait`](Driver::wait), parked: stretches of
     /// [`wait_step`](Self::wait_step) until one ends, `on_signal` deciding after each
-    /// signal.
+    /// signal. Sets `drained` if it reset the eventfd.
     fn wait_parked(
         &self,
         min: usize,
         deadline: Option<Instant>,
         on_signal: &mut dyn FnMut() -> bool,
+        drained: &mut bool,
     ) -> io::Result<()> {
         loop {
-            match self.wait_step(min, deadline) {
+            match self.wait_step(min, deadline, drained) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     if !on_signal() {
                         return Err(e);
@@ -168,18 +196,26 @@ impl<E: Entry> UringDriver<E> {
     }
 
     /// Submits what is staged (without SQPOLL; with it the kernel's thread takes it),
-    /// reaps, and blocks on the ring's fd without the ring's lock, until `min` completions
-    /// are ready or `deadline` passes. A signal ends it with an `Interrupted` error.
-    fn wait_step(&self, min: usize, deadline: Option<Instant>) -> io::Result<()> {
+    /// reaps, and blocks without the ring's lock on the ring's fd (readable while the CQ
+    /// holds completions) and on the eventfd (which the helpers signal), until `min`
+    /// completions are ready or `deadline` passes. A signal ends it with an `Interrupted`
+    /// error. It resets the eventfd when that woke it, so as not to spin on it (and sets
+    /// `drained`: the caller signals it again on the way out, for the event loop).
+    fn wait_step(
+        &self,
+        min: usize,
+        deadline: Option<Instant>,
+        drained: &mut bool,
+    ) -> io::Result<()> {
+        let eventfd = self.eventfd_ref();
         loop {
             {
                 let mut state = self.lock();
                 if !self.sqpoll && state.ring.pending() > 0 {
                     state.ring.submit()?;
                 }
-                let RingState { ring, ready } = &mut *state;
-                ring.reap(ready);
-                if ready.len() >= min {
+                self.reap(&mut state);
+                if state.ready.len() >= min {
                     return Ok(());
                 }
             }
@@ -190,21 +226,29 @@ impl<E: Entry> UringDriver<E> {
                     _ => return Ok(()),
                 },
             };
-            uring::wait_readable(self.ring_fd, left)?;
+            let [_, signalled] = wait_readable_of([self.ring_fd, eventfd.as_raw_fd()], left)?;
+            if signalled {
+                // Reset before the next count: a completion after it signals again.
+                *drained |= eventfd.read().is_ok();
+            }
         }
     }
 
     /// The end of a parked wait, on every path (`failed`: it ended with an error or a
-    /// panic).
-    fn unpark(&self, failed: bool) {
+    /// panic; `drained`: it reset the eventfd).
+    fn unpark(&self, failed: bool, drained: bool) {
         let others_parked = self.parked.fetch_sub(1, Ordering::SeqCst) > 1;
+        if drained {
+            // The wake-up may have been meant for an event loop watching the eventfd.
+            self.eventfd_ref().signal();
+        }
         if !others_parked && !failed {
             return;
         }
         let mut state = self.lock();
-        if failed && !state.ready.is_empty() {
+        if failed && !drained && !state.ready.is_empty() {
             // Reaped but not taken: whoever takes next must hear of them.
-            self.eventfd.signal();
+            self.eventfd_ref().signal();
         }
         // Others are parked on the ring and what we reaped may include what they wait
         // for: a no-op completion makes them look again.
@@ -218,6 +262,7 @@ impl<E: Entry> UringDriver<E> {
 struct Parked<'a, E: Entry> {
     driver: &'a UringDriver<E>,
     failed: bool,
+    drained: bool,
 }
 
 impl<'a, E: Entry> Parked<'a, E> {
@@ -226,29 +271,61 @@ impl<'a, E: Entry> Parked<'a, E> {
         Self {
             driver,
             failed: true,
+            drained: false,
         }
     }
 }
 
 impl<E: Entry> Drop for Parked<'_, E> {
     fn drop(&mut self) {
-        self.driver.unpark(self.failed);
+        self.driver.unpark(self.failed, self.drained);
     }
 }
 
 impl<E: Entry> Driver<E> for UringDriver<E> {
     /// Stages the batch (no syscall; [`flush`](UringDriver::flush) or a wait hands it to
     /// the kernel) against one snapshot of the SQ: at the first submission that finds it
-    /// full, that one and the rest are refused with [`DispatchError::Full`].
+    /// full, that one and the rest are refused with [`DispatchError::Full`]. Large
+    /// buffered file requests go to the helper threads instead (to the kernel's workers
+    /// if those cannot start).
     fn dispatch(&self, batch: Vec<Submission<E>>) -> Dispatched<E> {
+        // Routed before the locks are taken: that costs a syscall or two each.
+        let offloads: Vec<bool> = if batch
+            .iter()
+            .any(|s| may_offload(&s.entry.request(), s.entry.is_direct()))
+        {
+            batch
+                .iter()
+                .map(|s| {
+                    let (mut request, direct) = (s.entry.request(), s.entry.is_direct());
+                    may_offload(&request, direct) && route(&mut request, direct) == Route::Helpers
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let helpers = if offloads.contains(&true) {
+            self.helpers.start().ok()
+        } else {
+            None
+        };
         let mut state = self.lock();
         let mut stager = state.ring.stager();
         let mut in_flight = self.in_flight.lock();
         let mut batch = batch.into_iter();
         let mut accepted = 0;
         let mut refused = Vec::new();
-        for Submission { id, entry } in batch.by_ref() {
+        for (at, Submission { id, entry }) in batch.by_ref().enumerate() {
             let request = entry.request();
+            if let (Some(true), Some(helpers)) = (offloads.get(at), &helpers) {
+                in_flight.insert_at(id, (entry, RunsOn::Helpers));
+                // SAFETY: `id` is registered with the entry that owns the buffer (before
+                // a helper can complete it), which leaves the registry only once this
+                // completion is taken from the helpers' queue (or never, see below).
+                unsafe { helpers.run(id, request) };
+                accepted += 1;
+                continue;
+            }
             // SAFETY: if staged, `entry` moves into `in_flight` just below, before the
             // stager publishes anything, and leaves it only in `collect`, once the
             // completion of `id` has been reaped (or never, if the driver is dropped
@@ -258,12 +335,13 @@ impl<E: Entry> Driver<E> for UringDriver<E> {
                 refused.push(entry);
                 break;
             }
-            in_flight.insert_at(id, (entry, ()));
+            in_flight.insert_at(id, (entry, RunsOn::Ring));
             accepted += 1;
         }
         drop(in_flight);
         drop(stager); // publishes the staged entries
         drop(state);
+        drop(helpers);
         if refused.is_empty() {
             return Dispatched::all(accepted);
         }
@@ -295,7 +373,7 @@ impl<E: Entry> Driver<E> for UringDriver<E> {
         // A timeout too large to add is no limit.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut parked = Parked::new(self);
-        let result = self.wait_parked(min, deadline, on_signal);
+        let result = self.wait_parked(min, deadline, on_signal, &mut parked.drained);
         parked.failed = result.is_err();
         drop(parked);
         result
@@ -312,28 +390,37 @@ impl<E: Entry> Driver<E> for UringDriver<E> {
 
     /// Always [`CancelOutcome::Requested`], also for an id not in flight (the kernel
     /// answers `ENOENT` to it, [`RequestId::NONE`] included): the entry stays in flight
-    /// until its own completion. A cancel must not fail because the SQ is full: a
+    /// until its own completion. A helper's request is taken back if no helper has
+    /// started it (it completes with `ECANCELED`), else left to finish. A cancel must not fail because the SQ is full: a
     /// [`Cancel`] makes room for it or (SQPOLL) needs none, napping without the ring's lock
     /// between attempts (about a second at most, then it defers). Without SQPOLL the
     /// common case, a free slot, is tried first.
     fn cancel(&self, id: RequestId) -> io::Result<CancelOutcome<E>> {
+        let runs_on = self.in_flight.lock().get_mut(id).map(|(_, on)| *on);
+        if runs_on == Some(RunsOn::Helpers) {
+            self.helpers.cancel(id);
+            return Ok(CancelOutcome::Requested);
+        }
         let queued = !self.sqpoll && self.lock().ring.try_cancel(id).is_ok();
         if !queued {
             let done = Cancel::new(id).run(|cancel| cancel.step(&mut self.lock().ring));
             if done == Cancelled::Sync {
                 // A sync cancel posts no completion; caio's cancel always did, and users
                 // wait for the eventfd after cancelling.
-                self.eventfd.signal();
+                self.eventfd_ref().signal();
             }
         }
         Ok(CancelOutcome::Requested)
     }
 
-    /// Nothing to stop: no threads of its own.
-    fn shutdown(&self) {}
+    /// Joins the helper threads once their requests are done; the ring stays open, and
+    /// takes the large buffered requests from then on.
+    fn shutdown(&self) {
+        self.helpers.shutdown();
+    }
 
     fn eventfd(&self) -> Option<&EventFd> {
-        Some(&self.eventfd)
+        Some(self.eventfd_ref())
     }
 
     fn in_flight(&self) -> usize {
@@ -514,7 +601,7 @@ mod tests {
         let mut out = Vec::new();
         driver.flush(&mut out).unwrap();
         assert!(out.is_empty(), "flush took the parked thread's completion");
-        assert!(uring::wait_readable(driver.ring_fd(), Some(LONG)).unwrap());
+        assert!(crate::uring::wait_readable(driver.ring_fd(), Some(LONG)).unwrap());
         driver.take(usize::MAX, &mut out).unwrap();
         assert!(out.is_empty(), "take reaped the parked thread's completion");
         assert_eq!(driver.in_flight(), 1);
@@ -797,6 +884,157 @@ mod tests {
             return;
         }
         a_cancel_of_no_request_is_requested_and_touches_no_other(true);
+    }
+
+    /// Bytes no fresh (zeroed) read buffer holds.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 + 1).collect()
+    }
+
+    fn runs_on(driver: &UringDriver<FakeEntry>, id: RequestId) -> Option<RunsOn> {
+        driver.in_flight.lock().get_mut(id).map(|(_, on)| *on)
+    }
+
+    fn eventfd_readable(driver: &UringDriver<FakeEntry>) -> bool {
+        let fd = driver.eventfd().unwrap().as_raw_fd();
+        crate::io::wait_readable(fd, Some(Duration::ZERO)).unwrap()
+    }
+
+    const LARGE: usize = 256 * 1024;
+
+    #[test]
+    fn a_large_buffered_read_runs_on_a_helper_and_a_small_one_on_the_ring() {
+        require_uring!();
+        let driver = new_driver(8, false);
+        let data = pattern(LARGE);
+        let f = temp_file(&data);
+        let ids = dispatch_all(
+            &driver,
+            vec![
+                FakeEntry::read(f.as_raw_fd(), LARGE, 0),
+                FakeEntry::read(f.as_raw_fd(), 16, 0),
+            ],
+        );
+        assert_eq!(runs_on(&driver, ids[0]), Some(RunsOn::Helpers));
+        assert_eq!(runs_on(&driver, ids[1]), Some(RunsOn::Ring));
+        assert_eq!(
+            driver.lock().ring.pending(),
+            1,
+            "only the small one is staged"
+        );
+        let mut got = take_n(&driver, 2);
+        got.sort_by_key(|(e, _)| e.buf.len());
+        assert_eq!(got[0].1, 16);
+        assert_eq!(&got[0].0.buf[..], &data[..16]);
+        assert_eq!(got[1].1, LARGE as i64);
+        assert!(got[1].0.buf[..] == data[..], "the helper read other bytes");
+        assert_eq!(driver.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_large_write_on_a_helper_lands_where_asked() {
+        require_uring!();
+        let driver = new_driver(8, false);
+        let f = temp_file(b"");
+        let data = pattern(LARGE);
+        let ids = dispatch_all(&driver, vec![FakeEntry::write(f.as_raw_fd(), &data, 7)]);
+        assert_eq!(runs_on(&driver, ids[0]), Some(RunsOn::Helpers));
+        assert_eq!(take_n(&driver, 1)[0].1, LARGE as i64);
+        let mut back = vec![0u8; LARGE + 7];
+        // SAFETY: `back` is a local buffer of the length given.
+        let n = unsafe { libc::pread(f.as_raw_fd(), back.as_mut_ptr().cast(), back.len(), 0) };
+        assert_eq!(n, (LARGE + 7) as isize);
+        assert_eq!(&back[..7], &[0; 7]);
+        assert!(back[7..] == data[..]);
+    }
+
+    #[test]
+    fn a_parked_waiter_wakes_for_a_helper_completion_and_leaves_the_eventfd_signalled() {
+        require_uring!();
+        let driver = new_driver(8, false);
+        let data = pattern(LARGE);
+        let f = temp_file(&data);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let began = Instant::now();
+                driver.wait(1, Some(LONG), &mut || true).unwrap();
+                let took = began.elapsed();
+                let mut out = Vec::new();
+                driver.take(usize::MAX, &mut out).unwrap();
+                (took, out)
+            });
+            spin_until(|| driver.parked.load(Ordering::SeqCst) == 1);
+            // Nothing reaches the ring: only the helper can wake the waiter.
+            dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), LARGE, 0)]);
+            let (took, got) = waiter.join().unwrap();
+            assert!(took < LONG / 2, "the waiter slept on for {took:?}");
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].1, LARGE as i64);
+        });
+        // It reset the eventfd to sleep again; a loop watching it must still hear.
+        assert!(eventfd_readable(&driver), "the wait ate the loop's wake-up");
+    }
+
+    #[test]
+    fn while_a_thread_is_parked_take_leaves_the_helpers_completions_to_it() {
+        require_uring!();
+        let driver = new_driver(8, false);
+        let f = temp_file(&pattern(LARGE));
+        driver.parked.fetch_add(1, Ordering::SeqCst);
+        dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), LARGE, 0)]);
+        spin_until(|| !driver.events.is_empty());
+        let mut out = Vec::new();
+        driver.take(usize::MAX, &mut out).unwrap();
+        assert!(out.is_empty(), "take took the parked thread's completion");
+        driver.parked.fetch_sub(1, Ordering::SeqCst);
+        driver.take(usize::MAX, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_cancelled_helper_request_comes_back_cancelled_untouched_or_complete() {
+        require_uring!();
+        const MIB: usize = 1024 * 1024;
+        let driver = new_driver(64, false);
+        let data = pattern(MIB);
+        let f = temp_file(&data);
+        let entries = (0..32)
+            .map(|_| FakeEntry::read(f.as_raw_fd(), MIB, 0))
+            .collect();
+        let ids = dispatch_all(&driver, entries);
+        // Two helpers take them in order: the last ones are still queued.
+        for &id in &ids[16..] {
+            assert!(matches!(driver.cancel(id), Ok(CancelOutcome::Requested)));
+        }
+        let got = take_n(&driver, 32);
+        let mut cancelled = 0;
+        for (entry, res) in &got {
+            if *res == -i64::from(libc::ECANCELED) {
+                cancelled += 1;
+                assert!(entry.buf.iter().all(|&b| b == 0), "a cancelled read wrote");
+            } else {
+                assert_eq!(*res, MIB as i64);
+                assert!(entry.buf[..] == data[..]);
+            }
+        }
+        assert!(cancelled >= 1, "no queued request was taken back");
+        assert_eq!(driver.in_flight(), 0);
+    }
+
+    #[test]
+    fn after_shutdown_large_requests_go_to_the_ring() {
+        require_uring!();
+        let driver = new_driver(8, false);
+        let data = pattern(LARGE);
+        let f = temp_file(&data);
+        dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), LARGE, 0)]);
+        assert_eq!(take_n(&driver, 1)[0].1, LARGE as i64);
+        driver.shutdown();
+        let ids = dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), LARGE, 0)]);
+        assert_eq!(runs_on(&driver, ids[0]), Some(RunsOn::Ring));
+        let got = take_n(&driver, 1);
+        assert_eq!(got[0].1, LARGE as i64);
+        assert!(got[0].0.buf[..] == data[..]);
     }
 
     #[test]
