@@ -10,7 +10,7 @@ class Context(AbstractContext):
     """linux aio context representation.
 
     ``submit`` calls ``io_submit`` (for buffered files the transfer happens right there,
-    except requests over 64 KiB, which run on two helper threads); ``process_events``
+    except requests over 64 KiB, which run on helper threads); ``process_events``
     delivers completions and runs callbacks on the calling thread.
     """
 

@@ -3,8 +3,8 @@ kernel's io-wq workers (rust/backends/src/driver/offload.rs).
 
 What a user can observe: the bytes land where asked, the threads appear only once a large
 buffered request runs (never for small, O_DIRECT or RWF_NOWAIT ones), a blocking
-``process_events`` wakes for their completions and leaves the eventfd signalled for the
-event loop, and a cancelled request either completes in full or never touched its buffer.
+``process_events`` wakes for their completions and leaves the eventfd the event loop
+watches alone, and a cancelled request either completes in full or never touched its buffer.
 """
 
 import asyncio
@@ -92,7 +92,7 @@ def test_helper_threads_start_only_for_large_buffered_requests(workdir):
     assert after == expected, "a large buffered read did not run on the helpers"
 
 
-def test_a_blocking_wait_wakes_for_a_helper_completion_and_leaves_the_eventfd_signalled(files):
+def test_a_blocking_wait_wakes_for_a_helper_completion_and_leaves_the_eventfd_alone(files):
     data = pattern(MiB)
     fd = files.open(data)
     ctx = Context()
@@ -112,7 +112,7 @@ def test_a_blocking_wait_wakes_for_a_helper_completion_and_leaves_the_eventfd_si
     assert not t.is_alive(), "process_events(timeout=-1) slept through a helper completion"
     assert returned == [1] and calls.results == [MiB]
     assert op.get_value() == data
-    # The wait reset the eventfd to sleep on it: the loop's wake-up must be given back.
+    # The wait sleeps on a descriptor of its own: the loop's wake-up is still there.
     assert select.select([ctx.fileno], [], [], 0)[0] == [ctx.fileno]
 
 

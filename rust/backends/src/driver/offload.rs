@@ -7,14 +7,14 @@
 //! its io-wq workers, which spend more CPU per byte than a plain `preadv` on a thread of
 //! ours (and as many workers as requests in flight compete with the event loop for the
 //! CPUs). Both drivers send such requests here instead; their completions go to the
-//! driver's [`EventQueue`], on the eventfd the loop already watches.
+//! driver's [`EventQueue`](crate::EventQueue), on the eventfd the loop already watches.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use caio_core::{Completion, RequestId};
 
 use super::DispatchError;
-use crate::{CompletionSink, EventQueue, IoKind, IoRequest, SubmitError, ThreadPool};
+use crate::{CompletionSink, IoKind, IoRequest, SubmitError, ThreadPool};
 
 /// Buffered file requests above this size run on the helper threads.
 pub const OFFLOAD_ABOVE: usize = 64 * 1024;
@@ -109,24 +109,24 @@ enum State {
     Closed,
 }
 
-/// The helper threads of one driver, started on first use, reporting to its queue.
+/// The helper threads of one driver, started on first use, reporting to its sink.
 pub struct HelperThreads {
     state: Mutex<State>,
-    events: Arc<EventQueue>,
+    sink: Arc<dyn CompletionSink>,
 }
 
 /// The running helper threads, kept from shutting down while this is held.
 pub struct Started<'a> {
     state: MutexGuard<'a, State>,
-    events: &'a EventQueue,
+    sink: &'a dyn CompletionSink,
 }
 
 impl HelperThreads {
-    /// Helpers (none started yet) whose completions go to `events`.
-    pub fn new(events: Arc<EventQueue>) -> Self {
+    /// Helpers (none started yet) whose completions go to `sink`.
+    pub fn new(sink: Arc<dyn CompletionSink>) -> Self {
         Self {
             state: Mutex::new(State::NotStarted),
-            events,
+            sink,
         }
     }
 
@@ -142,20 +142,19 @@ impl HelperThreads {
             State::Running(_) => {}
             State::Closed => return Err(DispatchError::Closed),
             State::NotStarted => {
-                let sink: Arc<dyn CompletionSink> = self.events.clone();
-                let pool = ThreadPool::new(helper_threads(), usize::MAX, sink)
+                let pool = ThreadPool::new(helper_threads(), usize::MAX, self.sink.clone())
                     .map_err(DispatchError::NoThreads)?;
                 *state = State::Running(pool);
             }
         }
         Ok(Started {
             state,
-            events: &self.events,
+            sink: &*self.sink,
         })
     }
 
     /// Takes `id` back if no helper has started it yet; its completion (`-ECANCELED`)
-    /// then reaches the queue as any other. Returns whether it did.
+    /// then reaches the sink as any other. Returns whether it did.
     pub fn cancel(&self, id: RequestId) -> bool {
         let cancelled = match &*self.lock() {
             State::Running(pool) => pool.cancel(id),
@@ -174,11 +173,12 @@ impl HelperThreads {
 }
 
 impl Started<'_> {
-    /// Queues `request` for a helper; its completion reaches the queue under `id`.
+    /// Queues `request` for a helper; its completion reaches the sink under `id`.
     ///
     /// # Safety
     /// As for [`ThreadPool::submit`]: the buffer stays valid and untouched by others until
-    /// the completion of `id` has been taken from the queue.
+    /// the sink has received the completion of `id`, and after that for as long as the
+    /// driver may still hand the buffer to anyone (until its entry is taken).
     pub unsafe fn run(&self, id: RequestId, request: IoRequest) {
         let State::Running(pool) = &*self.state else {
             unreachable!("started helpers run until shutdown, which this guard holds off")
@@ -193,7 +193,7 @@ impl Started<'_> {
                 SubmitError::QueueFull => libc::EAGAIN,
                 SubmitError::Shutdown => libc::ECANCELED,
             };
-            self.events.complete(Completion {
+            self.sink.complete(Completion {
                 id,
                 res: -i64::from(errno),
             });

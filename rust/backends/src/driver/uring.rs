@@ -11,10 +11,12 @@
 //! report to a queue announced on the same eventfd as the ring's completions.
 //!
 //! Completions are reaped from the CQ and the helpers' queue into a ready queue, under
-//! the ring's lock, and taken from there. A thread blocked in [`wait`](Driver::wait) counts as *parked* for the
-//! whole wait: while any thread is parked only parked threads reap the CQ, so another
-//! thread's `flush` or `take` never reaps the completion a parked thread was woken for
-//! (it would leave that thread waiting for a completion already gone).
+//! the ring's lock, and taken from there. A thread blocked in [`wait`](Driver::wait)
+//! counts as *parked* for the whole wait: while any thread is parked only parked threads
+//! reap, so another thread's `flush` or `take` never reaps the completion a parked thread
+//! was woken for (it would leave that thread waiting for a completion already gone).
+//! Parked threads sleep on the ring's fd and on an eventfd of their own, never on the
+//! one the event loop watches (a loop resetting it could leave them asleep).
 
 use std::collections::VecDeque;
 use std::io;
@@ -25,12 +27,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use caio_core::{Completion, RequestId};
+use crossbeam_utils::CachePadded;
 
 use super::inline_write::InlineWrites;
 use super::offload::{may_offload, route, HelperThreads, Route};
 use super::{CancelOutcome, DispatchError, Dispatched, Driver, Entry, InFlight, Submission};
 use crate::io::wait_readable_of;
 use crate::uring::{Cancel, Cancelled};
+use crate::CompletionSink;
 use crate::{EventFd, EventQueue, IoRequest, Ring};
 
 /// Which resource [`UringDriver::new`] could not set up (the messages differ).
@@ -56,6 +60,29 @@ enum RunsOn {
     Helpers,
 }
 
+/// Where the helper threads report.
+struct HelperReports {
+    /// Announced on the ring's eventfd, which the event loop watches.
+    queue: EventQueue,
+    /// Signalled after a helper completion while a thread is parked, for parked threads
+    /// alone: the ring's fd tells them of the CQ, this of the queue.
+    parked_wake: EventFd,
+    /// Threads inside a blocking [`wait`](Driver::wait) (see the module's documentation).
+    /// Padded: the loop thread reads it on every take, the helpers lock the queue beside it.
+    parked: CachePadded<AtomicUsize>,
+}
+
+impl CompletionSink for HelperReports {
+    fn complete(&self, completion: Completion) {
+        self.queue.complete(completion);
+        // A waiter counts itself before it reaps, and the queue's lock orders its reap
+        // against this push: one whose reap missed this completion is counted by now.
+        if self.parked.load(Ordering::SeqCst) > 0 {
+            self.parked_wake.signal();
+        }
+    }
+}
+
 /// An io_uring instance with its eventfd, signalled on every completion.
 pub struct UringDriver<E> {
     // Declared first: joined first on drop, before the entries they write into go.
@@ -64,27 +91,29 @@ pub struct UringDriver<E> {
     ring_fd: RawFd,
     state: Mutex<RingState>,
     in_flight: InFlight<E, RunsOn>,
-    /// Threads inside a blocking [`wait`](Driver::wait) (see the module's documentation).
-    parked: AtomicUsize,
     /// Small buffered file writes run on the caller's thread instead.
     inline_writes: InlineWrites,
-    /// The helpers' completions; its eventfd is the ring's too. Declared last: dropped
-    /// after the ring and the helpers that signal it.
-    events: Arc<EventQueue>,
+    /// The helpers' completions; its queue's eventfd is the ring's too. Declared last:
+    /// dropped after the ring and the helpers that signal it.
+    reports: Arc<HelperReports>,
 }
 
 impl<E: Entry> UringDriver<E> {
     /// A ring of `max_requests + 1` entries (`max_requests` as the user gave it, 0 already
     /// replaced by the default; the headroom as caio), with SQPOLL if asked and allowed.
     pub fn new(max_requests: u32, sqpoll: bool) -> Result<Self, UringSetupError> {
-        let events = Arc::new(EventQueue::new().map_err(UringSetupError::EventFd)?);
+        let reports = Arc::new(HelperReports {
+            queue: EventQueue::new().map_err(UringSetupError::EventFd)?,
+            parked_wake: EventFd::new().map_err(UringSetupError::EventFd)?,
+            parked: CachePadded::new(AtomicUsize::new(0)),
+        });
         let entries = max_requests
             .checked_add(1)
             .ok_or_else(|| UringSetupError::Ring(io::Error::from_raw_os_error(libc::EINVAL)))?;
-        let ring = Ring::new(entries, sqpoll, events.eventfd().as_raw_fd())
+        let ring = Ring::new(entries, sqpoll, reports.queue.eventfd().as_raw_fd())
             .map_err(UringSetupError::Ring)?;
         Ok(Self {
-            helpers: HelperThreads::new(events.clone()),
+            helpers: HelperThreads::new(reports.clone()),
             sqpoll: ring.sqpoll(),
             ring_fd: ring.fd(),
             state: Mutex::new(RingState {
@@ -92,9 +121,8 @@ impl<E: Entry> UringDriver<E> {
                 ready: VecDeque::new(),
             }),
             in_flight: InFlight::default(),
-            parked: AtomicUsize::new(0),
             inline_writes: InlineWrites::default(),
-            events,
+            reports,
         })
     }
 
@@ -128,7 +156,7 @@ impl<E: Entry> UringDriver<E> {
             return Ok(());
         }
         state.ring.submit()?;
-        if self.parked.load(Ordering::SeqCst) > 0 {
+        if self.reports.parked.load(Ordering::SeqCst) > 0 {
             return Ok(());
         }
         self.collect(&mut state, usize::MAX, true, out);
@@ -144,13 +172,13 @@ impl<E: Entry> UringDriver<E> {
 
     /// The eventfd the ring and the helpers signal.
     fn eventfd_ref(&self) -> &EventFd {
-        self.events.eventfd()
+        self.reports.queue.eventfd()
     }
 
     /// Moves every completion there is (the CQ's and the helpers') to the ready queue.
     fn reap(&self, state: &mut RingState) {
         state.ring.reap(&mut state.ready);
-        state.ready.extend(self.events.take(usize::MAX));
+        state.ready.extend(self.reports.queue.take(usize::MAX));
     }
 
     /// Moves up to `max` ready completions (reaping first if `reap`) to `out` with their
@@ -175,16 +203,15 @@ impl<E: Entry> UringDriver<E> {
 
     /// The blocking part of [`wait`](Driver::wait), parked: stretches of
     /// [`wait_step`](Self::wait_step) until one ends, `on_signal` deciding after each
-    /// signal. Sets `drained` if it reset the eventfd.
+    /// signal.
     fn wait_parked(
         &self,
         min: usize,
         deadline: Option<Instant>,
         on_signal: &mut dyn FnMut() -> bool,
-        drained: &mut bool,
     ) -> io::Result<()> {
         loop {
-            match self.wait_step(min, deadline, drained) {
+            match self.wait_step(min, deadline) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     if !on_signal() {
                         return Err(e);
@@ -197,18 +224,14 @@ impl<E: Entry> UringDriver<E> {
 
     /// Submits what is staged (without SQPOLL; with it the kernel's thread takes it),
     /// reaps, and blocks without the ring's lock on the ring's fd (readable while the CQ
-    /// holds completions) and on the eventfd (which the helpers signal), until `min`
-    /// completions are ready or `deadline` passes. A signal ends it with an `Interrupted`
-    /// error. It resets the eventfd when that woke it, so as not to spin on it (and sets
-    /// `drained`: the caller signals it again on the way out, for the event loop).
-    fn wait_step(
-        &self,
-        min: usize,
-        deadline: Option<Instant>,
-        drained: &mut bool,
-    ) -> io::Result<()> {
-        let eventfd = self.eventfd_ref();
+    /// holds completions) and on the parked threads' eventfd (which the helpers signal),
+    /// until `min` completions are ready or `deadline` passes. A signal ends it with an
+    /// `Interrupted` error.
+    fn wait_step(&self, min: usize, deadline: Option<Instant>) -> io::Result<()> {
+        let wake = &self.reports.parked_wake;
         loop {
+            // Reset before reaping: a helper completion after the reap signals it again.
+            let _ = wake.read();
             {
                 let mut state = self.lock();
                 if !self.sqpoll && state.ring.pending() > 0 {
@@ -226,27 +249,19 @@ impl<E: Entry> UringDriver<E> {
                     _ => return Ok(()),
                 },
             };
-            let [_, signalled] = wait_readable_of([self.ring_fd, eventfd.as_raw_fd()], left)?;
-            if signalled {
-                // Reset before the next count: a completion after it signals again.
-                *drained |= eventfd.read().is_ok();
-            }
+            wait_readable_of([self.ring_fd, wake.as_raw_fd()], left)?;
         }
     }
 
     /// The end of a parked wait, on every path (`failed`: it ended with an error or a
-    /// panic; `drained`: it reset the eventfd).
-    fn unpark(&self, failed: bool, drained: bool) {
-        let others_parked = self.parked.fetch_sub(1, Ordering::SeqCst) > 1;
-        if drained {
-            // The wake-up may have been meant for an event loop watching the eventfd.
-            self.eventfd_ref().signal();
-        }
+    /// panic).
+    fn unpark(&self, failed: bool) {
+        let others_parked = self.reports.parked.fetch_sub(1, Ordering::SeqCst) > 1;
         if !others_parked && !failed {
             return;
         }
         let mut state = self.lock();
-        if failed && !drained && !state.ready.is_empty() {
+        if failed && !state.ready.is_empty() {
             // Reaped but not taken: whoever takes next must hear of them.
             self.eventfd_ref().signal();
         }
@@ -258,27 +273,25 @@ impl<E: Entry> UringDriver<E> {
     }
 }
 
-/// A thread counted in [`UringDriver::parked`] until this drops.
+/// A thread counted in [`HelperReports::parked`] until this drops.
 struct Parked<'a, E: Entry> {
     driver: &'a UringDriver<E>,
     failed: bool,
-    drained: bool,
 }
 
 impl<'a, E: Entry> Parked<'a, E> {
     fn new(driver: &'a UringDriver<E>) -> Self {
-        driver.parked.fetch_add(1, Ordering::SeqCst);
+        driver.reports.parked.fetch_add(1, Ordering::SeqCst);
         Self {
             driver,
             failed: true,
-            drained: false,
         }
     }
 }
 
 impl<E: Entry> Drop for Parked<'_, E> {
     fn drop(&mut self) {
-        self.driver.unpark(self.failed, self.drained);
+        self.driver.unpark(self.failed);
     }
 }
 
@@ -373,7 +386,7 @@ impl<E: Entry> Driver<E> for UringDriver<E> {
         // A timeout too large to add is no limit.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut parked = Parked::new(self);
-        let result = self.wait_parked(min, deadline, on_signal, &mut parked.drained);
+        let result = self.wait_parked(min, deadline, on_signal);
         parked.failed = result.is_err();
         drop(parked);
         result
@@ -383,7 +396,7 @@ impl<E: Entry> Driver<E> for UringDriver<E> {
     /// take the completion one was woken for), then takes from the ready queue.
     fn take(&self, max: usize, out: &mut Vec<(E, i64)>) -> io::Result<()> {
         let mut state = self.lock();
-        let reap = self.parked.load(Ordering::SeqCst) == 0;
+        let reap = self.reports.parked.load(Ordering::SeqCst) == 0;
         self.collect(&mut state, max, reap, out);
         Ok(())
     }
@@ -596,7 +609,7 @@ mod tests {
         let driver = new_driver(8, false);
         let f = temp_file(b"parked");
         // Counted as a parked waiter would be, so that nothing races with the checks.
-        driver.parked.fetch_add(1, Ordering::SeqCst);
+        driver.reports.parked.fetch_add(1, Ordering::SeqCst);
         dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), 16, 0)]);
         let mut out = Vec::new();
         driver.flush(&mut out).unwrap();
@@ -606,7 +619,7 @@ mod tests {
         assert!(out.is_empty(), "take reaped the parked thread's completion");
         assert_eq!(driver.in_flight(), 1);
 
-        driver.parked.fetch_sub(1, Ordering::SeqCst);
+        driver.reports.parked.fetch_sub(1, Ordering::SeqCst);
         driver.take(usize::MAX, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(&out[0].0.buf[..6], b"parked");
@@ -624,7 +637,7 @@ mod tests {
                 driver.take(usize::MAX, &mut out).unwrap();
                 out
             });
-            spin_until(|| driver.parked.load(Ordering::SeqCst) == 1);
+            spin_until(|| driver.reports.parked.load(Ordering::SeqCst) == 1);
             dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), 32, 0)]);
             let mut out = Vec::new();
             driver.flush(&mut out).unwrap();
@@ -634,7 +647,7 @@ mod tests {
             assert_eq!(got[0].1, 14);
             assert_eq!(&got[0].0.buf[..14], b"for the waiter");
         });
-        assert_eq!(driver.parked.load(Ordering::SeqCst), 0);
+        assert_eq!(driver.reports.parked.load(Ordering::SeqCst), 0);
     }
 
     #[test]
@@ -654,7 +667,7 @@ mod tests {
                     })
                 })
                 .collect();
-            spin_until(|| driver.parked.load(Ordering::SeqCst) == 2);
+            spin_until(|| driver.reports.parked.load(Ordering::SeqCst) == 2);
             dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), 16, 0)]);
             driver.flush(&mut Vec::new()).unwrap();
             for waiter in waiters {
@@ -677,7 +690,7 @@ mod tests {
         let took = began.elapsed();
         assert!(took >= timeout, "returned after {took:?}");
         assert!(took < LONG, "returned after {took:?}");
-        assert_eq!(driver.parked.load(Ordering::SeqCst), 0);
+        assert_eq!(driver.reports.parked.load(Ordering::SeqCst), 0);
     }
 
     #[test]
@@ -691,7 +704,7 @@ mod tests {
             .wait(1, Some(Duration::ZERO), &mut || unreachable!())
             .unwrap();
         assert_eq!(driver.lock().ring.pending(), 0);
-        assert_eq!(driver.parked.load(Ordering::SeqCst), 0);
+        assert_eq!(driver.reports.parked.load(Ordering::SeqCst), 0);
         assert_eq!(take_n(&driver, 1)[0].1, 4);
     }
 
@@ -762,13 +775,13 @@ mod tests {
                 result
             });
             let tid = tid_rx.recv().unwrap();
-            spin_until(|| driver.parked.load(Ordering::SeqCst) == 1);
+            spin_until(|| driver.reports.parked.load(Ordering::SeqCst) == 1);
             signal_until(tid, &done_rx);
             let err = waiter.join().unwrap().unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::Interrupted);
         });
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        assert_eq!(driver.parked.load(Ordering::SeqCst), 0);
+        assert_eq!(driver.reports.parked.load(Ordering::SeqCst), 0);
     }
 
     #[test]
@@ -788,7 +801,7 @@ mod tests {
                 result
             });
             let tid = tid_rx.recv().unwrap();
-            spin_until(|| driver.parked.load(Ordering::SeqCst) == 1);
+            spin_until(|| driver.reports.parked.load(Ordering::SeqCst) == 1);
             dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), 16, 0)]);
             driver.flush(&mut Vec::new()).unwrap();
             // The waiter reaps it and waits on for a second one.
@@ -949,7 +962,7 @@ mod tests {
     }
 
     #[test]
-    fn a_parked_waiter_wakes_for_a_helper_completion_and_leaves_the_eventfd_signalled() {
+    fn a_parked_waiter_wakes_for_a_helper_completion_and_leaves_the_loops_eventfd_alone() {
         require_uring!();
         let driver = new_driver(8, false);
         let data = pattern(LARGE);
@@ -963,7 +976,7 @@ mod tests {
                 driver.take(usize::MAX, &mut out).unwrap();
                 (took, out)
             });
-            spin_until(|| driver.parked.load(Ordering::SeqCst) == 1);
+            spin_until(|| driver.reports.parked.load(Ordering::SeqCst) == 1);
             // Nothing reaches the ring: only the helper can wake the waiter.
             dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), LARGE, 0)]);
             let (took, got) = waiter.join().unwrap();
@@ -971,8 +984,32 @@ mod tests {
             assert_eq!(got.len(), 1);
             assert_eq!(got[0].1, LARGE as i64);
         });
-        // It reset the eventfd to sleep again; a loop watching it must still hear.
         assert!(eventfd_readable(&driver), "the wait ate the loop's wake-up");
+    }
+
+    #[test]
+    fn a_loop_resetting_the_eventfd_does_not_leave_a_parked_waiter_asleep() {
+        require_uring!();
+        let driver = new_driver(8, false);
+        let f = temp_file(&pattern(LARGE));
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                driver.wait(1, Some(LONG), &mut || true).unwrap();
+                done.store(true, Ordering::SeqCst);
+            });
+            spin_until(|| driver.reports.parked.load(Ordering::SeqCst) == 1);
+            let began = Instant::now();
+            dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), LARGE, 0)]);
+            // An event loop's reader, resetting the eventfd as soon as it is signalled.
+            while !done.load(Ordering::SeqCst) && began.elapsed() < LONG {
+                let _ = driver.eventfd().unwrap().read();
+                std::thread::yield_now();
+            }
+            waiter.join().unwrap();
+            assert!(began.elapsed() < LONG / 2, "the parked waiter slept on");
+        });
+        assert_eq!(take_n(&driver, 1)[0].1, LARGE as i64);
     }
 
     #[test]
@@ -980,13 +1017,13 @@ mod tests {
         require_uring!();
         let driver = new_driver(8, false);
         let f = temp_file(&pattern(LARGE));
-        driver.parked.fetch_add(1, Ordering::SeqCst);
+        driver.reports.parked.fetch_add(1, Ordering::SeqCst);
         dispatch_all(&driver, vec![FakeEntry::read(f.as_raw_fd(), LARGE, 0)]);
-        spin_until(|| !driver.events.is_empty());
+        spin_until(|| !driver.reports.queue.is_empty());
         let mut out = Vec::new();
         driver.take(usize::MAX, &mut out).unwrap();
         assert!(out.is_empty(), "take took the parked thread's completion");
-        driver.parked.fetch_sub(1, Ordering::SeqCst);
+        driver.reports.parked.fetch_sub(1, Ordering::SeqCst);
         driver.take(usize::MAX, &mut out).unwrap();
         assert_eq!(out.len(), 1);
     }
