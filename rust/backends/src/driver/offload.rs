@@ -1,13 +1,13 @@
 //! Where a request runs when its driver's kernel interface would do the work on the
-//! caller's thread, or on kernel workers that cost more than two threads of ours: the
+//! caller's thread, or on kernel workers that cost more than threads of ours: the
 //! [`route`] decision and the [`HelperThreads`] that run the large buffered file requests.
 //!
 //! Kernel AIO's `io_submit` copies a buffered request's data on the calling thread, and
 //! waits on a stream for as long as it takes; io_uring hands a large buffered request to
 //! its io-wq workers, which spend more CPU per byte than a plain `preadv` on a thread of
 //! ours (and as many workers as requests in flight compete with the event loop for the
-//! CPUs). Both drivers send such requests here instead; their completions go to the
-//! driver's [`EventQueue`](crate::EventQueue), on the eventfd the loop already watches.
+//! CPUs). Both drivers send such requests here instead; each gives its helpers a sink
+//! that queues their completions and announces them on the eventfd the loop watches.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
