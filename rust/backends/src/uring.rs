@@ -302,9 +302,13 @@ impl Ring {
         }
     }
 
-    /// Blocks until the CQ is non-empty or `timeout` passes; see [`wait_readable`].
+    /// Blocks until the ring has something to reap (completions in its CQ, or on its
+    /// overflow list: [`Ring::reap`] fetches both) or `timeout` passes (`None`: forever);
+    /// `false` on timeout. Polling the ring's fd consumes nothing, so other waiters and
+    /// the eventfd are unaffected; the driver polls [`Ring::fd`] the same way without
+    /// holding the ring's lock. A signal ends the wait with an `Interrupted` error.
     pub fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        wait_readable(self.fd(), timeout)
+        crate::io::wait_readable(self.fd(), timeout)
     }
 }
 
@@ -441,16 +445,6 @@ struct SyncCancelReg {
 }
 
 const _: () = assert!(std::mem::size_of::<SyncCancelReg>() == 64);
-
-/// Blocks until the ring `ring_fd` has something to reap (completions in its CQ, or on its
-/// overflow list: [`Ring::reap`] fetches both) or `timeout` passes (`None`: forever); `false`
-/// on timeout. Polling the ring's fd consumes nothing, so other waiters and the eventfd are
-/// unaffected, and it needs no access to the ring's queues (callers may wait without
-/// holding the ring's lock). A signal ends the wait with an error of kind `Interrupted`,
-/// so that the caller can run signal handlers and then wait again for the time left.
-pub fn wait_readable(ring_fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
-    crate::io::wait_readable(ring_fd, timeout)
-}
 
 /// A batch of submissions against one snapshot of the submission queue.
 pub struct Stager<'a> {

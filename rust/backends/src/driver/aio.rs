@@ -431,9 +431,8 @@ impl<E: Entry> Driver<E> for AioDriver<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::testing::FakeEntry;
-    use crate::test_util::temp_file;
-    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    use crate::driver::testing::{route_of, FakeEntry};
+    use crate::test_util::{pipe, temp_file};
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
 
@@ -457,21 +456,6 @@ mod tests {
 
     fn batch(entries: Vec<FakeEntry>) -> Vec<Submission<FakeEntry>> {
         entries.into_iter().map(submission).collect()
-    }
-
-    /// (read end, write end).
-    fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: pipe2 writes two descriptors into the array on our stack.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both descriptors are fresh and owned by nobody else.
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-    }
-
-    fn route_of(entry: &FakeEntry) -> (Route, i64) {
-        let mut request = entry.request();
-        let route = route(&mut request, entry.is_direct());
-        (route, request.offset)
     }
 
     /// Waits for and takes `n` completions (failing after [`PATIENCE`]).

@@ -185,7 +185,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     use super::*;
-    use crate::test_util::temp_file;
+    use crate::test_util::{pipe, temp_file};
 
     const LONG: Duration = Duration::from_secs(10);
 
@@ -245,24 +245,17 @@ mod tests {
         flagged.rw_flags = libc::RWF_DSYNC;
         let mut read = write_req(f.as_raw_fd(), 0, &data);
         read.kind = IoKind::Read;
-        let mut pipe = [0; 2];
-        // SAFETY: pipe() fills the two-int array on our stack.
-        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        let (_r, w) = pipe();
         for declined in [
             &flagged,
             &read,
             &write_req(f.as_raw_fd(), 0, &big),
             &write_req(f.as_raw_fd(), -1, &data),
-            &write_req(pipe[1], 0, &data),
+            &write_req(w.as_raw_fd(), 0, &data),
             &write_req(-1, 0, &data),
         ] {
             // SAFETY: every buffer outlives the call; a declined request is not run.
             assert_eq!(unsafe { writes.run(declined) }, None, "{declined:?}");
-        }
-        // SAFETY: as above; the pipe is ours.
-        unsafe {
-            libc::close(pipe[0]);
-            libc::close(pipe[1]);
         }
     }
 }

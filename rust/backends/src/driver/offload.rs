@@ -203,29 +203,14 @@ impl Started<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::fd::AsRawFd;
 
     use super::*;
-    use crate::driver::testing::FakeEntry;
+    use crate::driver::testing::{route_of, FakeEntry};
     use crate::driver::Entry;
-    use crate::test_util::temp_file;
+    use crate::test_util::{pipe, temp_file};
 
     const LARGE: usize = 256 * 1024;
-
-    /// (read end, write end).
-    fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: pipe2 writes two descriptors into the array on our stack.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both descriptors are fresh and owned by nobody else.
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-    }
-
-    fn route_of(entry: &FakeEntry) -> (Route, i64) {
-        let mut request = entry.request();
-        let route = route(&mut request, entry.is_direct());
-        (route, request.offset)
-    }
 
     #[test]
     fn a_small_file_request_goes_to_the_kernel() {

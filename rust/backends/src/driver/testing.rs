@@ -123,3 +123,10 @@ unsafe impl Entry for FakeEntry {
         self.direct
     }
 }
+
+/// Where [`route`](super::offload::route) sends `entry`, and the offset it leaves it.
+pub(crate) fn route_of(entry: &FakeEntry) -> (super::offload::Route, i64) {
+    let mut request = entry.request();
+    let route = super::offload::route(&mut request, entry.is_direct());
+    (route, request.offset)
+}

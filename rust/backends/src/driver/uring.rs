@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use caio_core::{Completion, RequestId};
-use crossbeam_utils::CachePadded;
 
 use super::inline_write::InlineWrites;
 use super::offload::{may_offload, route, HelperThreads, Route};
@@ -68,8 +67,7 @@ struct HelperReports {
     /// alone: the ring's fd tells them of the CQ, this of the queue.
     parked_wake: EventFd,
     /// Threads inside a blocking [`wait`](Driver::wait) (see the module's documentation).
-    /// Padded: the loop thread reads it on every take, the helpers lock the queue beside it.
-    parked: CachePadded<AtomicUsize>,
+    parked: AtomicUsize,
 }
 
 impl CompletionSink for HelperReports {
@@ -105,7 +103,7 @@ impl<E: Entry> UringDriver<E> {
         let reports = Arc::new(HelperReports {
             queue: EventQueue::new().map_err(UringSetupError::EventFd)?,
             parked_wake: EventFd::new().map_err(UringSetupError::EventFd)?,
-            parked: CachePadded::new(AtomicUsize::new(0)),
+            parked: AtomicUsize::new(0),
         });
         let entries = max_requests
             .checked_add(1)
@@ -447,13 +445,12 @@ impl<E: Entry> Driver<E> for UringDriver<E> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{FromRawFd, OwnedFd};
     use std::sync::mpsc;
 
     use super::*;
     use crate::driver::testing::FakeEntry;
     use crate::test_util::require_uring;
-    use crate::test_util::temp_file;
+    use crate::test_util::{pipe, temp_file};
     use crate::IoKind;
 
     const LONG: Duration = Duration::from_secs(10);
@@ -503,15 +500,6 @@ mod tests {
             assert!(Instant::now() < deadline, "never happened");
             std::thread::yield_now();
         }
-    }
-
-    fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2() writes.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both descriptors are fresh and owned by nothing else.
-        let [r, w] = fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-        (r, w)
     }
 
     fn is_cancelled(res: i64) -> bool {
@@ -614,7 +602,7 @@ mod tests {
         let mut out = Vec::new();
         driver.flush(&mut out).unwrap();
         assert!(out.is_empty(), "flush took the parked thread's completion");
-        assert!(crate::uring::wait_readable(driver.ring_fd(), Some(LONG)).unwrap());
+        assert!(crate::io::wait_readable(driver.ring_fd(), Some(LONG)).unwrap());
         driver.take(usize::MAX, &mut out).unwrap();
         assert!(out.is_empty(), "take reaped the parked thread's completion");
         assert_eq!(driver.in_flight(), 1);
