@@ -19,6 +19,11 @@ Sides, for every depth D:
   completion callback resolves (the Context watched with ``add_reader``). It is what the
   event loop alone costs per read with one task per read: no adapter can go below it;
 - ``--loops asyncio,uvloop`` runs every asyncio side on each loop;
+- the *native floor* (``--native``, when cargo is here): the same loop as the floor with
+  no interpreter at all, ``rust/backends/examples/direct_floor.rs`` on this project's
+  io_uring path (an epoll set holding the ring's eventfd, each completion answered at
+  once with the next read). What is left between it and fio belongs to the kernel
+  interface and its wake-ups; what lies between it and the floor belongs to CPython;
 - caio 0.12.10 from PyPI (same adapters), loaded from a ``pip install --target``
   folder put first on ``PYTHONPATH`` (shared with ``compare.py``). Its read buffers come
   from ``PyMem_Calloc`` and are aligned only by chance (O_DIRECT needs the device's
@@ -443,7 +448,7 @@ def worker_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Config:
-    side: str  # "fio" / "ours" / "theirs"
+    side: str  # "fio" / "native" / "ours" / "theirs"
     backend: str  # "linux" / "uring" / "thread" ("libaio" for fio)
     mode: str  # "into" / "default" / "deferred" / "floor" / "raw" ("" for fio)
     depth: int
@@ -453,12 +458,15 @@ class Config:
 
     @property
     def side_title(self) -> str:
-        return {"fio": "fio", "ours": "ours"}.get(self.side, f"caio {UPSTREAM_VERSION}")
+        return {"fio": "fio", "native": "native", "ours": "ours"}.get(
+            self.side, f"caio {UPSTREAM_VERSION}")
 
     @property
     def what(self) -> str:
         if self.side == "fio":
             return "libaio"
+        if self.side == "native":
+            return "io_uring epoll loop (no Python)"
         if self.mode == "raw":
             return f"{MODULES[self.backend]} raw Context"
         on = "" if self.loop == "asyncio" else f" on {self.loop}"
@@ -516,6 +524,46 @@ def run_fio(fio: str, path: str, depth: int, seconds: float, timeout: float) -> 
     }
 
 
+def build_native_floor() -> tuple[str | None, str]:
+    """Builds the native floor (``cargo build --release --example direct_floor``):
+    ``(executable, note)``, the executable ``None`` where that cannot be done."""
+    cargo = shutil.which("cargo")
+    if cargo is None or not (REPO_ROOT / "Cargo.toml").exists():
+        return None, "no cargo or no Cargo.toml here: no native rows"
+    cmd = [cargo, "build", "--release", "--quiet", "-p", "caio-backends", "--example",
+           "direct_floor", "--message-format=json"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        msg = json.loads(line) if line.startswith("{") else {}
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") and \
+                msg.get("target", {}).get("name") == "direct_floor":
+            return msg["executable"], "rust/backends/examples/direct_floor.rs"
+    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return None, f"cargo build failed ({proc.returncode}): {tail}: no native rows"
+
+
+def run_native(exe: str, path: str, depth: int, seconds: float,
+               timeout: float) -> dict[str, Any]:
+    proc = subprocess.run([exe, path, str(depth), str(seconds)], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"direct_floor exited with {proc.returncode}: {tail}")
+    data = json.loads(proc.stdout)
+    ok, elapsed, cpu = data["ok"], data["elapsed_s"], data["cpu_s"]
+    return {
+        "ok": ok,
+        "errors": data["errors"],
+        "first_error": "short or failed read" if data["errors"] else None,
+        "error_kind": "EIO" if data["errors"] else None,
+        "aborted": False,
+        "elapsed_s": elapsed,
+        "ops_per_s": ok / elapsed if elapsed > 0 else 0.0,
+        "cpu_s": cpu,
+        "cpu_us_per_op": harness.cpu_us_per_op(cpu, ok),
+    }
+
+
 def prepare_file(args: argparse.Namespace) -> tuple[Path, int, str]:
     """The data file: created (non-zero data, 1 MiB chunks) or reused; never on tmpfs."""
     path = Path(args.file).resolve() if args.file else DEFAULT_FILE
@@ -552,7 +600,7 @@ def prepare_file(args: argparse.Namespace) -> tuple[Path, int, str]:
 
 
 def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
-                  fio: str | None) -> list[Config]:
+                  fio: str | None, native: str | None = None) -> list[Config]:
     wanted = parse_str_list(args.backends)
     for b in wanted:
         if b not in BACKENDS:
@@ -561,6 +609,8 @@ def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
     for depth in args.depth_list:
         if fio:
             configs.append(Config("fio", "libaio", "", depth))
+        if native:
+            configs.append(Config("native", "uring", "", depth))
         for side in [ours] + ([theirs] if theirs is not None else []):
             for b in wanted:
                 if b not in side.info["backends"]:
@@ -585,7 +635,7 @@ def build_configs(args: argparse.Namespace, ours: Side, theirs: Side | None,
 
 
 def run_all(args: argparse.Namespace, configs: list[Config], sides: dict[str, Side],
-            fio: str | None, path: Path, size: int) -> None:
+            fio: str | None, path: Path, size: int, native: str | None = None) -> None:
     """Per depth every side back to back."""
     timeout = 60 + 10 * args.seconds
     for cfg in configs:
@@ -596,6 +646,9 @@ def run_all(args: argparse.Namespace, configs: list[Config], sides: dict[str, Si
             if cfg.side == "fio":
                 assert fio is not None
                 result = run_fio(fio, str(path), cfg.depth, args.seconds, timeout)
+            elif cfg.side == "native":
+                assert native is not None
+                result = run_native(native, str(path), cfg.depth, args.seconds, timeout)
             else:
                 spec = {"backend": cfg.backend, "mode": cfg.mode, "loop": cfg.loop,
                         "depth": cfg.depth,
@@ -666,6 +719,8 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     out.append(f"O_DIRECT 4 KiB random reads, {meta['date']}")
     out.append(f"machine: Linux {meta['kernel']}, {meta['cpus']} CPUs, Python {meta['python']}")
     out.append(f"fio: {meta['fio']}")
+    if meta.get("native", "not asked") != "not asked":
+        out.append(f"native floor: {meta['native']}")
     out.append(f"file: {meta['file']} ({meta['size'] / MiB:.0f} MiB, {meta['fstype']})")
     out.append(f"ours: caio {meta['ours']['version']} ({meta['ours']['file']})")
     if meta["theirs"]:
@@ -772,6 +827,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma list among asyncio,uvloop: the loops of the asyncio modes "
                         "(asyncio)")
     p.add_argument("--no-fio", action="store_true", help="skip the fio rows")
+    p.add_argument("--native", action="store_true",
+                   help="add the native floor rows (builds rust/backends/examples/"
+                        "direct_floor.rs with cargo; skipped without cargo)")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke run: 1 s runs, 1 repeat, depths 1,8")
     harness.add_output_options(p, "write all raw results as JSON")
@@ -814,16 +872,20 @@ def main(argv: list[str] | None = None) -> int:
         fio_ver = "skipped (--no-fio)" if args.no_fio else "not installed: no fio rows"
         log(f"fio: {fio_ver}")
 
-    configs = build_configs(args, sides["ours"], sides.get("theirs"), fio)
+    native, native_note = build_native_floor() if args.native else (None, "not asked")
+    if args.native:
+        log(f"native floor: {native or native_note}")
+    configs = build_configs(args, sides["ours"], sides.get("theirs"), fio, native)
     if not configs:
         raise SystemExit("nothing to run")
-    run_all(args, configs, sides, fio, path, size)
+    run_all(args, configs, sides, fio, path, size, native)
 
     rows = aggregate(configs)
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         **harness.machine_meta(),
         "fio": fio_ver,
+        "native": native_note,
         "file": str(path),
         "size": size,
         "fstype": fstype,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,35 @@ def test_direct_benchmark_runs_on_a_small_file(tmp_path, data_dir):
         for result in row["results"]:
             assert result["errors"] == 0 and result["ok"] > 0, row
             assert result["validation"] is None, row
+
+
+@pytest.mark.skipif(shutil.which("cargo") is None or not (REPO_ROOT / "Cargo.toml").exists(),
+                    reason="the native floor is built with cargo, from the source tree")
+def test_direct_native_floor_rows(tmp_path, data_dir):
+    """direct.py --native: the native floor (rust/backends/examples/direct_floor.rs) builds
+    and reads without errors beside the asyncio floor."""
+    out = tmp_path / "direct.json"
+    cmd = [
+        sys.executable, str(BENCH_DIR / "direct.py"), "--quick", "--no-upstream", "--no-fio",
+        "--native", "--quiet", "--depths", "1,4", "--seconds", "0.2",
+        "--size", str(4 * 1024 * 1024), "--file", str(Path(data_dir) / "direct-smoke.dat"),
+        "--backends", "uring", "--modes", "floor", "--json", str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                          cwd=str(REPO_ROOT))
+    said = proc.stdout + proc.stderr
+    if proc.returncode != 0 and ("cannot open" in said or "is on tmpfs" in said):
+        pytest.skip("the test directory cannot take O_DIRECT reads")
+    assert proc.returncode == 0, f"direct.py failed:\n{proc.stdout}\n{proc.stderr}"
+    assert "native floor: rust/backends/examples/direct_floor.rs" in proc.stdout
+    runs = json.loads(out.read_text(encoding="utf-8"))["runs"]
+    native = [r for r in runs if r["side"] == "native"]
+    assert [r["depth"] for r in native] == [1, 4], runs
+    for row in native:
+        assert not row["failures"], row
+        for result in row["results"]:
+            assert result["errors"] == 0 and result["ok"] > 0, row
+            assert result["cpu_us_per_op"] > 0, row
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trio") is None, reason="trio not installed")
