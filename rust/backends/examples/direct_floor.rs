@@ -106,7 +106,12 @@ fn main() -> io::Result<()> {
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(&args[1])?;
-    let mut offsets = Offsets::new(file.metadata()?.len(), depth as u64);
+    let size = file.metadata()?.len();
+    if size < BLOCK as u64 || depth == 0 {
+        eprintln!("direct_floor: FILE needs at least one 4 KiB block, DEPTH at least 1");
+        std::process::exit(2);
+    }
+    let mut offsets = Offsets::new(size, depth as u64);
     let eventfd = EventFd::new()?;
     let mut ring = Ring::new(depth.max(32) as u32, false, eventfd.as_raw_fd())?;
     let epoll = Epoll::watching(eventfd.as_raw_fd())?;
