@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
 use caio_core::{Completion, RequestId};
@@ -78,7 +78,9 @@ pub struct ThreadPool {
 }
 
 impl ThreadPool {
-    /// Starts `size` workers. Every completion is handed to `sink` on the worker that ran it.
+    /// Starts `size` workers and returns once each is running (named and with its signal
+    /// mask), so that whoever looks at the process's threads next sees all of them. Every
+    /// completion is handed to `sink` on the worker that ran it.
     pub fn new(size: usize, queue_limit: usize, sink: Arc<dyn CompletionSink>) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             queue: CachePadded::new(Mutex::new(Queue {
@@ -96,14 +98,35 @@ impl ThreadPool {
         };
         // Workers inherit this mask from their first instruction on.
         let _blocked = SignalsBlocked::new();
+        let (started_tx, started) = mpsc::channel::<()>();
+        let mut spawned = Ok(());
         for i in 0..size {
             let shared = pool.shared.clone();
-            let handle = thread::Builder::new()
+            let started_tx = started_tx.clone();
+            let spawn = thread::Builder::new()
                 .name(format!("caio-worker-{i}"))
-                .spawn(move || worker(&shared))?; // Drop of `pool` stops the started ones.
-            pool.lock_workers().push(handle);
+                .spawn(move || {
+                    // The thread's name is set before this closure runs.
+                    let _ = started_tx.send(());
+                    worker(&shared)
+                });
+            match spawn {
+                Ok(handle) => pool.lock_workers().push(handle),
+                Err(e) => {
+                    spawned = Err(e); // Drop of `pool` stops the started ones.
+                    break;
+                }
+            }
         }
-        Ok(pool)
+        drop(started_tx);
+        // (`recv` fails only if every sender is gone; each worker sends first thing.)
+        let running = pool.lock_workers().len();
+        for _ in 0..running {
+            if started.recv().is_err() {
+                break;
+            }
+        }
+        spawned.map(|()| pool)
     }
 
     fn lock_workers(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
@@ -272,6 +295,30 @@ mod tests {
         len: 0,
         rw_flags: 0,
     };
+
+    #[test]
+    fn new_returns_once_every_worker_runs_under_its_name() {
+        use std::os::unix::thread::JoinHandleExt;
+        let (out, _done) = mpsc::channel();
+        let sink = GatedSink {
+            out: Mutex::new(out),
+            gate: Mutex::new(None),
+        };
+        let pool = ThreadPool::new(4, 4, Arc::new(sink)).unwrap();
+        for (i, handle) in pool.lock_workers().iter().enumerate() {
+            let mut name = [0 as libc::c_char; 16];
+            // SAFETY: the thread lives until shutdown joins it; 16 bytes is the most a
+            // thread name takes, terminator included.
+            let rc = unsafe {
+                libc::pthread_getname_np(handle.as_pthread_t(), name.as_mut_ptr(), name.len())
+            };
+            assert_eq!(rc, 0);
+            // SAFETY: pthread_getname_np wrote a terminated string into `name`.
+            let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+            assert_eq!(name.to_str().unwrap(), format!("caio-worker-{i}"));
+        }
+        pool.shutdown();
+    }
 
     #[test]
     fn the_queue_limit_counts_waiting_requests_and_shutdown_runs_them_all() {
