@@ -3,8 +3,9 @@
 
 Counts every `unsafe` keyword (blocks, fns, impls, `unsafe extern "C" fn`) outside the
 trailing `#[cfg(test)]` module of each file under rust/*/src and rust/*/examples, and
-compares with .ci/unsafe-baseline.txt. A file above its baseline (or a new file with any) fails; a file
-below it asks for the baseline to be lowered. `--update` rewrites the baseline.
+compares with .ci/unsafe-baseline.txt. A file above its baseline (or a new file with any)
+fails; a file below it asks for the baseline to be lowered. `--update` rewrites the
+baseline.
 """
 
 import re

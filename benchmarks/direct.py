@@ -496,9 +496,8 @@ def run_fio(fio: str, path: str, depth: int, seconds: float, timeout: float) -> 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     out = proc.stdout
     if proc.returncode != 0 or "{" not in out:
-        tail = (proc.stderr.strip().splitlines() or out.strip().splitlines()
-                or ["(no output)"])[-1]
-        raise RuntimeError(f"fio exited with {proc.returncode}: {tail}")
+        raise RuntimeError(f"fio exited with {proc.returncode}: "
+                           f"{harness.last_line(proc.stderr, out)}")
     data = json.loads(out[out.index("{"):])
     job = data["jobs"][0]
     if job.get("error"):
@@ -538,8 +537,8 @@ def build_native_floor() -> tuple[str | None, str]:
         if msg.get("reason") == "compiler-artifact" and msg.get("executable") and \
                 msg.get("target", {}).get("name") == "direct_floor":
             return msg["executable"], "rust/backends/examples/direct_floor.rs"
-    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    return None, f"cargo build failed ({proc.returncode}): {tail}: no native rows"
+    return None, (f"cargo build failed ({proc.returncode}): "
+                  f"{harness.last_line(proc.stderr)}: no native rows")
 
 
 def run_native(exe: str, path: str, depth: int, seconds: float,
@@ -547,8 +546,8 @@ def run_native(exe: str, path: str, depth: int, seconds: float,
     proc = subprocess.run([exe, path, str(depth), str(seconds)], capture_output=True,
                           text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"direct_floor exited with {proc.returncode}: {tail}")
+        raise RuntimeError(f"direct_floor exited with {proc.returncode}: "
+                           f"{harness.last_line(proc.stderr)}")
     data = json.loads(proc.stdout)
     ok, elapsed, cpu = data["ok"], data["elapsed_s"], data["cpu_s"]
     return {
@@ -719,7 +718,7 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     out.append(f"O_DIRECT 4 KiB random reads, {meta['date']}")
     out.append(f"machine: Linux {meta['kernel']}, {meta['cpus']} CPUs, Python {meta['python']}")
     out.append(f"fio: {meta['fio']}")
-    if meta.get("native", "not asked") != "not asked":
+    if meta.get("native"):
         out.append(f"native floor: {meta['native']}")
     out.append(f"file: {meta['file']} ({meta['size'] / MiB:.0f} MiB, {meta['fstype']})")
     out.append(f"ours: caio {meta['ours']['version']} ({meta['ours']['file']})")
@@ -872,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         fio_ver = "skipped (--no-fio)" if args.no_fio else "not installed: no fio rows"
         log(f"fio: {fio_ver}")
 
-    native, native_note = build_native_floor() if args.native else (None, "not asked")
+    native, native_note = build_native_floor() if args.native else (None, None)
     if args.native:
         log(f"native floor: {native or native_note}")
     configs = build_configs(args, sides["ours"], sides.get("theirs"), fio, native)

@@ -318,8 +318,17 @@ def run_worker(script: Path, env: dict[str, str], spec: dict[str, Any],
             if "fatal" in result:
                 raise RuntimeError(result["fatal"])
             return result
-    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise RuntimeError(f"worker exited with {proc.returncode}: {tail}")
+    raise RuntimeError(f"worker exited with {proc.returncode}: {last_line(proc.stderr)}")
+
+
+def last_line(*outputs: str) -> str:
+    """The last line of the first of ``outputs`` that has one: what a failed subprocess
+    said last, for an error message."""
+    for text in outputs:
+        lines = text.strip().splitlines()
+        if lines:
+            return lines[-1]
+    return "(no output)"
 
 
 # ---------------------------------------------------------------------------------- sides

@@ -107,22 +107,28 @@ def test_compare_uvloop(tmp_path, data_dir):
         positive_median(row["ours"], "ops_per_s")
 
 
-def test_direct_benchmark_runs_on_a_small_file(tmp_path, data_dir):
-    """benchmarks/direct.py (O_DIRECT, ours only): every row completes reads without errors."""
+def run_direct(tmp_path: Path, data_dir: Path, *extra: str, timeout: float = 120
+               ) -> tuple[list[dict], str]:
+    """direct.py --quick on a small file without fio or caio 0.12.10: its runs and stdout
+    (skips where the test directory cannot take O_DIRECT reads)."""
     out = tmp_path / "direct.json"
-    data_file = Path(data_dir) / "direct-smoke.dat"
     cmd = [
         sys.executable, str(BENCH_DIR / "direct.py"), "--quick", "--no-upstream", "--no-fio",
         "--quiet", "--depths", "1,4", "--seconds", "0.2", "--size", str(4 * 1024 * 1024),
-        "--file", str(data_file), "--backends", "linux,uring,thread", "--json", str(out),
+        "--file", str(Path(data_dir) / "direct-smoke.dat"), "--json", str(out), *extra,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
                           cwd=str(REPO_ROOT))
     said = proc.stdout + proc.stderr
     if proc.returncode != 0 and ("cannot open" in said or "is on tmpfs" in said):
         pytest.skip("the test directory cannot take O_DIRECT reads")
     assert proc.returncode == 0, f"direct.py failed:\n{proc.stdout}\n{proc.stderr}"
-    runs = json.loads(out.read_text(encoding="utf-8"))["runs"]
+    return json.loads(out.read_text(encoding="utf-8"))["runs"], proc.stdout
+
+
+def test_direct_benchmark_runs_on_a_small_file(tmp_path, data_dir):
+    """benchmarks/direct.py (O_DIRECT, ours only): every row completes reads without errors."""
+    runs, _ = run_direct(tmp_path, data_dir, "--backends", "linux,uring,thread")
     ours = [r for r in runs if r["side"] == "ours"]
     # 2 depths x (linux into, default, deferred, raw, floor; uring into, default, floor;
     # thread into, default)
@@ -140,21 +146,9 @@ def test_direct_benchmark_runs_on_a_small_file(tmp_path, data_dir):
 def test_direct_native_floor_rows(tmp_path, data_dir):
     """direct.py --native: the native floor (rust/backends/examples/direct_floor.rs) builds
     and reads without errors beside the asyncio floor."""
-    out = tmp_path / "direct.json"
-    cmd = [
-        sys.executable, str(BENCH_DIR / "direct.py"), "--quick", "--no-upstream", "--no-fio",
-        "--native", "--quiet", "--depths", "1,4", "--seconds", "0.2",
-        "--size", str(4 * 1024 * 1024), "--file", str(Path(data_dir) / "direct-smoke.dat"),
-        "--backends", "uring", "--modes", "floor", "--json", str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
-                          cwd=str(REPO_ROOT))
-    said = proc.stdout + proc.stderr
-    if proc.returncode != 0 and ("cannot open" in said or "is on tmpfs" in said):
-        pytest.skip("the test directory cannot take O_DIRECT reads")
-    assert proc.returncode == 0, f"direct.py failed:\n{proc.stdout}\n{proc.stderr}"
-    assert "native floor: rust/backends/examples/direct_floor.rs" in proc.stdout
-    runs = json.loads(out.read_text(encoding="utf-8"))["runs"]
+    runs, stdout = run_direct(tmp_path, data_dir, "--native", "--backends", "uring",
+                              "--modes", "floor", timeout=300)
+    assert "native floor: rust/backends/examples/direct_floor.rs" in stdout
     native = [r for r in runs if r["side"] == "native"]
     assert [r["depth"] for r in native] == [1, 4], runs
     for row in native:
