@@ -550,11 +550,19 @@ def run_native(exe: str, path: str, depth: int, seconds: float,
                            f"{harness.last_line(proc.stderr)}")
     data = json.loads(proc.stdout)
     ok, elapsed, cpu = data["ok"], data["elapsed_s"], data["cpu_s"]
+    res = data["first_error"]  # a negated errno, or the bytes of a short read
+    if res is None:
+        first_error = kind = None
+    elif res < 0:
+        kind = errno.errorcode.get(-res, f"errno {-res}")
+        first_error = f"{kind}: {os.strerror(-res)}"
+    else:
+        kind, first_error = "short read", f"short read: {res} bytes"
     return {
         "ok": ok,
         "errors": data["errors"],
-        "first_error": "short or failed read" if data["errors"] else None,
-        "error_kind": "EIO" if data["errors"] else None,
+        "first_error": first_error,
+        "error_kind": kind,
         "aborted": False,
         "elapsed_s": elapsed,
         "ops_per_s": ok / elapsed if elapsed > 0 else 0.0,

@@ -9,7 +9,9 @@
 //! `epoll_wait` whenever nothing has completed.
 //!
 //! Usage: `direct_floor FILE DEPTH SECONDS` (FILE opened with O_DIRECT); prints one JSON
-//! object: `{"ok", "errors", "elapsed_s", "cpu_s"}`.
+//! object: `{"ok", "errors", "first_error", "elapsed_s", "cpu_s"}`, `first_error` the
+//! result of the first read that did not return a whole block (a negated errno, or the
+//! bytes a short read got), or null.
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
@@ -136,7 +138,7 @@ fn main() -> io::Result<()> {
         ring.submit().map(drop)
     };
 
-    let (mut ok, mut errors) = (0u64, 0u64);
+    let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
     let (start, cpu_start) = (Instant::now(), cpu_seconds());
     let deadline = start + Duration::from_secs_f64(seconds);
     for slot in 0..depth {
@@ -154,6 +156,7 @@ fn main() -> io::Result<()> {
                 ok += 1;
             } else {
                 errors += 1;
+                first_error.get_or_insert(completion.res);
             }
             if more {
                 read(&mut ring, completion.id.0 as usize, offsets.take())?;
@@ -163,6 +166,10 @@ fn main() -> io::Result<()> {
         }
     }
     let (elapsed, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu_start);
-    println!("{{\"ok\": {ok}, \"errors\": {errors}, \"elapsed_s\": {elapsed}, \"cpu_s\": {cpu}}}");
+    let first_error = first_error.map_or("null".to_string(), |res: i64| res.to_string());
+    println!(
+        "{{\"ok\": {ok}, \"errors\": {errors}, \"first_error\": {first_error}, \
+         \"elapsed_s\": {elapsed}, \"cpu_s\": {cpu}}}"
+    );
     Ok(())
 }
